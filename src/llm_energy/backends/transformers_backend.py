@@ -1,0 +1,116 @@
+"""PyTorch + transformers, direct: static batches through `generate`, with a streamer that
+timestamps every decoding step so TTFT and inter-token latencies are real."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class _StepClock:
+    """A transformers streamer that only records when each decoding step's tokens exist.
+
+    `put` is called once with the prompt, then once per step with the new tokens (already
+    copied to the host, so the time is after the device finished the step)."""
+
+    def __init__(self) -> None:
+        self.step_times_s: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        self.step_times_s.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def load(self) -> LoadInfo:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise BackendUnavailable(
+                f"transformers backend needs torch and transformers ({exc}); run `make venv`"
+            ) from None
+        self._torch = torch
+        start = time.perf_counter()
+        dtype = getattr(torch, _DTYPES[self.settings.get("dtype", "float32")])
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            dtype=dtype,
+            attn_implementation=self.settings.get("attn_implementation", "sdpa"),
+            trust_remote_code=bool(self.settings.get("trust_remote_code", False)),
+        )
+        model.to(self.device)
+        model.eval()
+        if self.settings.get("torch_compile"):
+            model.forward = torch.compile(model.forward)
+        self.model = model
+        self.eos_token_id = model.config.eos_token_id
+        self.synchronize()
+        return LoadInfo(
+            duration_s=time.perf_counter() - start,
+            device=self.device,
+            dtype=str(dtype).removeprefix("torch."),
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            self._torch.cuda.synchronize()
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+        torch = self._torch
+        batch_size = int(self.settings.get("batch_size", 1))
+        arrival_s = time.perf_counter()
+        records: list[RequestRecord] = []
+        pad_id = self.eos_token_id if isinstance(self.eos_token_id, int) else 0
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            # Prompts have equal length by construction (workload truncation); left-pad otherwise.
+            width = max(len(p) for p in batch)
+            input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch],
+                                     device=self.device)
+            attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
+                                          device=self.device)
+            clock = _StepClock()
+            scheduled_s = time.perf_counter()
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                    streamer=clock,
+                )
+            new_tokens = output[:, width:].tolist()
+            for offset, prompt in enumerate(batch):
+                records.append(
+                    RequestRecord(
+                        request_id=first + offset,
+                        input_tokens=len(prompt),
+                        output_tokens=len(new_tokens[offset]),
+                        arrival_s=arrival_s,
+                        scheduled_s=scheduled_s,
+                        token_times_s=list(clock.step_times_s),
+                        output_token_ids=new_tokens[offset],
+                    )
+                )
+        return records
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()

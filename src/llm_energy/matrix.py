@@ -1,0 +1,108 @@
+"""Expand a study into cells: models × backends × each backend's axes, crossed.
+
+A cell's id is a short hash of its canonical resolved configuration, so the same
+configuration always lands in the same place and any change makes a new cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_energy.config import StudyConfig
+
+CELL_ID_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    model: str
+    backend: str
+    settings: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)
+
+    @property
+    def path(self) -> str:
+        return f"cells/{self.model}/{self.backend}/{self.cell_id}"
+
+
+@dataclass(frozen=True)
+class PrunedCell:
+    model: str
+    backend: str
+    settings: dict[str, Any]
+    reason: str
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cell_id_of(config: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:CELL_ID_LENGTH]
+
+
+def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> str | None:
+    """Why a backend cannot run this combination on the configured device, or None."""
+    device = study.measurement.device
+    if backend == "vllm":
+        if device == "cpu" and settings.get("dtype") == "float16":
+            return "vLLM's CPU backend does not run float16 (it silently casts to bfloat16)"
+        if device == "cpu" and settings.get("quantization"):
+            return f"quantization {settings['quantization']!r} needs a GPU in vLLM"
+        if device == "cpu" and settings.get("tensor_parallel_size", 1) > 1:
+            return "tensor parallelism needs GPUs"
+    if backend == "transformers":
+        if device == "cpu" and settings.get("dtype") == "float16":
+            return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
+    return None
+
+
+def expand(study: StudyConfig) -> tuple[list[Cell], list[PrunedCell]]:
+    cells: list[Cell] = []
+    pruned: list[PrunedCell] = []
+    shared = {
+        "workload": study.workload.model_dump(mode="json"),
+        "measurement": study.measurement.model_dump(mode="json"),
+    }
+    for model in study.models:
+        model_config = model.model_dump(mode="json", exclude_none=True)
+        for backend, backend_config in study.backends.enabled().items():
+            axes = backend_config.axes()
+            fixed = backend_config.fixed()
+            names = list(axes)
+            for values in itertools.product(*(axes[n] for n in names)):
+                settings = {**dict(zip(names, values)), **fixed}
+                reason = prune_reason(backend, settings, study)
+                if reason:
+                    pruned.append(PrunedCell(model.name, backend, settings, reason))
+                    continue
+                config = {
+                    "model": model_config,
+                    "backend": backend,
+                    "settings": settings,
+                    **shared,
+                }
+                cells.append(Cell(cell_id_of(config), model.name, backend, settings, config))
+    return cells, pruned
+
+
+def matrix_csv(cells: list[Cell], pruned: list[PrunedCell]) -> str:
+    """One row per cell, planned or pruned, for `results/matrix.csv`."""
+    axis_names = sorted({k for c in [*cells, *pruned] for k in c.settings})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["cell_id", "model", "backend", *axis_names, "status", "reason", "path"])
+    for cell in cells:
+        writer.writerow([cell.cell_id, cell.model, cell.backend,
+                         *(cell.settings.get(a, "") for a in axis_names), "planned", "", cell.path])
+    for p in pruned:
+        writer.writerow(["", p.model, p.backend,
+                         *(p.settings.get(a, "") for a in axis_names), "pruned", p.reason, ""])
+    return out.getvalue()

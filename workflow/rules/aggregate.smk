@@ -1,0 +1,24 @@
+
+
+rule matrix:
+    output:
+        "results/matrix.csv",
+    params:
+        # The whole matrix as a param: the file is rewritten whenever the study changes.
+        table=PLAN.matrix_csv(),
+    log:
+        "results/logs/matrix.log",
+    script:
+        "../../scripts/write_matrix.py"
+
+
+rule aggregate:
+    input:
+        runs=PLAN.runs_files(),
+    output:
+        parquet="results/summary.parquet",
+        csv="results/summary.csv",
+    log:
+        "results/logs/aggregate.log",
+    script:
+        "../../scripts/aggregate.py"
