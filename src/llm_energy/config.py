@@ -86,6 +86,14 @@ class ModelConfig(_Strict):
             raise ValueError("give exactly one of 'demo', 'path' or 'hub_id'")
         return self
 
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value).expanduser() / "config.json").is_file():
+            raise ValueError(f"no model directory with a config.json at {value}: give the "
+                             "directory written by save_pretrained")
+        return value
+
     @property
     def kind(self) -> str:
         return "demo" if self.demo else "path" if self.path else "hub"
@@ -192,6 +200,7 @@ class MeasurementConfig(_Strict):
         10.0, gt=0, description="per-core power of the 'estimate' CPU model at 100% use"
     )
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
+    gpus_per_cell: int = Field(1, gt=0, description="GPUs each cell requests on a cuda device")
     timeout_s: float = Field(1800.0, gt=0, description="per-cell wall-clock limit")
     retries: int = Field(0, ge=0, description="extra attempts for a failed cell")
 
@@ -204,15 +213,33 @@ class StudyConfig(_Strict):
     workload: WorkloadConfig = WorkloadConfig()
     measurement: MeasurementConfig = MeasurementConfig()
 
-    @model_validator(mode="after")
-    def _consistent(self) -> StudyConfig:
-        names = [m.name for m in self.models]
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate model name(s) {duplicates}: names must be unique")
-        if not self.backends.enabled():
+        return models
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backend(cls, backends: BackendsConfig) -> BackendsConfig:
+        if not backends.enabled():
             raise ValueError("no backend enabled: configure at least one of "
-                             f"{list(BackendsConfig.model_fields)}")
+                             f"{', '.join(BackendsConfig.model_fields)}")
+        return backends
+
+    @model_validator(mode="after")
+    def _fits_allocation(self) -> StudyConfig:
+        vllm = self.backends.vllm
+        if vllm is not None and vllm.enabled and self.measurement.device == "cuda":
+            too_big = [tp for tp in vllm.tensor_parallel_size if tp > self.measurement.gpus_per_cell]
+            if too_big:
+                raise ValueError(
+                    f"backends.vllm.tensor_parallel_size: {too_big} exceeds "
+                    f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
+                    "gpus_per_cell or lower tensor_parallel_size")
         return self
 
 
@@ -248,18 +275,25 @@ def _format_error(error: dict[str, Any], data: Any) -> str:
     where = _location(loc, data)
     kind = error.get("type", "")
     message = error.get("msg", "invalid")
+    if kind == "extra_forbidden" and loc[:1] == ("backends",) and len(loc) == 2:
+        return (f"unknown key '{where}': not a backend; known backends: "
+                f"{', '.join(BackendsConfig.model_fields)}")
     if kind == "extra_forbidden":
-        parent = loc[:-1]
         return f"unknown key '{where}': remove it or check its spelling (see config/README.md)"
     if kind == "missing":
         return f"missing key '{where}': it is required (see config/README.md)"
     message = message.removeprefix("Value error, ")
+    keyed = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
+    if where == "<top level>" and keyed:
+        where, message = keyed.groups()
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     return f"invalid value for '{where}'{shown}: {message}"
 
 
 def validate_study(data: Any) -> StudyConfig:
+    if data is None:
+        raise ConfigError("the study config is empty: it needs at least 'models' and 'backends'")
     if not isinstance(data, dict):
         raise ConfigError(
             f"the study config must be a mapping of keys (models, backends, ...), "

@@ -155,9 +155,11 @@ class CellRunner:
                 backend.synchronize()
                 self.meter.begin_window(f"cycle{cycle}")
                 start_s = time.perf_counter()
+                sampler.sample_now(start_s)
                 records = backend.generate(prompts, self.workload["output_tokens"])
                 backend.synchronize()
                 end_s = time.perf_counter()
+                sampler.sample_now(end_s)
                 window = self.meter.end_window(f"cycle{cycle}")
                 phases.append((f"cycle{cycle}", start_s, end_s))
                 run, requests = self._cycle_rows(cycle, records, start_s, end_s, window,

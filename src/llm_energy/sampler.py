@@ -101,6 +101,11 @@ class Sampler:
                 delay = 0
             self._stop.wait(delay)
 
+    def sample_now(self, now: float) -> None:
+        """An extra sample at a window edge, so every window has at least its two ends."""
+        for probe in self.probes:
+            self.samples.append(probe.sample(now))
+
     def start(self) -> Sampler:
         self._thread.start()
         return self

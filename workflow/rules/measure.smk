@@ -24,7 +24,7 @@ rule measure:
     log:
         "results/logs/measure/{model}/{backend}/{cell_id}.log",
     resources:
-        gpu=1 if PLAN.study.measurement.device == "cuda" else 0,
+        gpu=PLAN.study.measurement.gpus_per_cell if PLAN.study.measurement.device == "cuda" else 0,
         runtime=_timeout_min,
     threads: workflow.cores if PLAN.study.measurement.device == "cpu" else 1
     script:

@@ -1,0 +1,71 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+VLLM_PYTHON = ROOT / ".venvs" / "vllm" / "bin" / "python"
+
+# A demo model small enough to build in seconds and run a cell in a few more.
+TINY_DEMO = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
+             "num_kv_heads": 2, "vocab_size": 1000}
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory) -> Path:
+    """One demo model shared by every test that needs weights on disk."""
+    from llm_energy.config import DemoModelSpec
+    from llm_energy.demo_model import build_demo_model
+
+    return build_demo_model(DemoModelSpec(**TINY_DEMO), tmp_path_factory.mktemp("models") / "tiny")
+
+
+def small_study(**overrides) -> dict:
+    study = {
+        "name": "test",
+        "models": [{"name": "tiny", "demo": dict(TINY_DEMO)}],
+        "backends": {"transformers": {"batch_size": [2, 4], "dtype": ["float32"]}},
+        "workload": {"num_prompts": 4, "input_tokens": 16, "output_tokens": 8},
+        "measurement": {"cycles": 2, "idle_duration_s": 0.3,
+                        "warmup": {"min_runs": 1, "max_runs": 1}, "threads": 1},
+    }
+    study.update(overrides)
+    return study
+
+
+def write_config(directory: Path, study: dict) -> Path:
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def run_snakemake(workdir: Path, config: Path, *args: str, timeout: float = 900,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def dry_run_jobs(workdir: Path, config: Path) -> dict[str, int]:
+    """Job counts per rule from Snakemake's own dry-run summary."""
+    proc = run_snakemake(workdir, config, "-n", "--quiet", "rules")
+    counts: dict[str, int] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def needs(binary: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(shutil.which(binary) is None, reason=f"{binary} not installed")

@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SNAKEMAKE, small_study, write_config
+from llm_energy.config import ConfigError, json_schema, load_study, validate_study
+
+BAD = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
+
+
+def expected_message(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), path
+    return first.removeprefix("# expect: ")
+
+
+def test_default_study_is_valid():
+    study = load_study(ROOT / "config" / "config.yaml")
+    assert study.models[0].demo is not None
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 30
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_config_rejected_with_one_clear_line(path):
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert expected_message(path) in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["malformed_yaml", "unknown_top_key", "string_batch_size",
+                                  "negative_batch_size", "unknown_backend", "top_level_list"])
+def test_cli_rejects_without_traceback(name):
+    path = ROOT / "tests" / "bad_configs" / f"{name}.yaml"
+    proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "validate", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected_message(path) in lines[0]
+
+
+@pytest.mark.parametrize("name", ["unknown_top_key", "string_batch_size", "negative_batch_size",
+                                  "unknown_backend", "duplicate_models"])
+def test_snakemake_rejects_before_any_job(tmp_path, name):
+    path = ROOT / "tests" / "bad_configs" / f"{name}.yaml"
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(path), "--cores", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("llm-energy: config error")]
+    assert len(errors) == 1 and expected_message(path) in errors[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_reports_malformed_yaml(tmp_path):
+    path = ROOT / "tests" / "bad_configs" / "malformed_yaml.yaml"
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(path), "--cores", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "not valid JSON or YAML" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_scalar_becomes_one_value_axis():
+    study = validate_study(small_study(backends={"transformers": {"batch_size": 8}}))
+    assert study.backends.transformers.batch_size == [8]
+
+
+def test_schema_file_is_current():
+    on_disk = json.loads((ROOT / "workflow" / "schemas" / "config.schema.json").read_text())
+    assert on_disk == json_schema(), "run `make schema` to regenerate workflow/schemas/"
+
+
+def test_config_readme_documents_every_key():
+    readme = (ROOT / "config" / "README.md").read_text()
+    from llm_energy import config as c
+
+    for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, c.TransformersConfig,
+                  c.VllmConfig, c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig):
+        for name in model.model_fields:
+            assert f"`{name}`" in readme or f".{name}`" in readme, f"{model.__name__}.{name}"
+
+
+def test_trust_remote_code_off_by_default(tmp_path):
+    study = validate_study(small_study())
+    assert study.models[0].trust_remote_code is False
