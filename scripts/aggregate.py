@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
-from llm_energy.aggregate import aggregate, write_summary  # noqa: E402
+from llm_energy.aggregate import add_carbon_and_cost, aggregate, write_summary  # noqa: E402
 
 
 def main(smk=None):
@@ -22,6 +22,8 @@ def main(smk=None):
         runs, parquet, csv = args.runs, args.parquet, args.csv
     with logged(smk):
         agg = aggregate(runs)
+        # Carbon/cost factors from the study's `carbon` section (defaults from the CLI).
+        agg.summary = add_carbon_and_cost(agg.summary, dict(smk.params.carbon) if smk else None)
         for problem in agg.problems:
             print(f"unreadable result skipped: {problem}")
         write_summary(agg, parquet, csv)

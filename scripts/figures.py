@@ -1,4 +1,5 @@
-"""Draw the figures. CLI: python scripts/figures.py SUMMARY_PARQUET OUT_DIR"""
+"""Draw the study figures and one power figure per cell.
+CLI: python scripts/figures.py RESULTS_DIR [OUT_DIR]   (OUT_DIR defaults to RESULTS_DIR/figures)"""
 
 import argparse
 import sys
@@ -9,23 +10,31 @@ from _common import logged  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from llm_energy.figures import FIGURES  # noqa: E402
+from llm_energy.aggregate import read_requests  # noqa: E402
+from llm_energy.figures import draw_cells, draw_study  # noqa: E402
 
 
 def main(smk=None):
     if smk is not None:
-        summary, out_dir = smk.input.summary, Path(smk.output[0]).parent
+        summary, out_dir = smk.input.summary, Path(smk.params.out_dir)
+        requests = list(smk.input.requests)
+        cell_dirs = [Path(r).parent for r in smk.input.runs]
     else:
         parser = argparse.ArgumentParser(description=__doc__)
-        parser.add_argument("summary")
-        parser.add_argument("out_dir")
+        parser.add_argument("results_dir")
+        parser.add_argument("out_dir", nargs="?")
         args = parser.parse_args()
-        summary, out_dir = args.summary, Path(args.out_dir)
+        root = Path(args.results_dir)
+        summary, out_dir = root / "summary.parquet", Path(args.out_dir or root / "figures")
+        cell_dirs = sorted(p.parent for p in (root / "cells").glob("*/*/*/runs.parquet"))
+        requests = [d / "requests.parquet" for d in cell_dirs]
     with logged(smk):
         frame = pd.read_parquet(summary)
-        for name, draw in FIGURES.items():
-            for path in draw(frame, out_dir / name):
-                print(f"wrote {path}")
+        request_frame, problems = read_requests(requests)
+        for problem in problems:
+            print(f"unreadable requests skipped: {problem}")
+        for path in draw_study(frame, request_frame, out_dir) + draw_cells(cell_dirs, out_dir):
+            print(f"wrote {path}")
 
 
 main(globals().get("snakemake"))

@@ -9,6 +9,7 @@ from _common import logged  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
+from llm_energy.aggregate import read_problems  # noqa: E402
 from llm_energy.report import read_provenance, render  # noqa: E402
 
 
@@ -16,6 +17,7 @@ def main(smk=None):
     if smk is not None:
         summary, matrix = smk.input.summary, smk.input.matrix
         figures, provenance = list(smk.input.figures), list(smk.input.provenance)
+        power = list(smk.input.power)
         out, title = smk.output[0], smk.params.title
     else:
         parser = argparse.ArgumentParser(description=__doc__)
@@ -25,12 +27,14 @@ def main(smk=None):
         root = Path(args.results_dir)
         summary, matrix = root / "summary.parquet", root / "matrix.csv"
         figures = sorted((root / "figures").glob("*.png"))
+        power = sorted((root / "figures" / "power").glob("*.png"))
         provenance = sorted((root / "cells").glob("*/*/*/provenance.json"))
         out, title = args.out or root / "report.html", "llm-energy study"
     with logged(smk):
         frame = pd.read_parquet(summary)
         html = render(frame, pd.read_csv(matrix), [Path(f) for f in figures],
-                      read_provenance(provenance), [], title)
+                      read_provenance(provenance), read_problems(summary), title,
+                      power_figures={Path(p).stem: Path(p) for p in power})
         Path(out).write_text(html)
         print(f"wrote {out}")
 

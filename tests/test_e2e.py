@@ -127,4 +127,5 @@ def test_changing_one_cell_reruns_only_that_cell(study_run, tmp_path):
     changed["backends"]["transformers"]["batch_size"] = [2, 3]
     config = write_config(tmp_path, changed)
     assert dry_run_jobs(workdir, config) == {
-        "measure": 1, "matrix": 1, "aggregate": 1, "figures": 1, "report": 1, "all": 1}
+        "measure": 1, "matrix": 1, "aggregate": 1, "figures": 1, "report": 1, "export_mlenergy": 1,
+        "all": 1}

@@ -1,4 +1,4 @@
-"""`llm-energy`: validate a study, print its matrix or the config schema.
+"""`llm-energy`: validate a study, print its matrix or the config schema, list stale cells.
 
 The pipeline itself runs with `snakemake` (see README.md)."""
 
@@ -32,6 +32,45 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from llm_energy.compare import DEFAULT_METRICS, compare_files, format_table
+
+    diff = compare_files(args.before, args.after, args.metric or DEFAULT_METRICS, args.on)
+    if args.output:
+        diff.to_csv(args.output, index=False)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(diff.to_csv(index=False))
+    significant = int(diff["significant"].fillna(False).astype(bool).sum())
+    print(format_table(diff, only_significant=True), file=sys.stderr)
+    print(f"{significant} metric(s) whose 95% confidence intervals do not overlap "
+          f"(marked in column `significant`)", file=sys.stderr)
+    return 0
+
+
+def _stale(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.stale import find_stale
+
+    only = None
+    if args.config:
+        only = {c.cell_id for c in expand(load_study(args.config))[0]}
+    project_dir = args.project_dir or str(Path(__file__).resolve().parents[2])
+    stale, problems = find_stale(args.results, project_dir, only)
+    for problem in problems:
+        print(f"llm-energy: unreadable provenance skipped: {problem}", file=sys.stderr)
+    for cell in stale:
+        if args.paths:
+            print(cell.path)
+        else:
+            print(f"{cell.path.parent}: {'; '.join(cell.reasons)}")
+    if not args.paths:
+        print(f"{len(stale)} cell(s) measured with other code or software than now",
+              file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-energy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_matrix)
     p = sub.add_parser("schema", help="print the config's JSON schema")
     p.set_defaults(func=_schema)
+    p = sub.add_parser("compare", help="per-cell differences between two summaries "
+                       "(before/after), marking those whose 95%% CIs do not overlap")
+    p.add_argument("before", help="summary.parquet (or .csv) of the earlier study")
+    p.add_argument("after", help="summary.parquet (or .csv) of the later study")
+    p.add_argument("-o", "--output", help="write the table as CSV here (default: stdout)")
+    p.add_argument("--on", choices=("cell_id", "settings"), default="cell_id",
+                   help="match cells by cell_id (default) or by model, backend and settings")
+    p.add_argument("--metric", action="append",
+                   help="a summary metric to compare (repeatable; default: the headline metrics)")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("stale", help="list cells measured with other code or package versions "
+                       "than the current ones (Snakemake does not track package code)")
+    p.add_argument("--results", default="results", help="the results folder (default: results)")
+    p.add_argument("--config", help="only the cells of this study")
+    p.add_argument("--paths", action="store_true",
+                   help="print only their runs.parquet paths, for `snakemake --forcerun $(...)`")
+    p.add_argument("--project-dir", help="where .venvs/<backend> live (default: this checkout)")
+    p.set_defaults(func=_stale)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -152,14 +152,59 @@ class VllmConfig(_BackendAxes):
     mode: Annotated[list[Literal["offline", "server"]], Field(min_length=1)] = ["offline"]
 
 
+#: TensorRT-LLM quantisation names accepted in `backends.tensorrt-llm.quantization`: the
+#: members of `tensorrt_llm.llmapi.QuantAlgo` (lower case); checked here so that a typo fails
+#: before any job exists, also on machines where TensorRT-LLM is not installed.
+TRTLLM_QUANT_ALGOS = ("fp8", "fp8_block_scales", "fp8_per_channel_per_token", "nvfp4",
+                      "w4a16", "w4a16_awq", "w4a16_gptq", "w4a8_awq", "w8a16", "w8a16_gptq",
+                      "w8a8_sq_per_channel", "w4a8_qserve_per_group", "w4a8_qserve_per_channel")
+
+
+class TensorrtLlmConfig(_BackendAxes):
+    """TensorRT-LLM through its `LLM` API (NVIDIA GPUs only)."""
+
+    max_batch_size: PositiveIntAxis = [8]
+    dtype: DtypeAxis = ["bfloat16"]
+    quantization: Annotated[list[Literal[TRTLLM_QUANT_ALGOS] | None],  # type: ignore[valid-type]
+                            Field(min_length=1)] = [None]
+    tensor_parallel_size: PositiveIntAxis = [1]
+    max_num_tokens: int | None = Field(None, gt=0, description="token budget per engine step")
+    max_seq_len: int = Field(1024, gt=0, description="prompt + output limit, tokens")
+    free_gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="share of free GPU memory for the KV cache")
+    enable_block_reuse: bool = Field(False, description="KV-cache block reuse (prefix caching)")
+
+
+class OpenAIServerConfig(_BackendAxes):
+    """Any OpenAI-compatible server, reached over HTTP by the load generator. Energy is what
+    this host's meters see: measure on the machine that runs the server."""
+
+    base_url: str = Field(pattern=r"^https?://", description="e.g. http://127.0.0.1:8000/v1")
+    served_model: str | None = Field(
+        None, min_length=1, description="the `model` field of requests; default: the model's name")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the API key (never the key)")
+    server_extensions: bool = Field(
+        True, description="send vLLM's min_tokens/ignore_eos/return_token_ids request fields")
+
+
 class BackendsConfig(_Strict):
     transformers: TransformersConfig | None = None
     vllm: VllmConfig | None = None
+    # Backend names with a hyphen are the YAML keys (aliases); the Python names are internal.
+    tensorrt_llm: TensorrtLlmConfig | None = Field(None, alias="tensorrt-llm")
+    openai_server: OpenAIServerConfig | None = Field(None, alias="openai-server")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Backend names as written in the config and used for cells and environments."""
+        return [field.alias or name for name, field in cls.model_fields.items()]
 
     def enabled(self) -> dict[str, _BackendAxes]:
         return {
-            name: cfg
-            for name in type(self).model_fields
+            field.alias or name: cfg
+            for name, field in type(self).model_fields.items()
             if (cfg := getattr(self, name)) is not None and cfg.enabled
         }
 
@@ -174,6 +219,24 @@ class WorkloadConfig(_Strict):
     input_tokens: int = Field(64, gt=0, description="prompt length after truncation, tokens")
     output_tokens: int = Field(32, gt=0, description="max_new_tokens with EOS ignored")
     seed: int = 0
+    # How server backends (vllm mode=server, openai-server) receive the requests; offline
+    # engines always get all of them at once (the same as `closed` with no concurrency limit).
+    arrival: Literal["closed", "poisson"] = Field(
+        "closed", description="closed loop (concurrency) or Poisson arrivals (request_rate_per_s)")
+    concurrency: int | None = Field(
+        None, gt=0, description="closed loop: requests in flight; default: all at once")
+    request_rate_per_s: float | None = Field(
+        None, gt=0, description="poisson: mean arrival rate, requests per second")
+    request_timeout_s: float = Field(600.0, gt=0, description="per-request HTTP limit, seconds")
+
+    @model_validator(mode="after")
+    def _arrival_needs_rate(self) -> WorkloadConfig:
+        if self.arrival == "poisson" and self.request_rate_per_s is None:
+            raise ValueError("request_rate_per_s is required when arrival is 'poisson'")
+        if self.arrival == "closed" and self.request_rate_per_s is not None:
+            raise ValueError("request_rate_per_s is only used with arrival 'poisson': remove it "
+                             "or set arrival: poisson")
+        return self
 
 
 class WarmupConfig(_Strict):
@@ -203,6 +266,32 @@ class MeasurementConfig(_Strict):
     gpus_per_cell: int = Field(1, gt=0, description="GPUs each cell requests on a cuda device")
     timeout_s: float = Field(1800.0, gt=0, description="per-cell wall-clock limit")
     retries: int = Field(0, ge=0, description="extra attempts for a failed cell")
+    idle_cache_ttl_s: float = Field(
+        3600.0, ge=0, description="reuse an idle baseline of this host+device for this long; 0: off")
+    idle_cache_dir: str = Field(
+        "results/.idle-cache", min_length=1,
+        description="where cached idle baselines live (relative to the working directory)")
+    idle_revalidate_s: float = Field(
+        1.0, gt=0, description="short idle window that re-checks a cached baseline, seconds")
+    idle_drift_tolerance: float = Field(
+        0.10, gt=0, description="relative drift from the cached idle power that forces a re-measure")
+    temperature_drift_c: float = Field(
+        10.0, gt=0, description="device temperature change within a cycle, or across cycle starts, "
+        "that is flagged")
+
+
+class CarbonConfig(_Strict):
+    """Factors that turn measured energy into emissions and cost (applied in aggregation, so
+    changing them never re-measures a cell). Defaults are round public figures: replace them
+    with your site's (sources in config/README.md)."""
+
+    grid_intensity_g_per_kwh: float = Field(
+        480.0, ge=0, description="grid carbon intensity, g CO2e per kWh (world 2023, Ember)")
+    pue: float = Field(
+        1.58, ge=1.0, description="data-centre power usage effectiveness (Uptime Institute 2023)")
+    price_per_kwh: float = Field(
+        0.13, ge=0, description="electricity price per kWh (US commercial 2023, EIA)")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price")
 
 
 class StudyConfig(_Strict):
@@ -212,6 +301,7 @@ class StudyConfig(_Strict):
     backends: BackendsConfig
     workload: WorkloadConfig = WorkloadConfig()
     measurement: MeasurementConfig = MeasurementConfig()
+    carbon: CarbonConfig = CarbonConfig()
 
     @field_validator("models")
     @classmethod
@@ -227,7 +317,7 @@ class StudyConfig(_Strict):
     def _some_backend(cls, backends: BackendsConfig) -> BackendsConfig:
         if not backends.enabled():
             raise ValueError("no backend enabled: configure at least one of "
-                             f"{', '.join(BackendsConfig.model_fields)}")
+                             f"{', '.join(BackendsConfig.names())}")
         return backends
 
     @model_validator(mode="after")
@@ -238,6 +328,14 @@ class StudyConfig(_Strict):
             if too_big:
                 raise ValueError(
                     f"backends.vllm.tensor_parallel_size: {too_big} exceeds "
+                    f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
+                    "gpus_per_cell or lower tensor_parallel_size")
+        trt = self.backends.tensorrt_llm
+        if trt is not None and trt.enabled and self.measurement.device == "cuda":
+            too_big = [tp for tp in trt.tensor_parallel_size if tp > self.measurement.gpus_per_cell]
+            if too_big:
+                raise ValueError(
+                    f"backends.tensorrt-llm.tensor_parallel_size: {too_big} exceeds "
                     f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
                     "gpus_per_cell or lower tensor_parallel_size")
         return self
@@ -277,13 +375,13 @@ def _format_error(error: dict[str, Any], data: Any) -> str:
     message = error.get("msg", "invalid")
     if kind == "extra_forbidden" and loc[:1] == ("backends",) and len(loc) == 2:
         return (f"unknown key '{where}': not a backend; known backends: "
-                f"{', '.join(BackendsConfig.model_fields)}")
+                f"{', '.join(BackendsConfig.names())}")
     if kind == "extra_forbidden":
         return f"unknown key '{where}': remove it or check its spelling (see config/README.md)"
     if kind == "missing":
         return f"missing key '{where}': it is required (see config/README.md)"
     message = message.removeprefix("Value error, ")
-    keyed = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
+    keyed = re.match(r"^([a-z_]+(?:\.[a-z_-]+)+): (.*)$", message)
     if where == "<top level>" and keyed:
         where, message = keyed.groups()
     got = error.get("input")

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_energy.backends import is_server
 from llm_energy.config import StudyConfig
 
 CELL_ID_LENGTH = 12
@@ -61,6 +62,12 @@ def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> 
     if backend == "transformers":
         if device == "cpu" and settings.get("dtype") == "float16":
             return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
+    if backend == "tensorrt-llm" and device != "cuda":
+        return "TensorRT-LLM runs on NVIDIA GPUs only (measurement.device: cuda)"
+    if study.workload.arrival == "poisson" and not is_server(backend, settings):
+        # An offline engine gets every request at once; Poisson arrivals need a server.
+        return ("workload.arrival 'poisson' needs a server backend (vllm mode server, "
+                "openai-server); offline engines receive all requests at once")
     return None
 
 

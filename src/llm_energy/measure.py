@@ -3,17 +3,60 @@
     python -m llm_energy.measure --cell cell.json --model-path DIR --out results/cells/...
 
 On an exception it writes `.error.json` next to the outputs and exits 1; the runner turns
-that into a `status = failed` row."""
+that into a `status = failed` row. With `--parent-pid PID` (the runner passes its own) the process
+kills its own process group as soon as its parent is gone, so a runner killed with kill -9
+leaves no measurement running that could write results after the job was declared dead."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
 ERROR_FILE = ".error.json"
+PARENT_PID_FLAG = "--parent-pid"
+_PARENT_POLL_S = 0.2
+
+# Substrings of the messages of allocation failures: torch's CPU allocator ("can't allocate
+# memory", "not enough memory"), CUDA ("CUDA out of memory"), and Python's MemoryError.
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory",
+                "failed to allocate memory")
+
+
+def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "out-of-memory"
+    text = str(exc).lower()
+    return "out-of-memory" if any(m in text for m in _OOM_MARKERS) else "exception"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Kill this process's group when the parent (the runner, pid `parent`) dies, also when it
+    died before this ran. Only when this process leads its own group (the runner starts it in
+    a new session): never take a shell's job group down with it."""
+    own_group = os.getpgrp() == os.getpid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        try:  # descendants that left the group (own sessions) first: they would be orphaned
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                child.kill()
+        except Exception:  # noqa: BLE001 - the group kill below must happen regardless
+            pass
+        if own_group:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell", required=True, help="cell configuration JSON file")
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--out", required=True, help="cell output directory")
+    parser.add_argument(PARENT_PID_FLAG, type=int,
+                        help="kill this process group when this parent process is gone")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ERROR_FILE).unlink(missing_ok=True)
@@ -32,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 
         runner = CellRunner(cell, args.model_path, log=lambda m: print(m, flush=True))
         output = runner.run()
+        if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            os._exit(1)  # the job is gone (its watchdog is about to fire): write nothing late
         results.write_cell(out, output.runs, output.requests, output.timeseries,
                            provenance.collect(cell, output.energy_sources))
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the runner
         traceback.print_exc()
         error = {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500]
-                 if str(exc).strip() else type(exc).__name__}
+                 if str(exc).strip() else type(exc).__name__, "kind": error_kind(exc)}
         (out / ERROR_FILE).write_text(json.dumps(error))
         return 1
     return 0

@@ -157,3 +157,23 @@ def integrate_power(profile: Sequence[tuple[float, float]], a: float, b: float) 
     xs = [a, *[t for t, _ in pts if a < t < b], b]
     ys = [power_at(t) for t in xs]
     return sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+
+
+def coverage(times_s: Sequence[float], start_s: float, end_s: float, period_s: float) -> float:
+    """Share of [start, end] covered by samples taken every `period_s`: a gap between
+    consecutive samples (or a window edge and its nearest sample) longer than 2 periods
+    leaves all but one period of it uncovered. 1.0 for a regular sampler; an empty or
+    zero-length window is fully covered only if it has samples."""
+    if end_s <= start_s:
+        return 1.0 if times_s else 0.0
+    inside = sorted(t for t in times_s if start_s <= t <= end_s)
+    edges = [start_s, *inside, end_s]
+    uncovered = sum(b - a - period_s for a, b in zip(edges, edges[1:]) if b - a > 2 * period_s)
+    return max(0.0, min(1.0, 1.0 - uncovered / (end_s - start_s)))
+
+
+def max_gap_s(times_s: Sequence[float], start_s: float, end_s: float) -> float:
+    """Longest stretch of [start, end] without a sample (edges included)."""
+    inside = sorted(t for t in times_s if start_s <= t <= end_s)
+    edges = [start_s, *inside, end_s]
+    return max((b - a for a, b in zip(edges, edges[1:])), default=0.0)

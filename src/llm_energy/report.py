@@ -1,37 +1,60 @@
 """`results/report.html`: one self-contained page (figures embedded, no network) with the
-summary per model, measured-vs-estimated badges, failed and pruned cells, and provenance."""
+summary per model (sortable by any column), ITL-deadline and energy-budget filters that hide
+configurations outside them (as on the ML.ENERGY leaderboard), a measured/estimated badge on
+every number, the Pareto set marked, failed and pruned cells with reasons, the environment
+and per-cell provenance."""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from llm_energy.aggregate import HEADLINE_METRICS
+from llm_energy.figures import CAPTIONS, pareto_cells
+
+# (metric, header, digits, kind): kind says where the number comes from — "energy" (the
+# cell's energy source: measured or estimate), "timing" (measured with the host clock),
+# "flops" (analytic FLOP count / measured time: an estimate).
 TABLE_COLUMNS = (
-    ("energy_per_output_token_j", "J/token", 4), ("output_tokens_per_s", "tokens/s", 1),
-    ("itl_ms_p50", "ITL p50 (ms)", 2), ("ttft_ms_p50", "TTFT p50 (ms)", 1),
-    ("e2e_ms_p50", "E2E p50 (ms)", 1), ("avg_power_w", "power (W)", 2),
-    ("idle_power_w", "idle (W)", 2), ("energy_per_request_j", "J/request", 3),
-    ("achieved_tflops", "TFLOP/s", 4),
+    ("energy_per_output_token_j", "J/token", 4, "energy"),
+    ("output_tokens_per_s", "tokens/s", 1, "timing"),
+    ("itl_ms_p50", "ITL p50 (ms)", 2, "timing"), ("itl_ms_p95", "ITL p95 (ms)", 2, "timing"),
+    ("ttft_ms_p50", "TTFT p50 (ms)", 1, "timing"), ("e2e_ms_p50", "E2E p50 (ms)", 1, "timing"),
+    ("avg_power_w", "power (W)", 2, "energy"), ("idle_power_w", "idle (W)", 2, "energy"),
+    ("energy_per_request_j", "J/request", 3, "energy"), ("avg_batch_size", "avg batch", 2, "timing"),
+    ("achieved_tflops", "TFLOP/s", 4, "flops"),
 )
+ITL_FILTER_PERCENTILES = (50, 90, 95, 99)
+_STAT_SUFFIXES = ("_std", "_ci95_low", "_ci95_high", "_pooled", "_boot95_low", "_boot95_high")
+_FIXED = {"cell_id", "model", "backend", "device", "device_name", "status", "error", "cycles",
+          "ci_note", "energy_source", "warnings", "output_tokens", "requests", "flops_per_token",
+          *HEADLINE_METRICS,
+          # Added to the summary after aggregation (aggregate.add_carbon_and_cost): not axes.
+          "energy_kwh_per_1k_tokens", "co2e_g_per_1k_tokens", "cost_per_1k_tokens",
+          "grid_intensity_g_per_kwh", "pue", "price_per_kwh", "currency"}
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.3em .5em;text-align:right}
 th{background:#f3f3f3;cursor:pointer;user-select:none}
+th[data-order=asc]::after{content:" \\25B2"}th[data-order=desc]::after{content:" \\25BC"}
 td.t,th.t{text-align:left}
-.badge{display:inline-block;font-size:.75em;padding:0 .4em;border-radius:.6em;margin-left:.3em}
+.badge{display:inline-block;font-size:.7em;padding:0 .35em;border-radius:.6em;margin-left:.3em;vertical-align:middle}
 .measured{background:#d8f0dc;color:#145a22}.estimate{background:#fde7c7;color:#7a4500}
-.failed{color:#a00}.warn{color:#7a4500;font-size:.85em}
-img{max-width:46em;display:block;margin:1em 0}
+.pareto{background:#dde6f7;color:#123b7a}
+.failed{color:#a00}.warn{color:#7a4500;font-size:.85em}.ci{color:#666;font-size:.85em}
+#filters{position:sticky;top:0;background:#fff;border:1px solid #ddd;padding:.6em;z-index:1}
+#filters label{margin-right:1.5em}#filters input[type=range]{vertical-align:middle;width:14em}
+figure{margin:1em 0}figure img{max-width:46em;display:block}figcaption{font-size:.85em;color:#444;max-width:46em}
 details{margin:.5em 0}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.8em}
+table.env td{text-align:left}
 """
 
 _JS = """
@@ -43,13 +66,42 @@ document.querySelectorAll('table.sortable th').forEach(function(th){
     th.dataset.order=asc?'asc':'desc';
     var rows=Array.from(body.rows);
     rows.sort(function(a,b){
-      var x=a.cells[i].dataset.v,y=b.cells[i].dataset.v;
-      var nx=parseFloat(x),ny=parseFloat(y);
-      var c=(isNaN(nx)||isNaN(ny))?String(x).localeCompare(String(y)):nx-ny;
+      var x=a.cells[i].dataset.v||'',y=b.cells[i].dataset.v||'';
+      // Cells without a value (n/a, failed) sort last in either direction.
+      if(x===''||y==='')return (x==='')-(y==='');
+      var nx=Number(x),ny=Number(y);
+      var c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;
       return asc?c:-c;});
     rows.forEach(function(r){body.appendChild(r);});
   });
 });
+function applyFilters(){
+  var itl=document.getElementById('itl-deadline'),energy=document.getElementById('energy-budget');
+  var pct=document.getElementById('itl-percentile').value;
+  var deadline=parseFloat(itl.value),budget=parseFloat(energy.value);
+  document.getElementById('itl-deadline-value').textContent=itl.value;
+  document.getElementById('energy-budget-value').textContent=energy.value;
+  var shown=0,total=0;
+  document.querySelectorAll('table.sortable tbody tr[data-energy]').forEach(function(tr){
+    var x=parseFloat(tr.dataset['itlP'+pct]),e=parseFloat(tr.dataset.energy);
+    var out=(!isNaN(x)&&x>deadline)||(!isNaN(e)&&e>budget);
+    tr.hidden=out;total++;if(!out)shown++;
+  });
+  document.getElementById('shown-count').textContent=shown+' of '+total+' configurations shown';
+}
+function resetItl(){
+  var pct=document.getElementById('itl-percentile').value,itl=document.getElementById('itl-deadline');
+  var vals=Array.from(document.querySelectorAll('tr[data-energy]')).map(function(tr){
+    return parseFloat(tr.dataset['itlP'+pct]);}).filter(function(v){return !isNaN(v);});
+  if(vals.length){var hi=Math.max.apply(null,vals);itl.max=String(hi*1.001);itl.value=itl.max;}
+  applyFilters();
+}
+if(document.getElementById('filters')){
+  ['itl-deadline','energy-budget'].forEach(function(id){
+    document.getElementById(id).addEventListener('input',applyFilters);});
+  document.getElementById('itl-percentile').addEventListener('change',resetItl);
+  applyFilters();
+}
 """
 
 
@@ -58,16 +110,43 @@ def _esc(value: Any) -> str:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
-def _number(value: Any, digits: int, low: Any = None, high: Any = None) -> str:
+def _fmt(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _badge(kind: str, source: Any) -> str:
+    """M (measured) or E (estimated), with the source as tooltip."""
+    if kind == "timing":
+        return '<span class="badge measured" title="measured (host clock)">M</span>'
+    if kind == "flops":
+        return ('<span class="badge estimate" title="estimate: analytic FLOP count / measured '
+                'time">E</span>')
+    if _is_missing(source) or not source:
+        return '<span class="badge estimate" title="no energy sensor">E</span>'
+    if "estimate" in str(source):
+        return f'<span class="badge estimate" title="estimate: {_esc(source)}">E</span>'
+    return f'<span class="badge measured" title="measured: {_esc(source)}">M</span>'
+
+
+def _number(row: pd.Series, metric: str, digits: int, kind: str) -> str:
+    value = row.get(metric)
     if _is_missing(value):
         return '<td data-v="">n/a</td>'
-    text = f"{value:.{digits}f}"
+    text = _fmt(value, digits)
+    low, high = row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
     if not _is_missing(low) and not _is_missing(high):
-        text += f' <span class="warn">± {(high - low) / 2:.{digits}f}</span>'
-    return f'<td data-v="{value}">{text}</td>'
+        text += f' <span class="ci" title="95% CI across cycles (Student t)">± {_fmt((high - low) / 2, digits)}</span>'
+    b_low, b_high = row.get(f"{metric}_boot95_low"), row.get(f"{metric}_boot95_high")
+    if not _is_missing(b_low) and not _is_missing(b_high):
+        text += (f' <span class="ci" title="pooled over requests {_fmt(row.get(f"{metric}_pooled"), digits)}; '
+                 f'95% bootstrap interval">[{_fmt(b_low, digits)}, {_fmt(b_high, digits)}]</span>')
+    return f'<td data-v="{value}">{text}{_badge(kind, row.get("energy_source"))}</td>'
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -78,51 +157,117 @@ def _source_badge(source: Any) -> str:
     if _is_missing(source) or not source:
         return '<span class="badge estimate">no energy sensor</span>'
     kind = "estimate" if "estimate" in str(source) else "measured"
-    return f'<span class="badge {kind}">{kind}: {_esc(source)}</span>'
+    label = kind if str(source) == kind else f"{kind}: {_esc(source)}"
+    return f'<span class="badge {kind}">{label}</span>'
 
 
-def _image(path: Path) -> str:
+def _image(path: Path, caption: str | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{_esc(path.stem)}" src="data:image/png;base64,{data}">'
+    img = f'<img alt="{_esc(path.stem)}" src="data:image/png;base64,{data}">'
+    return f"<figure>{img}<figcaption>{_esc(caption)}</figcaption></figure>" if caption else img
 
 
 def _settings_columns(summary: pd.DataFrame) -> list[str]:
-    fixed = {"cell_id", "model", "backend", "device", "device_name", "status", "error", "cycles",
-             "energy_source", "warnings", "output_tokens", "requests", "flops_per_token"}
     return [c for c in summary.columns
-            if c not in fixed and not c.endswith(("_std", "_ci95_low", "_ci95_high"))
-            and c not in {m for m, _, _ in TABLE_COLUMNS} and summary[c].notna().any()
-            and c not in ("total_energy_j", "net_energy_j", "duration_s", "steady_state_energy_j",
-                          "ttft_ms_p90", "itl_ms_p90", "itl_ms_p95", "itl_ms_p99", "tpot_ms_p50",
-                          "e2e_ms_p90", "mfu", "peak_memory_mb")]
+            if c not in _FIXED and not c.endswith(_STAT_SUFFIXES) and summary[c].notna().any()]
 
 
-def _model_table(summary: pd.DataFrame) -> str:
+def _row_data(r: pd.Series) -> str:
+    """Filter keys on a row: energy per token and the ITL percentiles."""
+    attrs = [f'data-energy="{r["energy_per_output_token_j"]}"'] \
+        if not _is_missing(r.get("energy_per_output_token_j")) else ['data-energy=""']
+    attrs += [f'data-itl-p{q}="{r.get(f"itl_ms_p{q}")}"' for q in ITL_FILTER_PERCENTILES
+              if not _is_missing(r.get(f"itl_ms_p{q}"))]
+    return " ".join(attrs)
+
+
+def _model_table(summary: pd.DataFrame, pareto: set[str]) -> str:
     settings = _settings_columns(summary)
     head = "".join(f'<th class="t">{_esc(c)}</th>' for c in ["backend", *settings]) + \
-        "".join(f"<th>{_esc(label)}</th>" for _, label, _ in TABLE_COLUMNS) + \
-        '<th class="t">cycles</th><th class="t">energy</th><th class="t">cell</th>'
+        "".join(f"<th>{_esc(label)}</th>" for _, label, _, _ in TABLE_COLUMNS) + \
+        '<th class="t">cycles</th><th class="t">energy</th><th class="t">Pareto</th><th class="t">cell</th>'
     rows = []
     for _, r in summary.iterrows():
         cells = [f'<td class="t" data-v="{_esc(r["backend"])}">{_esc(r["backend"])}</td>']
         cells += [f'<td class="t" data-v="{_esc(r.get(c))}">{_esc(r.get(c))}</td>' for c in settings]
+        data = ""
         if r["status"] != "ok":
-            cells.append(f'<td class="t failed" colspan="{len(TABLE_COLUMNS) + 2}">failed: '
-                         f'{_esc(r.get("error"))}</td>')
+            # One cell per column (no colspan), so sorting by column index stays aligned.
+            cells.append(f'<td class="t failed" data-v="">failed: {_esc(r.get("error"))}</td>')
+            cells += ['<td data-v=""></td>'] * (len(TABLE_COLUMNS) + 2)
         else:
-            cells += [_number(r.get(m), d, r.get(f"{m}_ci95_low"), r.get(f"{m}_ci95_high"))
-                      for m, _, d in TABLE_COLUMNS]
-            note = "" if r["cycles"] >= 2 else ' <span class="warn">(1 cycle: no interval)</span>'
+            data = " " + _row_data(r)
+            cells += [_number(r, m, d, kind) for m, _, d, kind in TABLE_COLUMNS]
+            note = "" if r["cycles"] >= 2 else \
+                f' <span class="warn">({_esc(r.get("ci_note") or "fewer than 2 cycles: no interval")})</span>'
             cells.append(f'<td class="t" data-v="{r["cycles"]}">{r["cycles"]}{note}</td>')
             cells.append(f'<td class="t" data-v="{_esc(r.get("energy_source"))}">'
                          f'{_source_badge(r.get("energy_source"))}</td>')
+            on_front = r["cell_id"] in pareto
+            mark = '<span class="badge pareto">frontier</span>' if on_front else ""
+            cells.append(f'<td class="t" data-v="{int(on_front)}">{mark}</td>')
         cells.append(f'<td class="t" data-v="{_esc(r["cell_id"])}"><code>{_esc(r["cell_id"])}</code></td>')
-        rows.append(f'<tr data-cell="{_esc(r["cell_id"])}">{"".join(cells)}</tr>')
+        rows.append(f'<tr data-cell="{_esc(r["cell_id"])}"{data}>{"".join(cells)}</tr>')
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _slider(summary: pd.DataFrame, metric: str) -> tuple[float, float, float]:
+    """(min, max, step) covering every successful cell, so the default shows all."""
+    ok = summary[summary["status"] == "ok"] if len(summary) else summary
+    values = [float(v) for v in (ok[metric] if metric in ok else []) if not _is_missing(v)]
+    if not values:
+        return 0.0, 1.0, 0.01
+    high = max(values) * 1.001
+    low = min(values) * 0.9
+    return low, high, (high - low) / 200 or 0.01
+
+
+def _filters(summary: pd.DataFrame) -> str:
+    i_low, i_high, i_step = _slider(summary, "itl_ms_p50")
+    e_low, e_high, e_step = _slider(summary, "energy_per_output_token_j")
+    options = "".join(f'<option value="{q}">p{q}</option>' for q in ITL_FILTER_PERCENTILES)
+    return (f'<div id="filters"><label>ITL deadline: <select id="itl-percentile">{options}</select> '
+            f'≤ <input type="range" id="itl-deadline" min="{i_low:.6g}" max="{i_high:.6g}" '
+            f'step="{i_step:.6g}" value="{i_high:.6g}"> <output id="itl-deadline-value"></output> ms'
+            f'</label><label>Energy budget ≤ <input type="range" id="energy-budget" '
+            f'min="{e_low:.6g}" max="{e_high:.6g}" step="{e_step:.6g}" value="{e_high:.6g}"> '
+            f'<output id="energy-budget-value"></output> J/token</label>'
+            f'<span id="shown-count"></span></div>')
+
+
+def _environment(provenance: dict[str, dict[str, Any]]) -> str:
+    """What the cells share (or the distinct values, where they differ)."""
+    if not provenance:
+        return "<p>No provenance files.</p>"
+    fields = {
+        "host": lambda p: p.get("host"), "platform": lambda p: p.get("platform"),
+        "CPU": lambda p: f'{p.get("cpu_model")} ({p.get("cpu_count")} logical CPUs)',
+        "GPUs": lambda p: ", ".join(g.get("name", "?") for g in p.get("gpus") or []) or "none",
+        "GPU driver / CUDA": lambda p: f'{p.get("driver_version")} / {p.get("cuda_driver_version")}'
+        if p.get("driver_version") else "n/a",
+        "Python": lambda p: p.get("python"),
+        "energy sources": lambda p: ", ".join(f"{k}: {v}" for k, v in sorted((p.get("energy_sources") or {}).items())),
+        "git commit": lambda p: f'{(p.get("git") or {}).get("commit")}'
+        + (" (dirty)" if (p.get("git") or {}).get("dirty") else ""),
+        "code fingerprint": lambda p: p.get("code_fingerprint"),
+        "Slurm job": lambda p: p.get("slurm_job_id"),
+    }
+    rows = []
+    for name, get in fields.items():
+        values = sorted({str(get(p)) for p in provenance.values()})
+        rows.append(f"<tr><th class='t'>{_esc(name)}</th><td>{'<br>'.join(_esc(v) for v in values)}</td></tr>")
+    packages: dict[str, set[str]] = {}
+    for p in provenance.values():
+        for k, v in (p.get("packages") or {}).items():
+            packages.setdefault(k, set()).add(str(v))
+    rows.append("<tr><th class='t'>packages</th><td>" + ", ".join(
+        f"{_esc(k)} {_esc(' / '.join(sorted(v)))}" for k, v in sorted(packages.items())) + "</td></tr>")
+    return f'<table class="env">{"".join(rows)}</table>'
+
+
 def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
-           provenance: dict[str, dict[str, Any]], problems: list[str], title: str) -> str:
+           provenance: dict[str, dict[str, Any]], problems: list[str], title: str,
+           power_figures: dict[str, Path] | None = None) -> str:
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
@@ -135,30 +280,46 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                      'from utilisation × a configured per-core power. Use these numbers to compare '
                      'cells with each other, not as absolute joules.</p>')
     parts.append("<h2>Figures</h2>")
-    parts += [_image(p) for p in figures]
-    for model, group in summary.groupby("model", sort=True):
-        parts.append(f"<h2>Model: {_esc(model)}</h2>")
-        parts.append("<p>Mean across cycles ± half-width of the 95% confidence interval "
-                     "(Student t). Click a column header to sort.</p>")
-        parts.append(_model_table(group))
+    parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
+    parts.append("<h2>Configurations</h2>")
+    parts.append("<p>Mean across cycles ± half-width of the 95% confidence interval (Student t); "
+                 "latency percentiles also show a 95% bootstrap interval over requests in brackets. "
+                 '<span class="badge measured">M</span> measured, <span class="badge estimate">E</span> '
+                 "estimated (hover for the source). Click a column header to sort; the sliders hide "
+                 "configurations over the ITL deadline or the energy budget. "
+                 '<span class="badge pareto">frontier</span>: on the Pareto frontier of energy per '
+                 "token against median ITL.</p>")
+    if len(summary):
+        parts.append(_filters(summary))
+        pareto = set(pareto_cells(summary, "itl_ms_p50", "energy_per_output_token_j", True)) \
+            if {"itl_ms_p50", "energy_per_output_token_j"} <= set(summary.columns) else set()
+        for model, group in summary.groupby("model", sort=True):
+            parts.append(f"<h3>Model: {_esc(model)}</h3>")
+            parts.append(_model_table(group, pareto))
     warnings = [(r["cell_id"], w) for _, r in summary.iterrows() for w in _as_list(r.get("warnings"))]
     if warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li><code>{_esc(c)}</code>: {_esc(w)}</li>" for c, w in warnings) + "</ul>")
     failed = summary[summary["status"] != "ok"] if len(summary) else summary
     pruned = matrix[matrix["status"] == "pruned"] if len(matrix) else matrix
-    parts.append("<h2>Failed and pruned cells</h2>")
+    parts.append('<h2 id="failed">Failed and pruned cells</h2>')
     if failed.empty and pruned.empty and not problems:
         parts.append("<p>None.</p>")
     parts += [f'<p class="failed">failed <code>{_esc(r["cell_id"])}</code> ({_esc(r["backend"])}): '
               f'{_esc(r.get("error"))}</p>' for _, r in failed.iterrows()]
     axis_cols = [c for c in pruned.columns
                  if c not in ("cell_id", "model", "backend", "status", "reason", "path")]
-    parts += [f'<p>pruned {_esc(r["model"])} / {_esc(r["backend"])} '
+    parts += [f'<p class="pruned">pruned {_esc(r["model"])} / {_esc(r["backend"])} '
               f'({_esc(", ".join(f"{c}={r[c]}" for c in axis_cols if not _is_missing(r[c]) and r[c] != ""))}): '
               f'{_esc(r["reason"])}</p>' for _, r in pruned.iterrows()]
     parts += [f'<p class="failed">unreadable result: {_esc(p)}</p>' for p in problems]
+    if power_figures:
+        parts.append("<h2>Power per cell</h2>")
+        parts.append(f"<p>{_esc(CAPTIONS['power'])}</p>")
+        for cell_id, path in sorted(power_figures.items()):
+            parts.append(f"<details><summary><code>{_esc(cell_id)}</code></summary>{_image(path)}</details>")
     parts.append("<h2>Environment and provenance</h2>")
+    parts.append(_environment(provenance))
     for cell_id, prov in provenance.items():
         parts.append(f"<details><summary><code>{_esc(cell_id)}</code> on {_esc(prov.get('host'))} "
                      f"({_esc(prov.get('cpu_model'))})</summary><pre>"

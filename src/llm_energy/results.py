@@ -27,11 +27,16 @@ RUN_COLUMNS: dict[str, pa.DataType] = {
     "dram_energy_j": _F, "dram_energy_source": _S, "total_energy_j": _F, "energy_source": _S,
     "idle_power_w": _F, "net_energy_j": _F, "duration_s": _F,
     "steady_state_duration_s": _F, "steady_state_energy_j": _F, "steady_state_output_tokens": _I,
+    # Window edges for plots: cycle start on the timeseries clock, steady state on the cycle clock.
+    "cycle_start_s": _F, "steady_state_start_s": _F, "steady_state_end_s": _F,
     "input_tokens": _I, "output_tokens": _I, "requests": _I,
     "energy_per_output_token_j": _F, "energy_per_request_j": _F, "output_tokens_per_s": _F,
     "avg_power_w": _F, **{name: _F for name in _PCT},
     "flops_per_token": _F, "achieved_tflops": _F, "mfu": _F, "peak_memory_mb": _F,
     "load_duration_s": _F, "load_energy_j": _F, "warmup_runs": _I,
+    # Measurement validity: how the idle baseline was obtained (measured/cached/disabled),
+    # GPU energy from integrated NVML power (cross-check of the counter), start temperature.
+    "idle_baseline": _S, "gpu_power_integral_j": _F, "preflight_temperature_c": _F,
 }
 
 REQUEST_COLUMNS: dict[str, pa.DataType] = {
@@ -44,7 +49,7 @@ REQUEST_COLUMNS: dict[str, pa.DataType] = {
 TIMESERIES_COLUMNS: dict[str, pa.DataType] = {
     "schema_version": _I, "cell_id": _S, "t_s": _F, "device": _S, "power_w": _F,
     "power_source": _S, "temperature_c": _F, "utilization_pct": _F, "memory_mb": _F,
-    "sm_clock_mhz": _F, "phase": _S,
+    "sm_clock_mhz": _F, "phase": _S, "throttle_reasons": _I,
 }
 
 CELL_FILES = ("requests.parquet", "timeseries.parquet", "provenance.json", "runs.parquet")

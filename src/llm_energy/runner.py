@@ -1,6 +1,15 @@
 """Run one cell in its backend's environment as a child process in its own process group,
 with a wall-clock limit and retries. Whatever happens, the cell ends with outputs: measured
-rows, or a `status = failed` row that names the error, so the rest of the study goes on."""
+rows, or a `status = failed` row that names the error, so the rest of the study goes on.
+
+Faults and what they become (docs/reliability.md):
+- an exception in the measurement: its type and first line (`.error.json` from measure.py);
+  out-of-memory errors are prefixed `out of memory:`;
+- a hang: after `measurement.timeout_s` the whole process group is sent SIGTERM, then SIGKILL,
+  and so is every descendant that left the group;
+- death by a signal (SIGKILL from the kernel's OOM killer, a segfault): named, with a hint;
+- this runner killed (kill -9, job cancelled): the measuring child notices its parent is gone
+  and kills its own process group (measure.py), so nothing keeps running or writes late."""
 
 from __future__ import annotations
 
@@ -13,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import psutil
+
 from llm_energy import provenance, results
-from llm_energy.measure import ERROR_FILE
+from llm_energy.measure import ERROR_FILE, PARENT_PID_FLAG
 
 SRC_DIR = Path(__file__).resolve().parent.parent
 _KILL_GRACE_S = 10.0
@@ -36,28 +47,68 @@ def python_for_backend(backend: str, project_dir: str | os.PathLike = ".") -> st
     local = Path(project_dir) / ".venvs" / backend / "bin" / "python"
     if local.exists():
         return str(local.absolute())
-    module = {"transformers": "transformers", "vllm": "vllm", "tensorrt-llm": "tensorrt_llm"}.get(backend)
+    from llm_energy.backends import IMPORT_NAMES, INSTALL_HINTS
+
+    module = IMPORT_NAMES.get(backend)
     import importlib.util
 
     if module and importlib.util.find_spec(module) is not None:
         return sys.executable
     raise EnvironmentMissing(
-        f"no environment for backend '{backend}': run `make venv-{backend}` "
+        f"no environment for backend '{backend}': "
+        f"{INSTALL_HINTS.get(backend, f'run `make venv-{backend}`')} "
         f"(or set LLM_ENERGY_PYTHON_{backend.upper().replace('-', '_')} to its python)"
     )
 
 
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def _kill_group(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left, including descendants
+    that started their own session (found before the child dies and orphans them)."""
+    strays = _descendants(process.pid)
     for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             process.wait(timeout=wait_s)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    _kill_strays(strays)
+
+
+def _kill_strays(strays: list[psutil.Process]) -> None:
+    for proc in strays:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(strays, timeout=5.0)
+
+
+def _signal_error(code: int) -> str:
+    name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+    if -code == signal.SIGKILL:
+        return ("killed by signal SIGKILL (from outside the measurement; when nobody killed "
+                "it, most likely the kernel's out-of-memory killer: check `dmesg`)")
+    return f"killed by signal {name}"
+
+
+def clear_cell_outputs(out: Path) -> None:
+    """Remove a previous attempt's results and temporary files, so that a failure can never
+    leave an older result in place that looks like this attempt's."""
+    for name in (*results.CELL_FILES, ERROR_FILE):
+        (out / name).unlink(missing_ok=True)
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s: float,
@@ -65,10 +116,12 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
     """One try; returns None on success or the error line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR),
                                                                       os.environ.get("PYTHONPATH")]))}
+    # An argument list, never a shell string: config values (model paths, hub ids) are passed
+    # as single arguments, whatever characters they contain.
     process = subprocess.Popen(
         [python, "-m", "llm_energy.measure", "--cell", str(cell_file), "--model-path", model_path,
-         "--out", str(out)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+         "--out", str(out), PARENT_PID_FLAG, str(os.getpid())],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, shell=False,
     )
     try:
         code = process.wait(timeout=timeout_s)
@@ -87,11 +140,16 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
     if code == 0 and (out / "runs.parquet").exists():
         return None
     error_file = out / ERROR_FILE
-    if error_file.exists():
+    try:
         error = json.loads(error_file.read_text())
-        return f"{error['type']}: {error['message']}"
+        prefix = "out of memory: " if error.get("kind") == "out-of-memory" else ""
+        return f"{prefix}{error['type']}: {error['message']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, or half-written when the child was killed: the exit status says more
     if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
+        return _signal_error(code)
+    if code == 0:
+        return "measurement process exited without writing runs.parquet"
     return f"measurement process exited with status {code}"
 
 
@@ -100,6 +158,7 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
     """Measure a cell; returns its status ('ok' or 'failed'). Outputs exist either way."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clear_cell_outputs(out)
     cell_file = out / ".cell.json"
     cell_file.write_text(json.dumps(cell_config, indent=2))
     measurement = cell_config["measurement"]
@@ -113,6 +172,8 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
         started = time.time()
         print(f"[{cell_config['cell_id']}] attempt {attempt}/{attempts} with {python}",
               file=log, flush=True)
+        if attempt > 1:
+            clear_cell_outputs(out)
         error = _attempt(python, cell_file, model_path, out, measurement["timeout_s"], log)
         if error is None:
             (out / ERROR_FILE).unlink(missing_ok=True)
@@ -133,3 +194,35 @@ def write_failed_cell(cell_config: dict[str, Any], out: Path, error: str) -> Non
         "packages": provenance.package_versions(), "code_fingerprint": provenance.code_fingerprint(),
         "git": provenance.git_state(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     })
+
+
+def failed_cells(runs_files: list[str]) -> list[str]:
+    """One line per planned cell whose result says it failed or cannot be read; cells not
+    run yet (no runs.parquet) are not listed. For the workflow's exit status."""
+    import pyarrow.parquet as pq
+
+    lines = []
+    for path in runs_files:
+        if not Path(path).exists():
+            continue
+        try:
+            runs = pq.read_table(path, columns=["status", "error"]).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - an unreadable result is a failure too
+            lines.append(f"{path}: unreadable ({type(exc).__name__})")
+            continue
+        errors = sorted({str(r["error"]) for r in runs if r["status"] != "ok"})
+        if errors or not runs:
+            lines.append(f"{path}: {'; '.join(errors) or 'no rows'}")
+    return lines
+
+
+def failure_message(runs_files: list[str]) -> str | None:
+    """The text the workflow prints before exiting non-zero, or None when no cell failed."""
+    failed = failed_cells(runs_files)
+    if not failed:
+        return None
+    listed = "\n".join(f"  {line}" for line in failed)
+    return (f"llm-energy: {len(failed)} of {len(runs_files)} cell(s) failed; the rest of the study "
+            f"ran and the summary and report list the failures:\n{listed}\n"
+            "To measure them again after fixing the cause, add to your snakemake command: "
+            "--forcerun " + " ".join(line.split(": ", 1)[0] for line in failed) + "\n")

@@ -1,7 +1,10 @@
 """Background telemetry: power, utilisation, temperature, memory and clocks at a fixed rate.
 
 One daemon thread, one sample per device per tick, appended to lists: cheap enough to run
-beside the workload (see bench/sampler_overhead.py). Absent sensors are recorded as None."""
+beside the workload (see bench/sampler_overhead.py). Absent sensors are recorded as None; a
+probe that raises loses that sample (a gap, flagged by the protocol's coverage check), never
+the thread. The same tick also polls energy counters (`pollers`) so that none wraps twice
+between two window edges."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import psutil
 from llm_energy.meters.estimate import busy_core_seconds
 
 TIMESERIES_COLUMNS = ("t_s", "device", "power_w", "power_source", "temperature_c",
-                      "utilization_pct", "memory_mb", "sm_clock_mhz")
+                      "utilization_pct", "memory_mb", "sm_clock_mhz", "throttle_reasons")
 
 
 @dataclass
@@ -28,6 +31,8 @@ class Sample:
     utilization_pct: float | None
     memory_mb: float | None
     sm_clock_mhz: float | None
+    #: NVML clock-event reason bits (see meters.nvml.THROTTLE_REASONS); None off NVIDIA.
+    throttle_reasons: int | None = None
 
 
 class CpuProbe:
@@ -56,12 +61,16 @@ class CpuProbe:
 
 
 class NvmlProbe:
-    """One NVIDIA GPU through nvidia-ml-py."""
+    """One NVIDIA GPU through nvidia-ml-py (`gpu`: a meters.nvml.Gpu or an NVML index)."""
 
-    def __init__(self, nvml: Any, index: int) -> None:
+    def __init__(self, nvml: Any, gpu: Any) -> None:
         self._nvml = nvml
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        self.device = f"gpu{index}"
+        if isinstance(gpu, int):
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu)
+            self.device = f"gpu{gpu}"
+        else:
+            self._handle = gpu.handle
+            self.device = gpu.label
 
     def _read(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -70,6 +79,8 @@ class NvmlProbe:
             return None
 
     def sample(self, t_s: float) -> Sample:
+        from llm_energy.meters.nvml import throttle_reasons
+
         nvml, h = self._nvml, self._handle
         power_mw = self._read(lambda: nvml.nvmlDeviceGetPowerUsage(h))
         temp = self._read(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU))
@@ -77,34 +88,53 @@ class NvmlProbe:
         mem = self._read(lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20)
         clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM))
         return Sample(t_s, self.device, None if power_mw is None else power_mw / 1000.0,
-                      "nvml-power" if power_mw is not None else None, temp, util, mem, clock)
+                      "nvml-power" if power_mw is not None else None, temp, util, mem, clock,
+                      throttle_reasons(nvml, h))
 
 
 class Sampler:
-    def __init__(self, probes: list[Any], rate_hz: float) -> None:
+    def __init__(self, probes: list[Any], rate_hz: float,
+                 pollers: list[Callable[[], None]] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.probes = probes
+        self.pollers = list(pollers or [])
         self.period_s = 1.0 / rate_hz
         self.samples: list[Sample] = []
+        self.errors = 0
+        #: CPU time the sampler thread itself used (time.thread_time), set when it stops.
+        self.thread_cpu_s: float | None = None
+        self.clock = clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-energy-sampler", daemon=True)
 
-    def _run(self) -> None:
-        next_t = time.perf_counter()
-        while not self._stop.is_set():
-            now = time.perf_counter()
-            for probe in self.probes:
+    def _tick(self, now: float) -> None:
+        for poll in self.pollers:
+            try:
+                poll()
+            except Exception:  # noqa: BLE001 - a failed poll is caught at the window edge
+                self.errors += 1
+        for probe in self.probes:
+            try:
                 self.samples.append(probe.sample(now))
+            except Exception:  # noqa: BLE001 - lose the sample (a flagged gap), not the thread
+                self.errors += 1
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        next_t = self.clock()
+        while not self._stop.is_set():
+            self._tick(self.clock())
             next_t += self.period_s
-            delay = next_t - time.perf_counter()
+            delay = next_t - self.clock()
             if delay < 0:  # fell behind (e.g. suspended): skip missed ticks, keep the rate
-                next_t = time.perf_counter()
+                next_t = self.clock()
                 delay = 0
             self._stop.wait(delay)
+        self.thread_cpu_s = time.thread_time() - cpu0
 
     def sample_now(self, now: float) -> None:
         """An extra sample at a window edge, so every window has at least its two ends."""
-        for probe in self.probes:
-            self.samples.append(probe.sample(now))
+        self._tick(now)
 
     def start(self) -> Sampler:
         self._thread.start()
@@ -117,15 +147,13 @@ class Sampler:
 
 
 def default_probes(device: str, cpu_power_per_core_w: float | None,
-                   gpu_indices: list[int] | None = None) -> list[Any]:
+                   gpus: list[Any] | None = None, nvml: Any = None) -> list[Any]:
+    """The CPU probe, plus one NVML probe per GPU of the job (`gpus` from meters.nvml)."""
     probes: list[Any] = [CpuProbe(cpu_power_per_core_w)]
-    if device == "cuda":
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            for index in gpu_indices or [0]:
-                probes.append(NvmlProbe(pynvml, index))
-        except Exception:
-            pass
+    if device == "cuda" and nvml is not None:
+        for gpu in gpus or []:
+            try:
+                probes.append(NvmlProbe(nvml, gpu))
+            except Exception:  # noqa: BLE001 - a GPU that vanished shows as a gap
+                pass
     return probes

@@ -5,15 +5,25 @@ Kept here (not in the .smk files) so it is tested like the rest of the logic."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from llm_energy.config import ConfigError, StudyConfig, load_study, validate_study
+from llm_energy.config import ConfigError, ModelConfig, StudyConfig, load_study, validate_study
 from llm_energy.matrix import Cell, PrunedCell, expand, matrix_csv
 
 DEFAULT_CONFIG = "config/config.yaml"
 MODELS_DIR = "resources/models"
+
+
+# Host memory a measurement job asks a scheduler for (Slurm `--mem`), beyond the weights:
+# the interpreter, torch and the backend's own buffers. vLLM on CPU also keeps its KV cache
+# in host memory (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization of a NUMA node).
+BASE_MEM_MB = {"transformers": 3072, "vllm": 8192}
+DEFAULT_BASE_MEM_MB = 4096
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 @dataclass
@@ -21,25 +31,81 @@ class Plan:
     study: StudyConfig
     cells: dict[str, Cell]
     pruned: list[PrunedCell]
+    # Where the backend environments live (.venvs/<backend>): the workflow's directory.
+    project_dir: str = "."
+    # Models by name: the Snakefile asks per job, so a scan of the list would make a
+    # 10,000-cell study quadratic.
+    models: dict[str, ModelConfig] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.models = {m.name: m for m in self.study.models}
 
     def model_path(self, model_name: str) -> str:
-        model = next(m for m in self.study.models if m.name == model_name)
+        model = self.models[model_name]
         if model.demo is not None:
             return f"{MODELS_DIR}/{model.name}"
         return model.path if model.path is not None else str(model.hub_id)
 
     def model_input(self, model_name: str) -> list[str]:
         """The files a cell's measurement depends on (demo models are built by the DAG)."""
-        model = next(m for m in self.study.models if m.name == model_name)
+        model = self.models[model_name]
         if model.demo is not None:
             return [f"{MODELS_DIR}/{model.name}/config.json"]
         if model.path is not None:
             return [str(Path(model.path) / "config.json")]
         return []
 
+    def demo_spec(self, model_name: str) -> dict[str, Any]:
+        demo = self.models[model_name].demo
+        assert demo is not None, f"model {model_name} is not a demo model"
+        return demo.model_dump(mode="json")
+
     def cell_params(self, cell_id: str) -> dict[str, Any]:
         cell = self.cells[cell_id]
         return {**cell.config, "cell_id": cell.cell_id}
+
+    def software(self, backend: str) -> dict[str, Any]:
+        """The measure rule's `software` param: package versions of the backend's
+        environment, so an upgrade reruns exactly that backend's cells."""
+        from llm_energy.stale import backend_software
+
+        return backend_software(backend, self.project_dir)
+
+    @functools.cached_property
+    def _weights_mb(self) -> dict[str, float | None]:
+        return {name: _weights_mb(m) for name, m in self.models.items()}
+
+    def mem_mb(self, model_name: str, backend: str) -> int | None:
+        """Host memory for one measurement job, MiB: twice the weights (a copy while
+        loading) plus the backend's base. None (the scheduler's default) for hub models,
+        whose size is unknown before download; override per rule in the profile
+        (`set-resources: {measure: {mem_mb: N}}`)."""
+        weights = self._weights_mb[model_name]
+        if weights is None:
+            return None
+        total = 2 * weights + BASE_MEM_MB.get(backend, DEFAULT_BASE_MEM_MB)
+        return int(math.ceil(total / 1024) * 1024)
+
+    def threads(self, available_cores: Callable[[], int]) -> int:
+        """CPUs for one measurement job (Slurm `--cpus-per-task`): `measurement.threads`
+        when set; otherwise all cores on CPU studies (the measurement is the only load) and
+        a few per GPU on GPU studies (engine process, scheduler, tokenizer, sampler)."""
+        measurement = self.study.measurement
+        if measurement.threads:
+            return measurement.threads
+        if measurement.device == "cpu":
+            return available_cores()
+        return 4 * measurement.gpus_per_cell
+
+    def gpus(self) -> int:
+        measurement = self.study.measurement
+        return measurement.gpus_per_cell if measurement.device == "cuda" else 0
+
+    def runtime_min(self) -> int:
+        """Slurm `-t` for a measurement job: every attempt may use the full timeout, plus
+        5 minutes for start-up and writing results."""
+        measurement = self.study.measurement
+        return int(math.ceil(measurement.timeout_s * (1 + measurement.retries) / 60)) + 5
 
     def matrix_csv(self) -> str:
         return matrix_csv(list(self.cells.values()), self.pruned)
@@ -48,17 +114,31 @@ class Plan:
         return [f"{results_dir}/{c.path}/runs.parquet" for c in self.cells.values()]
 
 
-def plan_from_config(config: dict[str, Any]) -> Plan:
+def _weights_mb(model: ModelConfig) -> float | None:
+    if model.demo is not None:
+        demo = model.demo
+        params = (2 * demo.vocab_size * demo.hidden_size
+                  + demo.num_layers * (4 * demo.hidden_size ** 2
+                                       + 3 * demo.hidden_size * demo.intermediate_size))
+        return params * 4 / 2**20  # built in float32
+    if model.path is not None:
+        directory = Path(model.path).expanduser()
+        return sum(p.stat().st_size for p in directory.iterdir()
+                   if p.suffix in WEIGHT_SUFFIXES and p.is_file()) / 2**20
+    return None
+
+
+def plan_from_config(config: dict[str, Any], project_dir: str = ".") -> Plan:
     """The study from Snakemake's `config` (filled by --configfile), or the default study."""
     study = validate_study(config) if config else load_study(DEFAULT_CONFIG)
     cells, pruned = expand(study)
-    return Plan(study, {c.cell_id: c for c in cells}, pruned)
+    return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir))
 
 
-def plan_or_exit(config: dict[str, Any]) -> Plan:
+def plan_or_exit(config: dict[str, Any], project_dir: str = ".") -> Plan:
     """For the Snakefile: a config error is one line on stderr and exit status 1."""
     try:
-        return plan_from_config(config)
+        return plan_from_config(config, project_dir)
     except ConfigError as exc:
         sys.stderr.write(f"llm-energy: config error: {exc}\n")
         raise SystemExit(1) from None

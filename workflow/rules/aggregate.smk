@@ -18,6 +18,9 @@ rule aggregate:
     output:
         parquet="results/summary.parquet",
         csv="results/summary.csv",
+    params:
+        # A param, so changing the carbon/price factors re-runs only the aggregation.
+        carbon=PLAN.study.carbon.model_dump(mode="json"),
     log:
         "results/logs/aggregate.log",
     script:

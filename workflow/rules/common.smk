@@ -7,7 +7,8 @@ from llm_energy.workflow import plan_or_exit  # noqa: E402
 
 # No `configfile:` directive: Snakemake would merge a user's --configfile into the default
 # study key by key. Validation happens here, before any job exists.
-PLAN = plan_or_exit(config)
+# The project directory holds the backend environments (.venvs/<backend>).
+PLAN = plan_or_exit(config, workflow.basedir)
 CELLS = PLAN.cells
 SCRIPTS = Path(workflow.basedir) / "scripts"
 
@@ -16,3 +17,15 @@ wildcard_constraints:
     cell_id="[0-9a-f]{12}",
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     backend="[a-z][a-z0-9-]*",
+
+
+# Failed cells do not stop the study (the runner writes a `status = failed` row and the job
+# succeeds), so the exit status is set here: non-zero, with the list, when any planned cell
+# failed or its result is unreadable. Not called on dry runs or when nothing had to be done.
+onsuccess:
+    from llm_energy.runner import failure_message
+
+    _failures = failure_message(PLAN.runs_files())
+    if _failures:
+        sys.stderr.write(_failures)
+        raise SystemExit(1)

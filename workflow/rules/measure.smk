@@ -1,13 +1,12 @@
-# One job per cell. The cell's full resolved configuration is a param, so Snakemake reruns
-# exactly the cells whose configuration changed (package code is tracked in provenance).
+# One job per cell. The cell's full resolved configuration is a param, and so are the package
+# versions of its backend's environment: Snakemake reruns exactly the cells whose
+# configuration or backend software changed. The code of src/llm_energy is not tracked by
+# Snakemake; it is recorded per cell in provenance.json (`llm-energy stale` lists the cells
+# measured with other code; README "Reruns").
 
 
 def _cell(wildcards):
     return PLAN.cell_params(wildcards.cell_id)
-
-
-def _timeout_min(wildcards, attempt):
-    return int(PLAN.study.measurement.timeout_s / 60 * (1 + PLAN.study.measurement.retries)) + 5
 
 
 rule measure:
@@ -21,11 +20,18 @@ rule measure:
     params:
         cell=_cell,
         model_path=lambda wc: PLAN.model_path(wc.model),
+        # Not used by the script: here so that a new package version reruns the cells.
+        software=lambda wc: PLAN.software(wc.backend),
     log:
         "results/logs/measure/{model}/{backend}/{cell_id}.log",
+    # On Slurm: gpu -> --gpus, runtime -> -t (minutes), mem_mb -> --mem, cpus_per_task ->
+    # --cpus-per-task. cpus_per_task is set from threads explicitly because a profile's
+    # default-resources cpus_per_task would otherwise win over threads.
     resources:
-        gpu=PLAN.study.measurement.gpus_per_cell if PLAN.study.measurement.device == "cuda" else 0,
-        runtime=_timeout_min,
-    threads: workflow.cores if PLAN.study.measurement.device == "cpu" else 1
+        gpu=PLAN.gpus(),
+        runtime=PLAN.runtime_min(),
+        mem_mb=lambda wc: PLAN.mem_mb(wc.model, wc.backend),
+        cpus_per_task=lambda wc, threads: threads,
+    threads: PLAN.threads(lambda: workflow.cores)
     script:
         "../../scripts/measure_cell.py"

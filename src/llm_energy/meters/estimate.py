@@ -39,3 +39,7 @@ class EstimateMeter(Meter):
     @property
     def warning(self) -> str:
         return ESTIMATE_WARNING.format(w=self.cpu_power_per_core_w)
+
+    @property
+    def static_warnings(self) -> list[str]:
+        return [self.warning]

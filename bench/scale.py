@@ -1,0 +1,284 @@
+"""Scale benchmark: how planning, `snakemake -n` and aggregation grow with the cell count.
+
+    .venv/bin/python bench/scale.py                 # 100, 1,000 and 10,000 cells (~10 min)
+    .venv/bin/python bench/scale.py --quick         # 100 cells only (smoke test, ~30 s)
+    .venv/bin/python bench/scale.py --sizes 10000 --json out.json
+
+Targets at 10,000 cells (docs/scale.md): config validation + matrix expansion < 2 s;
+`snakemake -n` < 60 s; aggregation < 30 s and < 2 GiB peak memory.
+
+The study: path models (all pointing to one tiny directory holding a config.json, as a
+study over local checkpoints does) x the transformers backend's batch sizes x two dtypes,
+100 cells per model. Aggregation reads synthetic cells written with `results.write_cell`
+(3 cycles each): `runs` cells have no request rows (the summary of runs.parquet alone),
+`requests` cells carry 16 requests x 3 cycles x 32 output tokens like the default study,
+which adds the per-cell bootstrap of the latency percentiles.
+
+Every stage runs in a fresh child process; its time is the child's own measurement, its
+peak memory the child's maximum resident set size (os.wait4), Python and imports included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+CELLS_PER_MODEL = 100
+TARGETS_10K = {"plan": ("duration_s", 2.0), "dryrun": ("duration_s", 60.0),
+               "aggregate_runs": ("duration_s", 30.0)}
+MEMORY_TARGET_MIB = 2048
+REQUESTS_PER_CYCLE, CYCLES, OUTPUT_TOKENS = 16, 3, 32
+
+
+# ---------------------------------------------------------------- the study
+
+
+def study_dict(n_cells: int, model_dir: Path) -> dict:
+    if n_cells % 2:
+        raise SystemExit("cell counts must be even (two dtypes per batch size)")
+    per_model = min(n_cells, CELLS_PER_MODEL)
+    if n_cells % per_model:
+        raise SystemExit(f"cell counts above {CELLS_PER_MODEL} must be multiples of it")
+    return {
+        "name": f"scale-{n_cells}",
+        "models": [{"name": f"model-{i:05d}", "path": str(model_dir)}
+                   for i in range(n_cells // per_model)],
+        "backends": {"transformers": {"batch_size": list(range(1, per_model // 2 + 1)),
+                                      "dtype": ["float32", "bfloat16"]}},
+        "measurement": {"threads": 1},
+    }
+
+
+def write_study(workdir: Path, n_cells: int) -> Path:
+    import yaml
+
+    model_dir = workdir / "tiny-model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+         "vocab_size": 1000, "max_position_embeddings": 2048}))
+    path = workdir / f"study-{n_cells}.yaml"
+    path.write_text(yaml.safe_dump(study_dict(n_cells, model_dir), sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- stages (child processes)
+
+
+def stage_plan(study_path: Path) -> dict:
+    """What the Snakefile does before the DAG: parse, validate, expand, and answer every
+    per-job question (inputs, params, resources) once per cell."""
+    import yaml
+
+    from llm_energy.workflow import plan_from_config
+
+    t0 = time.perf_counter()
+    plan = plan_from_config(yaml.safe_load(study_path.read_text()), str(ROOT))
+    t1 = time.perf_counter()
+    plan.matrix_csv()
+    plan.runs_files()
+    for cell in plan.cells.values():
+        plan.model_input(cell.model)
+        plan.model_path(cell.model)
+        plan.cell_params(cell.cell_id)
+        plan.mem_mb(cell.model, cell.backend)
+        plan.software(cell.backend)
+    t2 = time.perf_counter()
+    return {"cells": len(plan.cells), "duration_s": t2 - t0, "validate_expand_s": t1 - t0,
+            "per_job_lookups_s": t2 - t1}
+
+
+def _synthetic_cell(args: tuple[Path, int, bool]) -> None:
+    from llm_energy import results
+
+    out, index, with_requests = args
+    rng = random.Random(index)
+    cell_id = f"{index:012x}"
+    settings = {"batch_size": index % 50 + 1, "dtype": ("float32", "bfloat16")[index % 2],
+                "attn_implementation": "sdpa", "torch_compile": False}
+    runs, requests = [], []
+    for cycle in range(CYCLES):
+        duration = 2.0 + rng.random()
+        energy = 40.0 + 5 * rng.random()
+        tokens = REQUESTS_PER_CYCLE * OUTPUT_TOKENS
+        runs.append({
+            "cell_id": cell_id, "cycle": cycle, "model": f"model-{index // CELLS_PER_MODEL:05d}",
+            "backend": "transformers", **settings, "device": "cpu", "device_name": "cpu",
+            "status": "ok", "warnings": ["energy is estimated"],
+            "cpu_energy_j": energy, "cpu_energy_source": "estimate", "total_energy_j": energy,
+            "energy_source": "estimate", "idle_power_w": 5.0, "net_energy_j": energy - 5 * duration,
+            "duration_s": duration, "input_tokens": REQUESTS_PER_CYCLE * 64,
+            "output_tokens": tokens, "requests": REQUESTS_PER_CYCLE,
+            "energy_per_output_token_j": energy / tokens,
+            "energy_per_request_j": energy / REQUESTS_PER_CYCLE,
+            "output_tokens_per_s": tokens / duration, "avg_power_w": energy / duration,
+            **{f"{m}_ms_p{q}": 10.0 + rng.random() for m in ("ttft", "itl", "tpot", "e2e")
+               for q in (50, 90, 95, 99)},
+            "flops_per_token": 1e6, "achieved_tflops": 1e-3, "peak_memory_mb": 300.0,
+            "load_duration_s": 0.5, "warmup_runs": 1,
+        })
+        if not with_requests:
+            continue
+        for request in range(REQUESTS_PER_CYCLE):
+            first = 0.05 + 0.01 * rng.random()
+            itl = [20.0 + rng.random() for _ in range(OUTPUT_TOKENS - 1)]
+            finish = first + sum(itl) / 1000
+            requests.append({
+                "cell_id": cell_id, "cycle": cycle, "request_id": request, "input_tokens": 64,
+                "output_tokens": OUTPUT_TOKENS, "arrival_s": 0.0, "first_token_s": first,
+                "finish_s": finish, "ttft_ms": first * 1000, "tpot_ms": sum(itl) / len(itl),
+                "e2e_ms": finish * 1000, "itl_ms": itl,
+                "energy_j": energy / REQUESTS_PER_CYCLE, "success": True})
+    results.write_cell(out / "cells" / runs[0]["model"] / "transformers" / cell_id,
+                       runs, requests, [], {"cell_config": {"cell_id": cell_id}})
+
+
+def synthetic_results(workdir: Path, n_cells: int, with_requests: bool) -> Path:
+    """N synthetic cells, written once and reused by later runs (the marker says so)."""
+    out = workdir / f"results-{n_cells}-{'requests' if with_requests else 'runs'}"
+    marker = out / ".complete"
+    if not marker.exists():
+        jobs = [(out, i, with_requests) for i in range(n_cells)]
+        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+            list(pool.map(_synthetic_cell, jobs, chunksize=64))
+        marker.write_text(str(n_cells))
+    return out
+
+
+def stage_aggregate(results_dir: Path) -> dict:
+    """The aggregate rule's work: read every cell, summarise, write the summary."""
+    from llm_energy.aggregate import aggregate, write_summary
+
+    paths = sorted(str(p) for p in results_dir.glob("cells/*/*/*/runs.parquet"))
+    t0 = time.perf_counter()
+    agg = aggregate(paths)
+    write_summary(agg, results_dir / "summary.parquet", results_dir / "summary.csv")
+    duration = time.perf_counter() - t0
+    return {"cells": len(agg.summary), "runs_rows": len(agg.runs), "problems": len(agg.problems),
+            "duration_s": duration}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _measure(cmd: list[str], cwd: Path = ROOT, timeout_s: float = 3600) -> tuple[int, str, float, float]:
+    """(exit status, stdout+stderr, wall seconds, peak RSS in MiB) of a child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    # Read before waiting (a full pipe would block the child); then wait4 for its rusage.
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    return proc.returncode, output, wall, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def _child_stage(stage: str, arg: Path) -> dict:
+    code, output, wall, rss = _measure([sys.executable, __file__, "--stage", stage, str(arg)])
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed:\n{output[-3000:]}")
+    result = json.loads(output.strip().splitlines()[-1])
+    return {**result, "wall_s": wall, "peak_rss_mib": rss}
+
+
+def run_dryrun(workdir: Path, study: Path, n_cells: int) -> dict:
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    target = workdir / f"dryrun-{n_cells}"
+    target.mkdir(exist_ok=True)
+    code, output, wall, rss = _measure([snakemake, "-s", str(ROOT / "Snakefile"), "--directory",
+                                        str(target), "--configfile", str(study), "-n", "--quiet",
+                                        "rules", "--cores", "2"])
+    if code != 0:
+        raise SystemExit(f"snakemake -n failed:\n{output[-3000:]}")
+    measure = [int(line.split()[1]) for line in output.splitlines()
+               if line.split()[:1] == ["measure"] and len(line.split()) == 2]
+    return {"cells": measure[0] if measure else 0, "duration_s": wall, "wall_s": wall,
+            "peak_rss_mib": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 cells only (smoke test)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="cell counts (default 100 1000 10000)")
+    parser.add_argument("--request-sizes", type=int, nargs="*",
+                        help="cell counts for aggregation with request rows (default: 100 "
+                             "and 1000; 100 with --quick)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/llm-energy-scale"),
+                        help="studies and synthetic cells (kept: reused by the next run)")
+    parser.add_argument("--json", type=Path, help="write all numbers here")
+    parser.add_argument("--stage", choices=("plan", "aggregate"), help=argparse.SUPPRESS)
+    parser.add_argument("stage_arg", nargs="?", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.stage:  # inside a child: print one JSON line
+        run = stage_plan if args.stage == "plan" else stage_aggregate
+        print(json.dumps(run(args.stage_arg)))
+        return 0
+
+    sizes = args.sizes or ([100] if args.quick else [100, 1000, 10000])
+    request_sizes = args.request_sizes if args.request_sizes is not None else \
+        ([100] if args.quick else [100, 1000])
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def record(stage: str, n: int, result: dict) -> None:
+        rows.append({"stage": stage, "n_cells": n, **result})
+        print(f"{stage:<20} {n:>6} cells  {result['duration_s']:8.2f} s  "
+              f"{result['peak_rss_mib']:7.0f} MiB peak RSS  "
+              f"({1000 * result['duration_s'] / n:.2f} ms/cell)", flush=True)
+
+    for n in sizes:
+        study = write_study(args.workdir, n)
+        plan = _child_stage("plan", study)
+        assert plan["cells"] == n, plan
+        record("plan", n, plan)
+        dry = run_dryrun(args.workdir, study, n)
+        assert dry["cells"] == n, f"snakemake -n planned {dry['cells']} measure jobs, not {n}"
+        record("dryrun", n, dry)
+        agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=False))
+        assert agg["cells"] == n and agg["problems"] == 0, agg
+        record("aggregate_runs", n, agg)
+    for n in request_sizes:
+        agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=True))
+        assert agg["cells"] == n and agg["problems"] == 0, agg
+        record("aggregate_requests", n, agg)
+
+    verdicts = []
+    for stage, (key, limit) in TARGETS_10K.items():
+        at = [r for r in rows if r["stage"] == stage and r["n_cells"] == 10000]
+        if at:
+            r = at[0]
+            ok = r[key] < limit and (not stage.startswith("aggregate")
+                                     or r["peak_rss_mib"] < MEMORY_TARGET_MIB)
+            verdicts.append({"stage": stage, "limit_s": limit, "value_s": r[key], "met": ok})
+            print(f"target {stage} at 10,000 cells < {limit:g} s"
+                  f"{' and < 2 GiB' if stage.startswith('aggregate') else ''}: "
+                  f"{'met' if ok else 'MISSED'}")
+    for stage in ("plan", "dryrun", "aggregate_runs", "aggregate_requests"):
+        points = sorted((r["n_cells"], r["duration_s"]) for r in rows if r["stage"] == stage)
+        if len(points) >= 2:
+            (n0, t0), (n1, t1) = points[0], points[-1]
+            exponent = math.log(t1 / t0) / math.log(n1 / n0) if t0 > 0 and t1 > 0 else float("nan")
+            print(f"growth {stage}: time ~ cells^{exponent:.2f} ({n0} -> {n1} cells)")
+    if args.json:
+        args.json.write_text(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count(),
+                                         "rows": rows, "targets": verdicts}, indent=2))
+    return 0 if all(v["met"] for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The summary in the ML.ENERGY leaderboard's data format (`results/mlenergy/`).
+
+The leaderboard's build script (ml-energy/leaderboard, scripts/build_data.py) writes an
+`index.json` (tasks, models) and one JSON per task with a list of `configurations`; this
+module writes the same two files, with the same field names and meanings where this pipeline
+measures the same thing:
+
+- `energy_per_token_joules`: steady-state energy per output token (ML.ENERGY's headline:
+  energy in the window where the batch is full / output tokens in it); where a cell never
+  reached a steady state, the whole-cycle figure, and `energy_window` says which.
+- `energy_per_request_joules`: `energy_per_token_joules` × mean output length (their rule).
+- `total_energy_joules`: the steady-state window's energy (their `steady_state_energy`).
+- `median_itl_ms`, `p90/p95/p99_itl_ms`: inter-token latency percentiles (mean over cycles).
+- `avg_batch_size`: mean number of requests decoding together (see `aggregate.avg_batch_size`).
+- `is_stable`: their rule (steady state ≥ 10 s and average batch ≥ 90% of `max_num_seqs`).
+
+Differences that matter when comparing with the leaderboard: their energy is GPU-only, this
+pipeline's is every domain measured (`energy_scope` lists them; `energy_source` says measured
+or estimate), and their ITL percentiles come from vLLM's histograms in the steady state.
+Each configuration also carries an `llm_energy` object with the cell id, settings, sources
+and confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# The leaderboard's configuration fields, in its order, then the ones this pipeline adds
+# from the ML.ENERGY dataset schema.
+MLENERGY_FIELDS = (
+    "model_id", "nickname", "gpu_model", "num_gpus", "total_params_billions",
+    "activated_params_billions", "max_num_seqs", "max_num_batched_tokens",
+    "energy_per_token_joules", "energy_per_request_joules", "median_itl_ms",
+    "output_throughput_tokens_per_sec", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms",
+    "avg_batch_size", "avg_power_watts", "total_energy_joules", "total_output_tokens",
+    "num_requests", "duration_seconds", "steady_state_duration_seconds", "is_stable",
+)
+
+# Field → summary column, for the fields copied as they are.
+DIRECT = {
+    "median_itl_ms": "itl_ms_p50", "p90_itl_ms": "itl_ms_p90", "p95_itl_ms": "itl_ms_p95",
+    "p99_itl_ms": "itl_ms_p99", "output_throughput_tokens_per_sec": "output_tokens_per_s",
+    "avg_batch_size": "avg_batch_size", "avg_power_watts": "avg_power_w",
+    "total_energy_joules": "steady_state_energy_j", "total_output_tokens": "output_tokens",
+    "num_requests": "requests", "duration_seconds": "duration_s",
+    "steady_state_duration_seconds": "steady_state_duration_s",
+}
+
+MIN_STEADY_DURATION_S = 10.0
+MIN_BATCH_UTILIZATION = 0.9
+
+
+def _value(value: Any) -> Any:
+    """JSON-safe scalar: NaN/NA → None, numpy scalars → Python."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    return value
+
+
+def _int(value: Any) -> int | None:
+    value = _value(value)
+    return None if value is None else int(value)
+
+
+def max_num_seqs(row: pd.Series) -> int | None:
+    """The cell's batch limit: vLLM's `max_num_seqs`, or the static `batch_size`."""
+    for axis in ("max_num_seqs", "batch_size"):
+        if _value(row.get(axis)) is not None:
+            return _int(row.get(axis))
+    return None
+
+
+def energy_per_token(row: pd.Series) -> tuple[float | None, str]:
+    steady = _value(row.get("steady_state_energy_per_output_token_j"))
+    if steady is not None:
+        return float(steady), "steady_state"
+    return _value(row.get("energy_per_output_token_j")), "cycle"
+
+
+def stability(row: pd.Series) -> tuple[bool, str]:
+    duration = _value(row.get("steady_state_duration_s"))
+    if duration is None or duration < MIN_STEADY_DURATION_S:
+        return False, f"steady state {duration} s < {MIN_STEADY_DURATION_S:g} s"
+    limit, batch = max_num_seqs(row), _value(row.get("avg_batch_size"))
+    if limit and batch is not None and batch / limit < MIN_BATCH_UTILIZATION:
+        return False, f"average batch {batch:.2f}/{limit} < {MIN_BATCH_UTILIZATION:.0%}"
+    return True, ""
+
+
+def configuration(row: pd.Series, settings: list[str]) -> dict[str, Any]:
+    energy, window = energy_per_token(row)
+    out_len = _value(row.get("output_tokens"))
+    n_req = _value(row.get("requests"))
+    cuda = row.get("device") == "cuda"
+    stable, why = stability(row)
+    config: dict[str, Any] = {
+        "model_id": row["model"], "nickname": row["model"],
+        "gpu_model": _value(row.get("device_name")) if cuda else None,
+        "num_gpus": (_int(row.get("tensor_parallel_size")) or 1) if cuda else 0,
+        "total_params_billions": None, "activated_params_billions": None,
+        "max_num_seqs": max_num_seqs(row),
+        "max_num_batched_tokens": _int(row.get("max_num_batched_tokens")),
+        "energy_per_token_joules": energy,
+        "energy_per_request_joules": energy * out_len / n_req
+        if energy is not None and out_len is not None and n_req else None,
+    }
+    for field, column in DIRECT.items():
+        config[field] = _value(row.get(column))
+    config["is_stable"] = stable
+    config = {f: config.get(f) for f in MLENERGY_FIELDS}
+    source = _value(row.get("energy_source"))
+    config["llm_energy"] = {
+        "cell_id": row["cell_id"], "backend": row["backend"],
+        "settings": {c: _value(row.get(c)) for c in settings},
+        "device": _value(row.get("device")), "device_name": _value(row.get("device_name")),
+        "energy_window": window, "energy_source": source,
+        "energy_measured": bool(source) and "estimate" not in str(source),
+        "energy_scope": "+".join(d for d in ("gpu", "cpu", "dram")
+                                 if _value(row.get(f"{d}_energy_j")) is not None),
+        "unstable_reason": why or None, "cycles": _int(row.get("cycles")),
+        "energy_per_token_joules_ci95": _ci(row, "steady_state_energy_per_output_token_j"
+                                            if window == "steady_state" else "energy_per_output_token_j"),
+        "median_itl_ms_ci95": _ci(row, "itl_ms_p50"),
+        "output_throughput_tokens_per_sec_ci95": _ci(row, "output_tokens_per_s"),
+    }
+    return config
+
+
+def _ci(row: pd.Series, metric: str) -> list[float] | None:
+    low, high = _value(row.get(f"{metric}_ci95_low")), _value(row.get(f"{metric}_ci95_high"))
+    return None if low is None or high is None else [low, high]
+
+
+def _settings(summary: pd.DataFrame) -> list[str]:
+    from llm_energy.report import _settings_columns  # the report's notion of "a swept axis"
+
+    return _settings_columns(summary)
+
+
+def to_mlenergy(summary: pd.DataFrame, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(index, task document). Failed cells are left out of `configurations` and listed
+    under `excluded` with their error."""
+    settings = _settings(summary)
+    ok = summary[summary["status"] == "ok"] if len(summary) else summary
+    configs = [configuration(r, settings) for _, r in ok.iterrows()]
+    failed = summary[summary["status"] != "ok"] if len(summary) else summary
+    models = {}
+    for model in sorted(set(summary["model"])) if len(summary) else []:
+        rows = summary[summary["model"] == model]
+        dtypes = sorted({str(d) for d in rows.get("dtype", pd.Series(dtype=str)).dropna()})
+        models[model] = {"nickname": model, "total_params_billions": None,
+                         "activated_params_billions": None, "is_moe": None,
+                         "weight_precision": "/".join(dtypes) or None}
+    index = {"last_updated": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "tasks": [task],
+             "models": models, "generator": "llm-energy"}
+    document = {"task": task, "task_display_name": task, "configurations": configs,
+                "excluded": [{"cell_id": r["cell_id"], "model": r["model"], "backend": r["backend"],
+                              "reason": _value(r.get("error"))} for _, r in failed.iterrows()]}
+    return index, document
+
+
+def _dump(obj: Any) -> str:
+    def clean(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return o
+
+    return json.dumps(clean(obj), indent=2, default=str, allow_nan=False) + "\n"
+
+
+def task_file(task: str) -> str:
+    """The task document's file name (a study named "index" must not overwrite index.json)."""
+    return f"{task}.json" if task != "index" else "index_task.json"
+
+
+def write_mlenergy(summary: pd.DataFrame, out_dir: str | Path, task: str) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index, document = to_mlenergy(summary, task)
+    paths = [out / "index.json", out / task_file(task)]
+    paths[0].write_text(_dump(index))
+    paths[1].write_text(_dump(document))
+    return paths

@@ -1,0 +1,252 @@
+"""NVIDIA GPUs through nvidia-ml-py (`pynvml`): the job's GPUs only, their energy counter,
+power samples integrated (the fallback for pre-Volta GPUs and a cross-check), and the
+preflight/health queries (other processes, temperature, throttle reasons).
+
+The module is passed in (`nvml=`) so that tests drive every path with a fake."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from llm_energy import metrics
+from llm_energy.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
+
+
+class NoGpus(RuntimeError):
+    """No NVIDIA GPU visible to this job (or NVML absent)."""
+
+
+@dataclass
+class Gpu:
+    label: str       # gpu0, gpu1 ... in the job's (CUDA) order
+    handle: Any
+    ident: str       # UUID where NVML gives one, else the NVML index
+
+
+def load_nvml() -> Any:
+    """The initialised pynvml module, or NoGpus."""
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency of zeus
+        raise NoGpus("nvidia-ml-py is not installed") from exc
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded on CPU machines
+        raise NoGpus(f"NVML unavailable: {exc}") from exc
+    return pynvml
+
+
+def visible_gpu_ids(environ: dict[str, str] | None = None,
+                    default_count: int = 1) -> tuple[list[str], str | None]:
+    """The GPUs this job was given, as NVML indices or UUIDs, and a warning if guessed.
+
+    CUDA_VISIBLE_DEVICES first (what the backend will use; Slurm sets it for a GPU
+    allocation), then Slurm's own SLURM_STEP_GPUS/SLURM_JOB_GPUS; with neither, the first
+    `default_count` GPUs, flagged, so a job never meters every GPU of a shared node."""
+    env = os.environ if environ is None else environ
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        value = env.get(var)
+        if value is None:
+            continue
+        ids: list[str] = []
+        for item in value.split(","):
+            item = item.strip()
+            if not item or item == "-1" or item.lower() == "nodevfiles":
+                break  # CUDA stops at the first invalid entry, so do we
+            ids.append(item)
+        return ids, None
+    return ([str(i) for i in range(default_count)],
+            f"CUDA_VISIBLE_DEVICES is not set: metering GPU(s) 0..{default_count - 1}, "
+            "assumed to be the ones the backend uses")
+
+
+def job_gpus(nvml: Any, ids: list[str]) -> list[Gpu]:
+    """NVML handles for the given CUDA_VISIBLE_DEVICES entries (indices, GPU-/MIG- UUIDs).
+
+    Indices are NVML's (PCI bus) order; CUDA's default order can differ on mixed-GPU nodes,
+    which is why UUIDs are preferred when a scheduler provides them."""
+    gpus = []
+    for position, item in enumerate(ids):
+        if item.startswith(("GPU-", "MIG-")):
+            handle = nvml.nvmlDeviceGetHandleByUUID(item)
+        elif item.isdigit():
+            handle = nvml.nvmlDeviceGetHandleByIndex(int(item))
+        else:
+            raise NoGpus(f"cannot map CUDA_VISIBLE_DEVICES entry {item!r} to a GPU")
+        try:
+            ident = _text(nvml.nvmlDeviceGetUUID(handle))
+        except Exception:  # noqa: BLE001 - identity is a nicety
+            ident = item
+        gpus.append(Gpu(f"gpu{position}", handle, ident))
+    if not gpus:
+        raise NoGpus("no GPU visible (CUDA_VISIBLE_DEVICES is empty)")
+    return gpus
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def supports_energy_counter(nvml: Any, gpus: list[Gpu]) -> bool:
+    try:
+        for gpu in gpus:
+            nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)
+        return True
+    except Exception:  # NVMLError_NotSupported before Volta; MIG instances
+        return False
+
+
+class NvmlCounterMeter(Meter):
+    """nvmlDeviceGetTotalEnergyConsumption (mJ since driver load), summed over the job's GPUs.
+
+    The 64-bit counter does not wrap in practice; a lower reading is a reset (driver reload)
+    or a glitch, so the window is flagged rather than guessed."""
+
+    # The counter advances with the driver's power sampling: ~20-100 ms depending on the GPU.
+    update_period_s = 0.1
+    detects_stall = True
+    # The 64-bit counter cannot wrap, so polls only catch resets inside long windows; a read
+    # costs ~5 ms of CPU on an H100 (measured), so poll rarely.
+    poll_interval_s = 10.0
+
+    def __init__(self, nvml: Any, gpus: list[Gpu], clock: Callable[[], float] | None = None,
+                 poll_interval_s: float | None = None) -> None:
+        super().__init__(*(c for c in (clock,) if c is not None))
+        if poll_interval_s is not None:
+            self.poll_interval_s = poll_interval_s
+        self.nvml = nvml
+        self.gpus = gpus
+        log: list[str] = []
+        self._tracks = {g.label: CounterTrack(f"{g.label} (NVML)", fault_log=log) for g in gpus}
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {"gpu": "nvml-counter"}
+
+    def tracks(self) -> dict[str, CounterTrack]:
+        # The GPUs share one fault log: a fault on any of them invalidates the gpu domain.
+        return {"gpu": next(iter(self._tracks.values()))}
+
+    def read_j(self) -> dict[str, float]:
+        now = self.clock()
+        total = 0.0
+        for gpu in self.gpus:
+            mj = self.nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)
+            total += self._tracks[gpu.label].update(mj / 1000.0, now)
+        return {"gpu": total}
+
+    def _poll(self) -> None:
+        self.read_j()
+
+
+class NvmlPowerMeter(Meter):
+    """GPU energy by trapezoidal integration of the sampler's NVML power samples, with
+    linear interpolation at the window edges (`metrics.integrate_power`).
+
+    Needs the sampler attached (`attach_sampler`) and running; the protocol also takes a
+    sample at each cycle edge. Windows with fewer than 2 power samples per GPU, or whose
+    samples cover less than 95% of the window, are flagged."""
+
+    def __init__(self, gpus: list[Gpu], sample_period_s: float,
+                 clock: Callable[[], float] | None = None) -> None:
+        super().__init__(*(c for c in (clock,) if c is not None))
+        self.gpus = gpus
+        self.sample_period_s = sample_period_s
+        # Power readings are averages over the driver's own window; the sampler's period
+        # bounds what a window can resolve.
+        self.update_period_s = max(0.1, sample_period_s)
+        self._sampler: Any = None
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {"gpu": "nvml-power"}
+
+    def attach_sampler(self, sampler: Any) -> None:
+        self._sampler = sampler
+
+    def begin_window(self, name: str) -> None:
+        from llm_energy.meters.base import _OpenWindow
+
+        self._open[name] = _OpenWindow(self.clock(), self.wall_clock(), {}, None, {})
+
+    def end_window(self, name: str) -> WindowEnergy:
+        opened, duration_s, warnings = self._edges(name)
+        t0, t1 = opened.t0_s, opened.t0_s + max(duration_s, 0.0)
+        energy: dict[str, float | None] = {d: None for d in DOMAINS}
+        samples = list(self._sampler.samples) if self._sampler is not None else []
+        total = 0.0
+        ok = duration_s >= 0
+        for gpu in self.gpus:
+            profile = [(s.t_s, s.power_w) for s in samples
+                       if s.device == gpu.label and s.power_w is not None]
+            inside = [t for t, _ in profile if t0 <= t <= t1]
+            if len(inside) < 2:
+                warnings.append(f"window '{name}': {len(inside)} NVML power sample(s) of "
+                                f"{gpu.label} (< 2); gpu energy not reported")
+                ok = False
+                continue
+            cover = metrics.coverage([t for t, _ in profile], t0, t1, self.sample_period_s)
+            if cover < 0.95:
+                warnings.append(f"window '{name}': NVML power samples of {gpu.label} cover "
+                                f"{cover:.0%} of the window (< 95%)")
+            # Integrate only over samples near the window: holding a value far outside it
+            # would bridge a gap with a stale reading.
+            near = [(t, p) for t, p in profile
+                    if t0 - 2 * self.sample_period_s <= t <= t1 + 2 * self.sample_period_s]
+            total += metrics.integrate_power(near, t0, t1)
+        if ok:
+            energy["gpu"] = total
+        return WindowEnergy(max(duration_s, 0.0), energy, dict(self.sources), warnings)
+
+
+# ---------------------------------------------------------------- preflight and health
+
+#: Clock-event reasons that mean the GPU ran slower than it would have (NVML bit masks).
+THROTTLE_REASONS = {
+    0x08: "hw slowdown", 0x20: "sw thermal", 0x40: "hw thermal", 0x80: "hw power brake",
+}
+POWER_CAP_REASON = 0x04
+
+
+def other_processes(nvml: Any, gpus: list[Gpu], own_pids: set[int]) -> list[str]:
+    """'gpu0: pid 1234 (2048 MiB)' for each compute process of someone else on the job's
+    GPUs; an unsupported query (some MIG setups, containers without PID namespace) is noted."""
+    found = []
+    for gpu in gpus:
+        try:
+            procs = nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
+        except Exception as exc:  # noqa: BLE001
+            found.append(f"{gpu.label}: could not list processes ({type(exc).__name__})")
+            continue
+        for p in procs:
+            if p.pid in own_pids:
+                continue
+            used = getattr(p, "usedGpuMemory", None)
+            mem = f" ({used / 2**20:.0f} MiB)" if isinstance(used, (int, float)) else ""
+            found.append(f"{gpu.label}: pid {p.pid}{mem}")
+    return found
+
+
+def temperatures_c(nvml: Any, gpus: list[Gpu]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for gpu in gpus:
+        try:
+            out[gpu.label] = float(nvml.nvmlDeviceGetTemperature(gpu.handle,
+                                                                  nvml.NVML_TEMPERATURE_GPU))
+        except Exception:  # noqa: BLE001
+            out[gpu.label] = None
+    return out
+
+
+def throttle_reasons(nvml: Any, handle: Any) -> int | None:
+    for name in ("nvmlDeviceGetCurrentClocksEventReasons",
+                 "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        fn = getattr(nvml, name, None)
+        if fn is not None:
+            try:
+                return int(fn(handle))
+            except Exception:  # noqa: BLE001
+                return None
+    return None

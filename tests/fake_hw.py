@@ -1,0 +1,113 @@
+"""Fakes of hardware interfaces for unit tests: an NVML module and a powercap tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+@dataclass
+class FakeGpu:
+    uuid: str
+    energy_mj: list[int] = field(default_factory=list)   # successive counter readings
+    power_mw: float = 200_000.0
+    temperature_c: float = 40.0
+    throttle: int = 0
+    processes: list[int] = field(default_factory=list)
+    fail_energy_at: set[int] = field(default_factory=set)   # read numbers that raise
+    supports_counter: bool = True
+    reads: int = 0
+
+
+class FakeNvml:
+    """The subset of pynvml the project uses. Energy readings are scripted per GPU; once the
+    script is exhausted the last value repeats (a stalled counter)."""
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    NVMLError = FakeNVMLError
+
+    def __init__(self, gpus: list[FakeGpu]) -> None:
+        self.gpus = gpus
+        self.by_uuid = {g.uuid: g for g in gpus}
+        self.handles_asked: list[object] = []
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        if index >= len(self.gpus):
+            raise FakeNVMLError("Invalid Argument")
+        self.handles_asked.append(index)
+        return self.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
+        if uuid not in self.by_uuid:
+            raise FakeNVMLError("Not Found")
+        self.handles_asked.append(uuid)
+        return self.by_uuid[uuid]
+
+    def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
+        return gpu.uuid
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: FakeGpu) -> int:
+        if not gpu.supports_counter:
+            raise FakeNVMLError("Not Supported")
+        n = gpu.reads
+        gpu.reads += 1
+        if n in gpu.fail_energy_at:
+            raise FakeNVMLError("GPU is lost")
+        return gpu.energy_mj[min(n, len(gpu.energy_mj) - 1)]
+
+    def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> float:
+        return gpu.power_mw
+
+    def nvmlDeviceGetTemperature(self, gpu: FakeGpu, kind: int) -> float:
+        return gpu.temperature_c
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu):
+        return SimpleNamespace(gpu=50, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu):
+        return SimpleNamespace(used=1024 * 2**20)
+
+    def nvmlDeviceGetClockInfo(self, gpu: FakeGpu, kind: int) -> int:
+        return 1400
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, gpu: FakeGpu) -> int:
+        return gpu.throttle
+
+    def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu):
+        return [SimpleNamespace(pid=p, usedGpuMemory=512 * 2**20) for p in gpu.processes]
+
+
+def powercap_tree(root: Path, zones: dict[str, tuple[str, int, int]]) -> Path:
+    """zones: dir name -> (name, energy_uj, max_energy_range_uj)."""
+    for directory, (name, energy_uj, max_uj) in zones.items():
+        d = root / directory
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "name").write_text(name + "\n")
+        (d / "energy_uj").write_text(f"{energy_uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return root
+
+
+def set_energy(root: Path, directory: str, energy_uj: int) -> None:
+    (root / directory / "energy_uj").write_text(f"{energy_uj}\n")
+
+
+class StepClock:
+    """A clock that advances by `step` each call (or jumps when told)."""
+
+    def __init__(self, start: float = 1000.0, step: float = 1.0) -> None:
+        self.t = start
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t

@@ -1,0 +1,95 @@
+"""The real transformers backend, with one injected fault per cell (test-only).
+
+LLM_ENERGY_TEST_FAULTS="2=raise@load,3=oom@generate": the cell whose `batch_size` is 2 raises
+while loading, the one with 3 runs out of memory at its first `generate`. Cells not listed run
+normally. Faults:
+
+- raise:     a RuntimeError, as a backend bug would;
+- oom:       a real allocation failure: the address-space limit is lowered to what the process
+             uses plus 256 MiB, then torch allocates 1 GiB (torch's allocator raises);
+- sigkill:   the process is killed with SIGKILL, as the kernel's OOM killer does;
+- exit:      the interpreter exits with status 3 and no error file, as a crashing library does;
+- hang:      starts two grandchildren (one in its process group, one in a session of its own),
+             writes their pids to $LLM_ENERGY_TEST_FAULT_DIR/hang-<pid>.json, ignores SIGTERM and
+             sleeps forever;
+- fail-once: raises on the first attempt (leaves a marker in the fault dir), then runs normally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from llm_energy.backends.transformers_backend import TransformersBackend
+
+
+def _faults() -> dict[str, str]:
+    items = filter(None, os.environ.get("LLM_ENERGY_TEST_FAULTS", "").split(","))
+    return dict(item.split("=", 1) for item in items)
+
+
+def _fault_dir() -> Path:
+    return Path(os.environ["LLM_ENERGY_TEST_FAULT_DIR"])
+
+
+def inject(fault: str, key: str) -> None:
+    if fault == "raise":
+        raise RuntimeError(f"injected backend failure (batch_size={key})")
+    if fault == "oom":
+        import torch
+
+        used = psutil.Process().memory_info().vms
+        resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.RLIM_INFINITY))
+        torch.ones(2**30, dtype=torch.uint8)  # raises: DefaultCPUAllocator: can't allocate memory
+        raise AssertionError("the allocation did not fail")
+    if fault == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "exit":
+        sys.stdout.flush()
+        os._exit(3)
+    if fault == "hang":
+        sleep = ["sleep", "600"]
+        in_group = subprocess.Popen(sleep)
+        own_session = subprocess.Popen(sleep, start_new_session=True)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        record = _fault_dir() / f"hang-{os.getpid()}.json"
+        record.write_text(json.dumps({"measure": os.getpid(), "in_group": in_group.pid,
+                                      "own_session": own_session.pid}))
+        print(f"hanging (pid {os.getpid()})", flush=True)
+        while True:
+            time.sleep(60)
+    if fault == "fail-once":
+        marker = _fault_dir() / f"failed-once-{key}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected transient failure (batch_size={key})")
+        return
+    if fault:
+        raise AssertionError(f"unknown fault {fault!r}")
+
+
+class FaultyBackend(TransformersBackend):
+    def _fault(self, phase: str) -> None:
+        key = str(self.settings.get("batch_size"))
+        fault, _, where = _faults().get(key, "").partition("@")
+        if fault and (where or "load") == phase:
+            print(f"injecting {fault}@{phase} (batch_size={key})", flush=True)
+            inject(fault, key)
+
+    def load(self):
+        self._fault("load")
+        return super().load()
+
+    def generate(self, prompts, max_new_tokens):
+        if not getattr(self, "_generated", False):
+            self._generated = True
+            self._fault("generate")
+        return super().generate(prompts, max_new_tokens)

@@ -1,0 +1,131 @@
+"""A small OpenAI-compatible server for tests (test-only): streamed `/v1/completions` with
+vLLM's `token_ids` / `prompt_token_ids` chunk fields and a `usage` chunk, `/v1/models`,
+`/health`, and a Prometheus `/metrics` whose `vllm:num_requests_running` is the number of
+requests being streamed right now.
+
+Every request's body and its server-side start/end are recorded (`FakeServer.requests`), and
+the most requests in flight at once (`max_in_flight`), so tests can check what the load
+generator sent and how it paced it. Options: `token_delay_s` between tokens, `status` (answer
+every completion with that HTTP status), `ids=False` (a server without vLLM's extensions:
+text chunks, `tokens_per_chunk` tokens each, exact count only in `usage`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeServer:
+    def __init__(self, token_delay_s: float = 0.002, status: int = 200, ids: bool = True,
+                 tokens_per_chunk: int = 1, model: str = "fake-model") -> None:
+        self.token_delay_s = token_delay_s
+        self.status = status
+        self.ids = ids
+        self.tokens_per_chunk = tokens_per_chunk
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def requests_by_prompt(self, prompts: list[list[int]]) -> list[dict[str, Any]]:
+        """The recorded request for each prompt, in the order of `prompts`."""
+        by_prompt = {tuple(r["body"]["prompt"]): r for r in self.requests}
+        return [by_prompt[tuple(p)] for p in prompts]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: str, content_type: str = "application/json") -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == "/health":
+                    self._send(200, "")
+                elif self.path == "/v1/models":
+                    self._send(200, json.dumps({"data": [{"id": server.model}]}))
+                elif self.path == "/metrics":
+                    self._send(200, "# HELP vllm:num_requests_running running\n"
+                               f'vllm:num_requests_running{{engine="0"}} {server.in_flight}.0\n'
+                               f'vllm:kv_cache_usage_perc{{engine="0"}} {server.in_flight / 10}\n',
+                               "text/plain")
+                else:
+                    self._send(404, "{}")
+
+            def _chunk(self, payload: dict[str, Any] | str) -> None:
+                line = payload if isinstance(payload, str) else json.dumps(payload)
+                data = f"data: {line}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                entry = {"body": body, "start_s": time.perf_counter(),
+                         "authorization": self.headers.get("Authorization")}
+                with server._lock:
+                    server.requests.append(entry)
+                if server.status != 200:
+                    self._send(server.status, json.dumps({"error": {"message": "injected"}}))
+                    return
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    n = int(body.get("min_tokens") or body["max_tokens"])
+                    prompt = body["prompt"]
+                    sent = 0
+                    while sent < n:
+                        time.sleep(server.token_delay_s)
+                        k = min(server.tokens_per_chunk, n - sent)
+                        choice: dict[str, Any] = {"index": 0, "text": "x" * k,
+                                                  "finish_reason": "length" if sent + k == n else None}
+                        if server.ids and body.get("return_token_ids"):
+                            choice["token_ids"] = [(prompt[0] + sent + j) % 97 for j in range(k)]
+                            if sent == 0:
+                                choice["prompt_token_ids"] = prompt
+                        self._chunk({"id": "c", "object": "text_completion", "choices": [choice]})
+                        sent += k
+                    self._chunk({"id": "c", "choices": [], "usage": {
+                        "prompt_tokens": len(prompt), "completion_tokens": n,
+                        "total_tokens": len(prompt) + n}})
+                    self._chunk("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+                    entry["end_s"] = time.perf_counter()
+
+        return Handler

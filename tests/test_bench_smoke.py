@@ -1,0 +1,47 @@
+"""Smoke runs of the benchmarks in bench/ (quick modes, seconds each)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_sampler_overhead_quick_meets_the_10hz_target(tmp_path):
+    out = tmp_path / "sampler.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sampler_overhead.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())["results"]["10.0"]
+    # The sampler thread's own CPU time: under 1% of one core at 10 Hz, and not zero
+    # (a sampler that never ran would pass a bare "< 1%").
+    assert 0 < result["thread_fraction_of_core_median"] < 0.01
+    assert "10 Hz target < 1% of one core: met" in proc.stdout
+
+
+def test_gpu_validation_tiny_cpu_runs_the_protocol_on_a_random_init_model(tmp_path):
+    """bench/gpu_validation.py's logic, on CPU with a 2-layer toy model: one cell per batch
+    size through CellRunner, summaries and target verdicts written (the GPU run is the
+    same code with the Llama-3.1-8B config; see docs/gpu-validation.md)."""
+    out = tmp_path / "gv"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_validation.py"), "--tiny",
+                           "--device", "cpu", "--batch-sizes", "2,4", "--cycles", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    cells = {c["batch_size"]: c for c in summary["cells"]}
+    assert sorted(cells) == [2, 4]
+    for batch, cell in cells.items():
+        assert len(cell["cycles"]) == 2
+        # Fixed output length: every request ran to exactly output_tokens (8 in --tiny).
+        assert all(c["output_tokens"] == batch * 8 for c in cell["cycles"])
+        assert cell["energy_per_output_token_j_mean"] > 0
+        assert cell["output_tokens_per_s_mean"] > 0 and cell["itl_ms_p50_median"] > 0
+        assert cell["idle_power_w"] is not None
+    # The model was built once from config.json (random init) and reused by the second cell.
+    assert cells[2]["load_duration_s"] > cells[4]["load_duration_s"]
+    # No NVIDIA GPU here: the counter-vs-power target is reported as not shown, with why.
+    assert summary["targets"]["counter_vs_power"]["met"] is None
+    assert "not 8 vs 128" in summary["targets"]["batch_scaling"]["why"]
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 4 and "energy_per_output_token_j" in runs[0]

@@ -1,0 +1,99 @@
+"""The ML.ENERGY export: the leaderboard's field names, values equal to the summary's."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from llm_energy.export import MLENERGY_FIELDS, to_mlenergy, write_mlenergy
+
+# The fields the issue and the ML.ENERGY leaderboard (scripts/build_data.py) name.
+REQUIRED = ("energy_per_token_joules", "energy_per_request_joules", "avg_power_watts",
+            "median_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms",
+            "output_throughput_tokens_per_sec", "avg_batch_size", "max_num_seqs", "gpu_model",
+            "num_gpus", "model_id", "nickname", "max_num_batched_tokens")
+
+# Leaderboard field → summary column it must equal.
+EQUAL = {"avg_power_watts": "avg_power_w", "median_itl_ms": "itl_ms_p50",
+         "p90_itl_ms": "itl_ms_p90", "p95_itl_ms": "itl_ms_p95", "p99_itl_ms": "itl_ms_p99",
+         "output_throughput_tokens_per_sec": "output_tokens_per_s",
+         "avg_batch_size": "avg_batch_size", "total_energy_joules": "steady_state_energy_j",
+         "steady_state_duration_seconds": "steady_state_duration_s"}
+
+
+def summary_table() -> pd.DataFrame:
+    base = {"backend": "vllm", "dtype": "bfloat16", "status": "ok", "cycles": 3, "error": None,
+            "output_tokens": 640.0, "requests": 8.0, "duration_s": 20.0}
+    rows = [
+        {**base, "cell_id": "aaaaaaaaaaa1", "model": "llama", "max_num_seqs": 8,
+         "tensor_parallel_size": 2, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
+         "energy_source": "nvml-counter", "gpu_energy_j": 500.0,
+         "energy_per_output_token_j": 0.8, "steady_state_energy_per_output_token_j": 0.7,
+         "steady_state_energy_per_output_token_j_ci95_low": 0.65,
+         "steady_state_energy_per_output_token_j_ci95_high": 0.75,
+         "steady_state_energy_j": 420.0, "steady_state_duration_s": 12.0, "avg_power_w": 310.0,
+         "itl_ms_p50": 20.0, "itl_ms_p90": 25.0, "itl_ms_p95": 28.0, "itl_ms_p99": 40.0,
+         "output_tokens_per_s": 32.0, "avg_batch_size": 7.5},
+        # CPU cell that never reached a steady state: whole-cycle energy, not stable.
+        {**base, "cell_id": "aaaaaaaaaaa2", "model": "llama", "backend": "transformers",
+         "batch_size": 4, "device": "cpu", "device_name": "Some CPU", "energy_source": "estimate",
+         "cpu_energy_j": 90.0, "energy_per_output_token_j": 0.3,
+         "steady_state_energy_per_output_token_j": None, "steady_state_energy_j": None,
+         "steady_state_duration_s": None, "avg_power_w": 15.0, "itl_ms_p50": 50.0,
+         "itl_ms_p90": 60.0, "itl_ms_p95": 61.0, "itl_ms_p99": 70.0, "output_tokens_per_s": 12.0,
+         "avg_batch_size": 3.0},
+        {**base, "cell_id": "aaaaaaaaaaa3", "model": "llama", "max_num_seqs": 64, "status": "failed",
+         "cycles": 0, "error": "CUDA out of memory", "device": "cuda"},
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_fields_and_values_equal_the_summary(tmp_path):
+    summary = summary_table()
+    paths = write_mlenergy(summary, tmp_path, "study")
+    assert [p.name for p in paths] == ["index.json", "study.json"]
+    index = json.loads(paths[0].read_text())
+    doc = json.loads(paths[1].read_text())
+    assert index["tasks"] == ["study"] and set(index["models"]) == {"llama"}
+    assert doc["task"] == "study"
+    configs = {c["llm_energy"]["cell_id"]: c for c in doc["configurations"]}
+    assert set(configs) == {"aaaaaaaaaaa1", "aaaaaaaaaaa2"}
+    assert doc["excluded"] == [{"cell_id": "aaaaaaaaaaa3", "model": "llama", "backend": "vllm",
+                                "reason": "CUDA out of memory"}]
+    for cell_id, config in configs.items():
+        assert set(REQUIRED) <= set(config)
+        assert list(config)[:len(MLENERGY_FIELDS)] == list(MLENERGY_FIELDS)
+        row = summary.set_index("cell_id").loc[cell_id]
+        for field, column in EQUAL.items():
+            want = row[column]
+            assert config[field] == (None if pd.isna(want) else pytest.approx(want)), field
+        assert config["model_id"] == "llama"
+    gpu, cpu = configs["aaaaaaaaaaa1"], configs["aaaaaaaaaaa2"]
+    # ML.ENERGY's energy per token is the steady state's; per request = that × mean output.
+    assert gpu["energy_per_token_joules"] == pytest.approx(0.7)
+    assert gpu["energy_per_request_joules"] == pytest.approx(0.7 * 640 / 8)
+    assert gpu["llm_energy"]["energy_window"] == "steady_state"
+    assert gpu["llm_energy"]["energy_per_token_joules_ci95"] == [0.65, 0.75]
+    assert gpu["gpu_model"] == "NVIDIA H100 80GB HBM3" and gpu["num_gpus"] == 2
+    assert gpu["max_num_seqs"] == 8 and gpu["is_stable"] is True
+    assert gpu["llm_energy"]["energy_measured"] is True and gpu["llm_energy"]["energy_scope"] == "gpu"
+    assert cpu["energy_per_token_joules"] == pytest.approx(0.3)
+    assert cpu["llm_energy"]["energy_window"] == "cycle"
+    assert cpu["gpu_model"] is None and cpu["num_gpus"] == 0 and cpu["max_num_seqs"] == 4
+    assert cpu["is_stable"] is False and "steady state" in cpu["llm_energy"]["unstable_reason"]
+    assert cpu["llm_energy"]["energy_measured"] is False
+    assert cpu["llm_energy"]["settings"]["batch_size"] == 4
+
+
+def test_low_batch_utilisation_is_unstable():
+    summary = summary_table()
+    summary.loc[0, "avg_batch_size"] = 5.0  # 5/8 < 90%
+    _, doc = to_mlenergy(summary, "t")
+    config = doc["configurations"][0]
+    assert config["is_stable"] is False and "5.00/8" in config["llm_energy"]["unstable_reason"]
+
+
+def test_study_named_index_does_not_overwrite_the_index(tmp_path):
+    paths = write_mlenergy(summary_table(), tmp_path, "index")
+    assert [p.name for p in paths] == ["index.json", "index_task.json"]
+    assert "tasks" in json.loads(paths[0].read_text())

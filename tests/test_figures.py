@@ -1,0 +1,118 @@
+"""Figures: the Pareto set against a hand-computed one, and every figure written in PDF,
+SVG and PNG, opened and checked (PNG size, PDF page count, fonts embedded)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm_energy.figures import (FIGURES, FORMATS, draw_study, pareto_cells, pareto_front,
+                                power_timeseries)
+from test_report_browser import png_size
+
+
+def pdf_page_count(path: Path) -> int:
+    """Pages of an uncompressed-xref PDF (matplotlib's): the /Count of the root /Pages node,
+    cross-checked against the number of /Type /Page objects."""
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF"), f"{path} is not a PDF"
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
+    counts = [int(c) for c in re.findall(rb"/Type\s*/Pages\b[^>]*?/Count\s+(\d+)", data, re.S)]
+    counts += [int(c) for c in re.findall(rb"/Count\s+(\d+)[^>]*?/Type\s*/Pages\b", data, re.S)]
+    assert counts and max(counts) == pages, (counts, pages)
+    return pages
+
+
+def check_figure_files(stem: Path) -> None:
+    for fmt in FORMATS:
+        assert stem.with_suffix(f".{fmt}").stat().st_size > 1000, f"{stem}.{fmt}"
+    width, height = png_size(stem.with_suffix(".png"))
+    assert 300 <= width <= 3000 and 200 <= height <= 2000, (width, height)
+    assert pdf_page_count(stem.with_suffix(".pdf")) == 1
+    # fonttype 42: TrueType fonts embedded, so the PDF renders the same anywhere.
+    assert b"/FontFile2" in stem.with_suffix(".pdf").read_bytes()
+    assert b"<svg" in stem.with_suffix(".svg").read_bytes()[:2000]
+
+
+# (cell, model, batch, J/token, median ITL ms, tokens/s)
+TABLE = [
+    ("a", "m", 1, 0.50, 2.0, 100.0),
+    ("b", "m", 2, 0.30, 4.0, 180.0),
+    ("c", "m", 4, 0.35, 5.0, 150.0),   # dominated by b on both axes
+    ("d", "m", 8, 0.20, 8.0, 300.0),
+    ("e", "m", 16, 0.20, 9.0, 320.0),  # same energy as d, slower: dominated (ITL); fastest (tput)
+    ("f", "n", 1, 0.90, 3.0, 50.0),    # another model: its own frontier
+    ("g", "m", 32, 0.10, 50.0, 310.0),
+]
+
+
+def small_summary(failed: bool = True) -> pd.DataFrame:
+    rows = [{"cell_id": c, "model": m, "backend": "transformers", "batch_size": b,
+             "dtype": "float32", "status": "ok", "cycles": 3, "energy_source": "estimate",
+             "energy_per_output_token_j": e, "energy_per_output_token_j_ci95_low": e * 0.9,
+             "energy_per_output_token_j_ci95_high": e * 1.1, "itl_ms_p50": i,
+             "itl_ms_p50_ci95_low": i - 0.5, "itl_ms_p50_ci95_high": i + 0.5,
+             "output_tokens_per_s": t, "output_tokens_per_s_ci95_low": t - 5,
+             "output_tokens_per_s_ci95_high": t + 5} for c, m, b, e, i, t in TABLE]
+    if failed:  # a failed cell has no numbers and is never on a frontier
+        rows.append({"cell_id": "x", "model": "m", "backend": "transformers", "batch_size": 64,
+                     "dtype": "float32", "status": "failed", "cycles": 0})
+    return pd.DataFrame(rows)
+
+
+def test_pareto_front_by_hand():
+    points = [(2, 0.5), (4, 0.3), (5, 0.35), (8, 0.2), (9, 0.2), (50, 0.1)]
+    assert pareto_front(points) == [0, 1, 3, 5]
+    # Ties on both coordinates are both kept.
+    assert pareto_front([(1, 1), (1, 1), (2, 2)]) == [0, 1]
+    # Maximising x (throughput) while minimising y.
+    assert pareto_front([(100, 0.5), (180, 0.3), (150, 0.35), (300, 0.2), (320, 0.2)],
+                        (False, True)) == [4]
+
+
+def test_pareto_cells_per_model_against_hand_computed_sets():
+    summary = small_summary()
+    # min J/token vs min ITL: c (worse than b on both) and e (same energy as d, slower) drop out.
+    assert sorted(pareto_cells(summary, "itl_ms_p50", "energy_per_output_token_j", True)) == \
+        ["a", "b", "d", "f", "g"]
+    # min J/token vs max throughput: e (320 tok/s) beats d (300, same energy); g is the
+    # cheapest; a, b, c are beaten by d on both axes.
+    assert sorted(pareto_cells(summary, "output_tokens_per_s", "energy_per_output_token_j", False)) == \
+        ["e", "f", "g"]
+
+
+def test_study_figures_in_three_formats(tmp_path):
+    summary = small_summary()
+    rng = np.random.default_rng(0)
+    requests = pd.DataFrame([{"cell_id": c, "cycle": k % 3, "success": True,
+                              "ttft_ms": float(rng.gamma(2.0, 10.0 * b))}
+                             for c, _, b, *_ in TABLE for k in range(12)])
+    paths = draw_study(summary, requests, tmp_path)
+    assert len(paths) == len(FIGURES) * len(FORMATS)
+    for name in FIGURES:
+        check_figure_files(tmp_path / name)
+
+
+def test_figures_without_successful_cells(tmp_path):
+    summary = small_summary().iloc[-1:]  # only the failed cell
+    draw_study(summary, None, tmp_path)
+    for name in FIGURES:
+        check_figure_files(tmp_path / name)
+
+
+def test_power_timeseries_with_steady_window(tmp_path):
+    t = np.arange(0, 6, 0.1)
+    ts = pd.DataFrame({"t_s": t, "device": "cpu", "power_w": 10 + 5 * (t > 3),
+                       "power_source": "estimate",
+                       "phase": ["load" if x < 1 else "idle" if x < 2 else "warmup" if x < 3
+                                 else f"cycle{int((x - 3) // 1)}" for x in t]})
+    runs = pd.DataFrame({"cycle": [0, 1, 2], "status": "ok", "duration_s": 0.9,
+                         "cycle_start_s": [3.0, 4.0, 5.0], "steady_state_start_s": 0.1,
+                         "steady_state_end_s": 0.8})
+    power_timeseries(runs, ts, tmp_path / "power", "a cell")
+    check_figure_files(tmp_path / "power")
+    # Files from before cycle_start_s existed: the cycles come from the phase labels.
+    power_timeseries(runs.drop(columns=["cycle_start_s"]), ts, tmp_path / "old", None)
+    check_figure_files(tmp_path / "old")

@@ -1,0 +1,134 @@
+"""Provenance per cell: resolved config, package versions, code fingerprint, git commit and
+dirty flag, host, CPU and GPU models, driver and CUDA versions, Slurm job id. The GPU is a
+fake NVML module (this machine has none); everything else is read for real."""
+
+import json
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from conftest import ROOT
+from llm_energy import provenance, runner
+from llm_energy.stale import measured_packages
+
+
+class _FakeNvml(types.ModuleType):
+    """What nvidia-ml-py answers on a two-GPU H100 node; the second GPU cannot report its
+    power limit (NVML raises NotSupported on some boards)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self):
+        super().__init__("pynvml")
+        self.shut_down = False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100 80GB HBM3"  # older bindings return bytes
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-0000000{h}"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return types.SimpleNamespace(total=80 * 2**30)
+
+    def nvmlDeviceGetPowerManagementLimit(self, h):
+        if h == 1:
+            raise self.NVMLError("Not Supported")
+        return 700_000
+
+    def nvmlSystemGetDriverVersion(self):
+        return "550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion(self):
+        return 12040
+
+
+CELL = {"cell_id": "0123456789ab", "backend": "transformers", "settings": {"batch_size": 2}}
+
+
+def test_collect_records_hardware_software_and_job(monkeypatch):
+    nvml = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    for name in provenance.RECORDED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-00000001")
+    monkeypatch.setenv("HF_TOKEN", "secret-token")
+    prov = json.loads(json.dumps(provenance.collect(CELL, {"gpu": "nvml-counter"})))
+
+    assert prov["cell_config"] == CELL and prov["energy_sources"] == {"gpu": "nvml-counter"}
+    assert prov["gpus"][0] == {"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000000",
+                               "memory_mb": 80 * 1024, "power_limit_w": 700.0}
+    assert prov["gpus"][1]["power_limit_w"] is None and prov["gpus"][1]["uuid"] == "GPU-00000001"
+    assert prov["driver_version"] == "550.54.15" and prov["cuda_driver_version"] == "12.4"
+    assert nvml.shut_down
+    assert prov["slurm_job_id"] == "4242"
+    assert prov["environment"] == {"SLURM_JOB_ID": "4242", "SLURM_JOB_PARTITION": "gpu",
+                                   "CUDA_VISIBLE_DEVICES": "GPU-00000001"}
+    assert "secret-token" not in json.dumps(prov)
+    # Software: every package `llm-energy stale` compares is looked up; the installed ones
+    # carry their versions.
+    assert set(measured_packages("transformers")) <= set(provenance.PACKAGES)
+    assert prov["packages"]["torch"] and prov["packages"]["transformers"]
+    assert prov["python"] == sys.version.split()[0]
+    assert prov["code_fingerprint"] == provenance.code_fingerprint()
+    assert prov["host"] and prov["cpu_model"] and prov["cpu_count"] >= prov["cpus_allowed"] >= 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_git_commit_and_dirty_flag_are_the_checkouts():
+    state = provenance.git_state()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip() != ""
+    assert state == {"commit": head, "dirty": dirty}
+
+
+def test_without_nvml_there_are_no_gpus(monkeypatch):
+    broken = types.ModuleType("pynvml")
+
+    def fail():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    broken.nvmlInit = fail
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert provenance.gpu_info() == {"gpus": [], "driver_version": None, "cuda_driver_version": None}
+
+
+def test_code_fingerprint_follows_the_sources(tmp_path, monkeypatch):
+    copy = tmp_path / "llm_energy"
+    shutil.copytree(provenance._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "_PACKAGE_ROOT", copy)
+    before = provenance.code_fingerprint()
+    assert before == provenance.code_fingerprint() and len(before) == 16
+    (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\n# changed\n")
+    assert provenance.code_fingerprint() != before
+
+
+def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    cell = {"cell_id": "0123456789ab", "model": {"name": "tiny"}, "backend": "transformers",
+            "settings": {"batch_size": 2}, "measurement": {"device": "cpu"}}
+    runner.write_failed_cell(cell, tmp_path, "RuntimeError: boom")
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["slurm_job_id"] == "77"
+    assert prov["code_fingerprint"] == provenance.code_fingerprint()
+    assert prov["cell_config"] == cell and prov["git"]["commit"]

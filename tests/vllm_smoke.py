@@ -1,0 +1,87 @@
+"""Smoke test of VllmBackend, run by tests/test_vllm_backend_real.py inside .venvs/vllm.
+
+    .venvs/vllm/bin/python tests/vllm_smoke.py MODEL_DIR
+
+One engine start (enforce_eager, small KV cache), then: more prompts than max_num_seqs, so
+some requests queue; every request must get exactly the asked number of tokens with real,
+ordered timestamps; both timestamp sources must give the same tokens. Prints one JSON line
+starting with SMOKE_RESULT and exits non-zero on any failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+MAX_NUM_SEQS = 2
+NUM_PROMPTS = 5
+INPUT_TOKENS = 12
+OUTPUT_TOKENS = 8
+
+
+def check(records, label: str) -> None:
+    assert len(records) == NUM_PROMPTS, f"{label}: {len(records)} records"
+    for record in records:
+        where = f"{label}, request {record.request_id}"
+        assert record.success, f"{where}: {record.error}"
+        assert record.input_tokens == INPUT_TOKENS, where
+        assert record.output_tokens == OUTPUT_TOKENS, f"{where}: {record.output_tokens} tokens"
+        assert len(record.output_token_ids) == OUTPUT_TOKENS, where
+        assert len(record.token_times_s) == OUTPUT_TOKENS, where
+        assert record.first_token_s > record.arrival_s, f"{where}: first token before arrival"
+        times = record.token_times_s
+        assert all(b > a for a, b in zip(times, times[1:])), f"{where}: times not increasing {times}"
+    # Requests beyond max_num_seqs wait for a slot: the last one starts after the first ends.
+    assert records[-1].first_token_s > records[0].finish_s - 1e-9 or MAX_NUM_SEQS >= NUM_PROMPTS
+
+
+def main(model_dir: str) -> None:
+    from llm_energy.backends.vllm_backend import VllmBackend
+
+    settings = {
+        "max_num_seqs": MAX_NUM_SEQS,
+        "dtype": "bfloat16",
+        "quantization": None,
+        "tensor_parallel_size": 1,
+        "max_num_batched_tokens": None,
+        "enable_prefix_caching": False,
+        "enforce_eager": True,
+        "max_model_len": 128,
+        "gpu_memory_utilization": 0.9,
+        "mode": "offline",
+    }
+    rng = random.Random(0)
+    vocab = json.load(open(f"{model_dir}/config.json"))["vocab_size"]
+    prompts = [[rng.randrange(3, vocab) for _ in range(INPUT_TOKENS)] for _ in range(NUM_PROMPTS)]
+
+    backend = VllmBackend(model_dir, settings, "cpu")
+    info = backend.load()
+    try:
+        assert info.duration_s > 0 and info.dtype == "bfloat16", info
+        assert info.extra["token_timestamps"] == "engine-core step output time", info.extra
+        engine_records = backend.generate(prompts, OUTPUT_TOKENS)
+        check(engine_records, "engine clock")
+        backend.timestamps = "frontend"
+        start = time.perf_counter()
+        frontend_records = backend.generate(prompts, OUTPUT_TOKENS)
+        check(frontend_records, "frontend clock")
+        assert all(r.arrival_s >= start for r in frontend_records)
+        same = [r.output_token_ids for r in engine_records] == [
+            r.output_token_ids for r in frontend_records]
+        assert same, "greedy decoding gave different tokens on the second run"
+        for record in engine_records + frontend_records:
+            assert all(0 <= t < vocab for t in record.output_token_ids)
+    finally:
+        backend.close()
+    assert backend._llm is None
+    print("SMOKE_RESULT " + json.dumps({
+        "load_s": round(info.duration_s, 2),
+        "ttft_ms": [round(1000 * (r.first_token_s - r.arrival_s), 2) for r in engine_records],
+        "kv_cache_blocks": info.extra.get("kv_cache_blocks"),
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
