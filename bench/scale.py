@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llm-energy-scale"),
                         help="studies and synthetic cells (kept: reused by the next run)")
     parser.add_argument("--json", type=Path, help="write all numbers here")
+    parser.add_argument("--stages", nargs="+", default=["plan", "dryrun", "aggregate"],
+                        choices=("plan", "dryrun", "aggregate"), help="which stages to run")
     parser.add_argument("--stage", choices=("plan", "aggregate"), help=argparse.SUPPRESS)
     parser.add_argument("stage_arg", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,16 +245,19 @@ def main(argv: list[str] | None = None) -> int:
 
     for n in sizes:
         study = write_study(args.workdir, n)
-        plan = _child_stage("plan", study)
-        assert plan["cells"] == n, plan
-        record("plan", n, plan)
-        dry = run_dryrun(args.workdir, study, n)
-        assert dry["cells"] == n, f"snakemake -n planned {dry['cells']} measure jobs, not {n}"
-        record("dryrun", n, dry)
-        agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=False))
-        assert agg["cells"] == n and agg["problems"] == 0, agg
-        record("aggregate_runs", n, agg)
-    for n in request_sizes:
+        if "plan" in args.stages:
+            plan = _child_stage("plan", study)
+            assert plan["cells"] == n, plan
+            record("plan", n, plan)
+        if "dryrun" in args.stages:
+            dry = run_dryrun(args.workdir, study, n)
+            assert dry["cells"] == n, f"snakemake -n planned {dry['cells']} measure jobs, not {n}"
+            record("dryrun", n, dry)
+        if "aggregate" in args.stages:
+            agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=False))
+            assert agg["cells"] == n and agg["problems"] == 0, agg
+            record("aggregate_runs", n, agg)
+    for n in request_sizes if "aggregate" in args.stages else []:
         agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=True))
         assert agg["cells"] == n and agg["problems"] == 0, agg
         record("aggregate_requests", n, agg)

@@ -45,3 +45,40 @@ def test_gpu_validation_tiny_cpu_runs_the_protocol_on_a_random_init_model(tmp_pa
     assert "not 8 vs 128" in summary["targets"]["batch_scaling"]["why"]
     runs = (out / "runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 4 and "energy_per_output_token_j" in runs[0]
+
+
+def test_scale_quick_plans_dry_runs_and_aggregates_every_cell(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--quick",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["stage"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"plan", "dryrun", "aggregate_runs", "aggregate_requests"}
+    for row in rows.values():
+        # Every stage saw all 100 cells (the bench itself checks the counts it reports).
+        assert row["n_cells"] == 100 and row["cells"] == 100
+        assert 0 < row["duration_s"] and 50 < row["peak_rss_mib"] < 2048
+    # Planning 100 cells is far inside the 10,000-cell budget of 2 s.
+    assert rows["plan"]["duration_s"] < 2.0
+    assert rows["aggregate_runs"]["runs_rows"] == 300
+
+
+def test_harness_overhead_quick_compares_both_paths(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "harness_overhead.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert len(result["ratios"]) == result["repeats"] == 2
+    assert result["bare_tokens_per_s_median"] > 0 and result["measured_tokens_per_s_median"] > 0
+    assert result["ratio_median"] > 0
+
+
+def test_meter_read_cost_quick_times_every_available_source(tmp_path):
+    out = tmp_path / "reads.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "meter_read_cost.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["estimate"]["median_us"] > 0

@@ -86,7 +86,8 @@ def test_config_readme_documents_every_key():
     from llm_energy import config as c
 
     for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, c.TransformersConfig,
-                  c.VllmConfig, c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig):
+                  c.VllmConfig, c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig,
+                  c.CarbonConfig):
         for name in model.model_fields:
             assert f"`{name}`" in readme or f".{name}`" in readme, f"{model.__name__}.{name}"
 

@@ -146,3 +146,110 @@ def test_scraper_gaps_do_not_raise():
 
     time.sleep(0.1)
     assert scraper.stop() == [] and scraper.errors >= 1
+
+
+# ---------------------------------------------------------------- server flags, config, matrix
+
+
+def test_server_command_passes_every_engine_setting_as_a_flag(demo_model_dir):
+    from llm_energy.backends.vllm_backend import engine_kwargs
+    from llm_energy.backends.vllm_server import server_command
+
+    settings = {"max_num_seqs": 4, "dtype": "bfloat16", "quantization": None,
+                "tensor_parallel_size": 1, "max_num_batched_tokens": 256,
+                "enable_prefix_caching": False, "enforce_eager": True, "max_model_len": 128,
+                "gpu_memory_utilization": 0.9, "mode": "server", "trust_remote_code": False}
+    kwargs = engine_kwargs(demo_model_dir, settings, "cpu")
+    args = server_command("/py", kwargs, 4321)
+    assert args[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"]
+    flags = " ".join(args)
+    assert "--host 127.0.0.1 --port 4321" in flags
+    assert f"--model {demo_model_dir}" in flags and "--max-num-seqs 4" in flags
+    assert "--max-num-batched-tokens 256" in flags and "--max-model-len 128" in flags
+    # Booleans explicit both ways, so vLLM's defaults (prefix caching on in V1) never decide.
+    assert "--no-enable-prefix-caching" in args and "--enforce-eager" in args
+    assert "--no-trust-remote-code" in args
+    assert f"--kv-cache-memory-bytes {kwargs['kv_cache_memory_bytes']}" in flags
+    # Stats stay on: they feed /metrics. No quantization flag when none is set.
+    assert "--disable-log-stats" not in args and "--quantization" not in args
+    assert all(isinstance(a, str) for a in args)  # an argument list, never a shell string
+
+
+def test_vllm_mode_selects_the_server_backend():
+    from llm_energy.backends import backend_class, is_server
+    from llm_energy.backends.vllm_backend import VllmBackend
+    from llm_energy.backends.vllm_server import VllmServerBackend
+
+    assert backend_class("vllm", {"mode": "server"}) is VllmServerBackend
+    assert backend_class("vllm", {"mode": "offline"}) is VllmBackend
+    assert is_server("vllm", {"mode": "server"}) and is_server("openai-server", {})
+    assert not is_server("vllm", {"mode": "offline"}) and not is_server("transformers", {})
+
+
+def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
+    from conftest import small_study
+    from llm_energy.config import ConfigError, validate_study
+    from llm_energy.matrix import expand
+    from llm_energy.protocol import batch_limit
+
+    study = validate_study(small_study(
+        backends={"transformers": {"batch_size": [2]}, "vllm": {"mode": ["offline", "server"]}},
+        workload={"num_prompts": 4, "input_tokens": 8, "output_tokens": 2, "arrival": "poisson",
+                  "request_rate_per_s": 2.0}))
+    cells, pruned = expand(study)
+    assert [(c.backend, c.settings["mode"]) for c in cells] == [("vllm", "server")]
+    assert {p.backend for p in pruned} == {"transformers", "vllm"}
+    assert all("needs a server backend" in p.reason for p in pruned)
+    with pytest.raises(ConfigError, match="request_rate_per_s is required"):
+        validate_study(small_study(workload={"arrival": "poisson"}))
+    workload = {"num_prompts": 16, "arrival": "closed", "concurrency": 3}
+    assert batch_limit("vllm", {"max_num_seqs": 8, "mode": "server"}, workload) == 3
+    assert batch_limit("vllm", {"max_num_seqs": 8, "mode": "offline"}, workload) == 8
+    assert batch_limit("openai-server", {}, {"num_prompts": 16}) == 16
+
+
+def test_config_readme_documents_the_new_keys():
+    from conftest import ROOT
+    from llm_energy import config as c
+
+    readme = (ROOT / "config" / "README.md").read_text()
+    for model in (c.TensorrtLlmConfig, c.OpenAIServerConfig, c.WorkloadConfig):
+        for name in model.model_fields:
+            assert f"`{name}`" in readme, f"{model.__name__}.{name}"
+    assert "`backends.tensorrt-llm`" in readme and "`backends.openai-server`" in readme
+
+
+@pytest.mark.e2e
+def test_openai_server_cell_through_snakemake(tmp_path):
+    """The openai-server backend's real path: snakemake plans the cell, the measuring process
+    (the pipeline's own environment) drives a server on this host with Poisson arrivals."""
+    import pyarrow.parquet as pq
+
+    from conftest import run_snakemake, small_study, write_config
+
+    with FakeServer(token_delay_s=0.005) as server:
+        study = small_study(
+            backends={"openai-server": {"base_url": server.base_url}},
+            workload={"num_prompts": 6, "input_tokens": 16, "output_tokens": 8,
+                      "arrival": "poisson", "request_rate_per_s": 20.0, "seed": 3},
+            measurement={"cycles": 2, "idle_duration_s": 0.2, "idle_cache_ttl_s": 0,
+                         "warmup": {"min_runs": 1, "max_runs": 1}})
+        run_snakemake(tmp_path, write_config(tmp_path, study), timeout=600)
+    (cell,) = (tmp_path / "results" / "cells" / "tiny" / "openai-server").iterdir()
+    runs = pq.read_table(cell / "runs.parquet").to_pylist()
+    requests = pq.read_table(cell / "requests.parquet").to_pylist()
+    assert [r["status"] for r in runs] == ["ok", "ok"], runs[0]["error"]
+    assert all(r["output_tokens"] == 48 and r["total_energy_j"] > 0 for r in runs)
+    assert all(q["success"] and q["output_tokens"] == 8 and len(q["itl_ms"]) == 7
+               for q in requests)
+    # Poisson arrivals: the schedule (seeded) shows in the recorded arrival times.
+    expected = poisson_offsets_s(6, 20.0, 3)
+    first = sorted((q for q in requests if q["cycle"] == 0), key=lambda q: q["request_id"])
+    for want, q in zip(expected, first):
+        assert q["arrival_s"] == pytest.approx(want, abs=0.1)
+    # Warmup (one request: Poisson arrivals have no batch limit to fill) + 2 cycles x 6
+    # requests reached the server, all as token ids.
+    assert len(server.requests) == 1 + 12
+    assert all(len(r["body"]["prompt"]) == 16 for r in server.requests)
+    series = pq.read_table(cell / "timeseries.parquet").to_pandas()
+    assert (series["device"] == "server").any()

