@@ -237,7 +237,8 @@ def evaluate(cells: list[dict[str, Any]]) -> dict[str, Any]:
         repeat.update(met=None, why="fewer than 2 cycles with an energy")
     by_batch = {c["batch_size"]: c["energy_per_output_token_j_mean"] for c in cells}
     lo, hi = min(by_batch, default=None), max(by_batch, default=None)
-    scaling: dict[str, Any] = {"target": f"J/token(batch 8) / J/token(batch 128) >= {RATIO_TARGET:g}"}
+    scaling: dict[str, Any] = {
+        "target": f"J/token(batch 8) / J/token(batch 128) >= {RATIO_TARGET:g}"}
     if lo is not None and hi is not None and lo != hi and by_batch[lo] and by_batch[hi]:
         ratio = by_batch[lo] / by_batch[hi]
         scaling.update(batches=[lo, hi], ratio=ratio,
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     summary: dict[str, Any] = {
         "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([Path(sys.argv[0]).name,
+                             *(argv if argv is not None else sys.argv[1:])]),
         "environment": env, "architecture": mode["arch"],
         "settings": {k: v for k, v in mode.items() if k != "arch"},
         "sampler_hz": args.sampler_hz, "cells": [], "skipped_batch_sizes": [], "targets": {}}
@@ -357,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         t_cell = time.perf_counter()
         output = CellRunner(cell, str(model_dir), log=lambda m: print(m, flush=True)).run()
         # The next cell reuses the built model: its load time is not a cost to plan for.
-        last_cell_s = time.perf_counter() - t_cell - (output.runs[0]["load_duration_s"] or 0.0)
+        load_s = output.runs[0]["load_duration_s"] or 0.0
+        last_cell_s = time.perf_counter() - t_cell - load_s
         all_runs.extend(output.runs)
         summary["cells"].append(summarise_cell(batch, output.runs, output.timeseries,
                                                time.perf_counter() - t_cell))

@@ -47,7 +47,7 @@ def faults(monkeypatch, tmp_path):
                 monkeypatch.setenv(key, value)
         return fault_dir
     yield set_faults
-    for record in fault_dir.glob("hang-*.json"):
+    for record in [*fault_dir.glob("hang-*.json"), *fault_dir.glob("orphan-*.json")]:
         for pid in json.loads(record.read_text()).values():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -140,6 +140,17 @@ def test_hang_is_killed_with_its_whole_process_tree(faults, tmp_path, monkeypatc
     pids = json.loads(record.read_text())
     # The measuring process, a grandchild in its group and one that left it (own session).
     assert _wait_gone(pids.values(), 5), {k: _gone(p) for k, p in pids.items()}
+
+
+def test_orphan_in_its_own_session_is_killed_when_the_measurement_dies(faults, tmp_path):
+    """The measuring process dies by SIGKILL after starting a child in a session of its own
+    (as a server backend does): the runner adopts the orphan (child subreaper) and kills it."""
+    fault_dir = faults({11: "orphan@load"})
+    cell, out = cell_config(11), tmp_path / "cell"
+    status, _, rows = run(cell, out)
+    assert status == "failed" and "SIGKILL" in rows[0]["error"]
+    (record,) = fault_dir.glob("orphan-*.json")
+    assert _wait_gone(json.loads(record.read_text()).values(), 5)
 
 
 def test_transient_failure_counts_attempts(faults, tmp_path):

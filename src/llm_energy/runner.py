@@ -94,6 +94,18 @@ def _kill_strays(strays: list[psutil.Process]) -> None:
     psutil.wait_procs(strays, timeout=5.0)
 
 
+def _become_subreaper() -> None:
+    """Linux: orphans of the measurement (a server started in its own session whose parent was
+    killed) are re-parented to this process instead of init, so they can be found and killed."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            pass
+
+
 def _signal_error(code: int) -> str:
     name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
     if -code == signal.SIGKILL:
@@ -116,6 +128,8 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
     """One try; returns None on success or the error line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR),
                                                                       os.environ.get("PYTHONPATH")]))}
+    _become_subreaper()
+    children_before = {p.pid for p in psutil.Process().children()}
     # An argument list, never a shell string: config values (model paths, hub ids) are passed
     # as single arguments, whatever characters they contain.
     process = subprocess.Popen(
@@ -137,6 +151,9 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # ... and those that left its group and were orphaned, now adopted by this process.
+        _kill_strays([p for p in psutil.Process().children(recursive=True)
+                      if p.pid not in children_before])
     if code == 0 and (out / "runs.parquet").exists():
         return None
     error_file = out / ERROR_FILE

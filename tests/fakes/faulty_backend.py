@@ -12,6 +12,8 @@ normally. Faults:
 - hang:      starts two grandchildren (one in its process group, one in a session of its own),
              writes their pids to $LLM_ENERGY_TEST_FAULT_DIR/hang-<pid>.json, ignores SIGTERM and
              sleeps forever;
+- orphan:    starts a grandchild in a session of its own (as the vLLM server backend does),
+             records its pid in $LLM_ENERGY_TEST_FAULT_DIR/orphan-<pid>.json, then SIGKILLs itself;
 - fail-once: raises on the first attempt (leaves a marker in the fault dir), then runs normally.
 """
 
@@ -66,6 +68,10 @@ def inject(fault: str, key: str) -> None:
         print(f"hanging (pid {os.getpid()})", flush=True)
         while True:
             time.sleep(60)
+    if fault == "orphan":
+        escaped = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        (_fault_dir() / f"orphan-{os.getpid()}.json").write_text(json.dumps({"orphan": escaped.pid}))
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault == "fail-once":
         marker = _fault_dir() / f"failed-once-{key}"
         if not marker.exists():
