@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -257,3 +258,33 @@ def test_failure_message_lists_failed_and_unreadable_cells(tmp_path):
     assert message.startswith("llm-energy: 2 of 4 cell(s) failed")
     assert f"--forcerun {files[1]} {files[2]}" in message
     assert runner.failure_message(files[:1]) is None
+
+
+def test_aggregation_reports_unreadable_files_by_path_and_keeps_the_rest(tmp_path):
+    from llm_energy.aggregate import aggregate, read_problems, write_summary
+
+    good, failed = tmp_path / "good", tmp_path / "failed"
+    write_cell(good, [{"cell_id": "a" * 12, "cycle": c, "model": "m", "backend": "b",
+                       "status": "ok", "total_energy_j": 10.0 + c, "warnings": []}
+                      for c in range(3)], [], [], {})
+    runner.write_failed_cell(cell_config(2), failed, "RuntimeError: boom")
+    truncated, foreign, future, empty = (tmp_path / n / "runs.parquet"
+                                         for n in ("truncated", "foreign", "future", "empty"))
+    for path in (truncated, foreign, future, empty):
+        path.parent.mkdir()
+    data = (good / "runs.parquet").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    pq.write_table(pa.table({"x": [1]}), foreign)
+    table = pq.read_table(good / "runs.parquet")
+    pq.write_table(table.set_column(0, "schema_version", pa.array([2] * 3)), future)
+    empty.write_bytes(b"")
+    paths = [good / "runs.parquet", truncated, failed / "runs.parquet", foreign, future, empty]
+    agg = aggregate(paths)
+    assert sorted(agg.summary["status"]) == ["failed", "ok"]
+    assert agg.summary.set_index("status").loc["ok", "total_energy_j"] == 11.0
+    by_path = {p.split(": ")[0]: p for p in agg.problems}
+    assert set(by_path) == {str(truncated), str(foreign), str(future), str(empty)}
+    assert "no cell_id/schema_version" in by_path[str(foreign)]
+    assert "schema_version [2] (expected 1)" in by_path[str(future)]
+    write_summary(agg, tmp_path / "summary.parquet", tmp_path / "summary.csv")
+    assert read_problems(tmp_path / "summary.parquet") == agg.problems

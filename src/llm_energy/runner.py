@@ -151,9 +151,10 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        # ... and those that left its group and were orphaned, now adopted by this process.
-        _kill_strays([p for p in psutil.Process().children(recursive=True)
-                      if p.pid not in children_before])
+        # ... and those that left its group and were orphaned, now adopted by this process
+        # (direct children that were not there before), with their descendants.
+        adopted = [p for p in psutil.Process().children() if p.pid not in children_before]
+        _kill_strays([*adopted, *(d for p in adopted for d in _descendants(p.pid))])
     if code == 0 and (out / "runs.parquet").exists():
         return None
     error_file = out / ERROR_FILE
