@@ -17,7 +17,7 @@ def main(smk=None):
     if smk is not None:
         summary, matrix = smk.input.summary, smk.input.matrix
         figures, provenance = list(smk.input.figures), list(smk.input.provenance)
-        power = list(smk.input.power)
+        power = sorted(Path(smk.input.power).glob("*.png"))
         out, title = smk.output[0], smk.params.title
     else:
         parser = argparse.ArgumentParser(description=__doc__)

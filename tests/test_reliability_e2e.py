@@ -136,9 +136,6 @@ def test_corrupt_results_are_reported_and_the_rest_aggregates(failing_study):
     assert f"unreadable result: {rel_truncated}" in html and f"unreadable result: {rel_foreign}" in html
 
 
-@pytest.mark.xfail(strict=True, reason="figures.draw_cells reads every runs.parquet unguarded and "
-                   "crashes on an unreadable one, so the pipeline's report is not rebuilt "
-                   "(figures.py, reported to the lead); remove this mark when fixed")
 def test_pipeline_report_lists_unreadable_results(failing_study):
     workdir, *_ = failing_study
     html = (workdir / "results" / "report.html").read_text()

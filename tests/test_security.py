@@ -221,9 +221,6 @@ def test_secrets_never_reach_results_or_logs(hostile_study):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="workflow.Plan.mem_mb returns None for hub models and "
-                   "Snakemake 9 rejects a resource callable returning None, so no study with a "
-                   "hub_id model can run (reported to the lead); remove this mark when fixed")
 def test_study_with_shell_syntax_in_hub_id_plans(tmp_path):
     """The hub id reaches the runner as one argument (test above); here the workflow must at
     least accept such a study."""

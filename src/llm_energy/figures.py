@@ -341,10 +341,17 @@ def draw_study(summary: pd.DataFrame, requests: pd.DataFrame | None, out_dir: Pa
 def draw_cells(cell_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
     """One power figure per cell directory that has runs and timeseries."""
     paths: list[Path] = []
+    Path(out_dir, "power").mkdir(parents=True, exist_ok=True)
     for cell_dir in cell_dirs:
         cell_dir = Path(cell_dir)
-        runs = pd.read_parquet(cell_dir / "runs.parquet")
-        timeseries = pd.read_parquet(cell_dir / "timeseries.parquet")
+        try:
+            runs = pd.read_parquet(cell_dir / "runs.parquet")
+            timeseries = pd.read_parquet(cell_dir / "timeseries.parquet")
+            if "model" not in runs.columns:
+                raise ValueError("not a runs.parquet of llm-energy")
+        except Exception as exc:  # noqa: BLE001 - aggregation reports unreadable cells by path
+            print(f"no power figure for {cell_dir}: {type(exc).__name__}: {exc}")
+            continue
         first: Any = runs.iloc[0] if len(runs) else None
         title = None if first is None else f"{first['model']} / {cell_label(first)} ({cell_dir.name})"
         paths += power_timeseries(runs, timeseries, power_stem(out_dir, cell_dir.name), title)

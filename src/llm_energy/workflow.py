@@ -26,6 +26,11 @@ DEFAULT_BASE_MEM_MB = 4096
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
+#: Memory assumed for a hub model's weights while loading (MiB; twice 8 GiB, an 8B model in
+#: bf16 would need more): Snakemake needs a number; the profile can override it.
+HUB_MODEL_MEM_MB = 16384
+
+
 @dataclass
 class Plan:
     study: StudyConfig
@@ -75,14 +80,14 @@ class Plan:
     def _weights_mb(self) -> dict[str, float | None]:
         return {name: _weights_mb(m) for name, m in self.models.items()}
 
-    def mem_mb(self, model_name: str, backend: str) -> int | None:
+    def mem_mb(self, model_name: str, backend: str) -> int:
         """Host memory for one measurement job, MiB: twice the weights (a copy while
-        loading) plus the backend's base. None (the scheduler's default) for hub models,
-        whose size is unknown before download; override per rule in the profile
+        loading) plus the backend's base. Hub models, whose size is unknown before
+        download, get HUB_MODEL_MEM_MB on top of the base; override per rule in the profile
         (`set-resources: {measure: {mem_mb: N}}`)."""
         weights = self._weights_mb[model_name]
         if weights is None:
-            return None
+            weights = HUB_MODEL_MEM_MB / 2
         total = 2 * weights + BASE_MEM_MB.get(backend, DEFAULT_BASE_MEM_MB)
         return int(math.ceil(total / 1024) * 1024)
 

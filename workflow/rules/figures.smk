@@ -3,8 +3,10 @@ from llm_energy.figures import FIGURES, FORMATS
 # Study figures, then one power-over-time figure per cell; the PNGs go into
 # `snakemake --report`, each with its caption (workflow/report/<figure>.rst).
 STUDY_FIGURE_FILES = [f"results/figures/{name}.{fmt}" for name in FIGURES for fmt in FORMATS]
-POWER_FIGURE_FILES = [f"results/figures/power/{cell_id}.{fmt}" for cell_id in CELLS for fmt in FORMATS]
-FIGURE_FILES = STUDY_FIGURE_FILES + POWER_FIGURE_FILES
+# Per-cell power figures go into one directory output: listing 3 files per cell as separate
+# outputs makes Snakemake's DAG work grow with the square of the cell count.
+POWER_FIGURE_DIR = "results/figures/power"
+FIGURE_FILES = STUDY_FIGURE_FILES + [POWER_FIGURE_DIR]
 
 
 rule figures:
@@ -19,13 +21,9 @@ rule figures:
                    caption=f"../report/{name}.rst")
             for name in FIGURES
         ],
-        [
-            report(f"results/figures/power/{cell_id}.png", category="Power per cell",
-                   subcategory=cell.model, labels={"cell": cell_id, "backend": cell.backend},
-                   caption="../report/power.rst")
-            for cell_id, cell in CELLS.items()
-        ],
-        [f for f in FIGURE_FILES if not f.endswith(".png")],
+        [f for f in STUDY_FIGURE_FILES if not f.endswith(".png")],
+        power=report(directory(POWER_FIGURE_DIR), patterns=["{cell}.png"],
+                     category="Power per cell", caption="../report/power.rst"),
     params:
         out_dir="results/figures",
     log:

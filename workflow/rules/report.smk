@@ -3,7 +3,7 @@ rule report:
         summary="results/summary.parquet",
         matrix="results/matrix.csv",
         figures=[f"results/figures/{name}.png" for name in FIGURES],
-        power=[f"results/figures/power/{cell_id}.png" for cell_id in CELLS],
+        power=POWER_FIGURE_DIR,
         provenance=[r.replace("runs.parquet", "provenance.json") for r in PLAN.runs_files()],
     output:
         report("results/report.html", category="Report", caption="../report/report.rst"),
