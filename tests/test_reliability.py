@@ -288,3 +288,36 @@ def test_aggregation_reports_unreadable_files_by_path_and_keeps_the_rest(tmp_pat
     assert "schema_version [2] (expected 1)" in by_path[str(future)]
     write_summary(agg, tmp_path / "summary.parquet", tmp_path / "summary.csv")
     assert read_problems(tmp_path / "summary.parquet") == agg.problems
+
+
+def test_failure_message_uses_an_up_to_date_summary_and_falls_back_otherwise(tmp_path):
+    import os
+
+    from llm_energy.aggregate import aggregate, write_summary
+
+    ok_cell, bad_cell = cell_config(2), cell_config(3)
+    ok_dir, bad_dir, broken_dir = (tmp_path / "cells" / c["cell_id"] for c in (ok_cell, bad_cell, cell_config(4)))
+    runner.write_failed_cell(bad_cell, bad_dir, "RuntimeError: boom")
+    write_cell(ok_dir, [{"cell_id": ok_cell["cell_id"], "cycle": 0, "model": "m", "backend": "b",
+                         "status": "ok", "warnings": []}], [], [], {})
+    broken_dir.mkdir(parents=True)
+    (broken_dir / "runs.parquet").write_bytes((bad_dir / "runs.parquet").read_bytes()[:100])
+    files = [str(d / "runs.parquet") for d in (ok_dir, bad_dir, broken_dir)]
+    summary = tmp_path / "summary.parquet"
+    write_summary(aggregate(files), summary, tmp_path / "summary.csv")
+    from_files = runner.failed_cells(files)
+    assert runner.failed_cells_from_summary(files, summary) == from_files
+    assert runner.failure_message(files, summary) == runner.failure_message(files)
+    # The summary, not the files, is read: a result rewritten with an older time is not seen...
+    write_cell(bad_dir, [{"cell_id": bad_cell["cell_id"], "cycle": 0, "status": "ok"}], [], [], {})
+    earlier = summary.stat().st_mtime - 10
+    os.utime(bad_dir / "runs.parquet", (earlier, earlier))
+    assert runner.failed_cells_from_summary(files, summary) == from_files
+    assert runner.failed_cells(files) == from_files[1:]
+    # ...unless the result is newer than the summary: then the files are read again.
+    runner.write_failed_cell(ok_cell, ok_dir, "RuntimeError: later")
+    later = summary.stat().st_mtime + 10
+    os.utime(ok_dir / "runs.parquet", (later, later))
+    assert runner.failed_cells_from_summary(files, summary) is None
+    assert f"{files[0]}: RuntimeError: later" in runner.failure_message(files, summary)
+    assert runner.failed_cells_from_summary(files, tmp_path / "missing.parquet") is None

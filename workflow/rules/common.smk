@@ -25,7 +25,7 @@ wildcard_constraints:
 onsuccess:
     from llm_energy.runner import failure_message
 
-    _failures = failure_message(PLAN.runs_files())
+    _failures = failure_message(PLAN.runs_files(), "results/summary.parquet")
     if _failures:
         sys.stderr.write(_failures)
         raise SystemExit(1)
@@ -35,4 +35,4 @@ onsuccess:
 onerror:
     from llm_energy.runner import failure_message
 
-    sys.stderr.write(failure_message(PLAN.runs_files()) or "")
+    sys.stderr.write(failure_message(PLAN.runs_files(), "results/summary.parquet") or "")
