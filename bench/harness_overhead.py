@@ -49,7 +49,7 @@ def bare_vllm(backend, prompts, max_new_tokens, batch_size):
 
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, min_tokens=max_new_tokens,
                             ignore_eos=True, detokenize=False)
-    backend.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+    backend._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                          use_tqdm=False)
 
 

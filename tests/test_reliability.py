@@ -321,3 +321,15 @@ def test_failure_message_uses_an_up_to_date_summary_and_falls_back_otherwise(tmp
     assert runner.failed_cells_from_summary(files, summary) is None
     assert f"{files[0]}: RuntimeError: later" in runner.failure_message(files, summary)
     assert runner.failed_cells_from_summary(files, tmp_path / "missing.parquet") is None
+
+
+def test_self_threaded_backends_do_not_inherit_scheduler_thread_counts(monkeypatch):
+    """Snakemake exports OPENBLAS/MKL/..._NUM_THREADS=threads to script jobs; vLLM-CPU binds
+    its own OpenMP threads and ran 25x slower with them, so its cells start without."""
+    from llm_energy.runner import measurement_environment
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert "OPENBLAS_NUM_THREADS" not in measurement_environment("vllm")
+    assert "OMP_NUM_THREADS" not in measurement_environment("vllm")
+    assert measurement_environment("transformers")["OMP_NUM_THREADS"] == "2"

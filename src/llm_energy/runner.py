@@ -123,11 +123,23 @@ def clear_cell_outputs(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s: float,
-             log: TextIO) -> str | None:
-    """One try; returns None on success or the error line."""
+def measurement_environment(backend: str) -> dict[str, str]:
+    """The measuring process's environment: ours, the package on its path, and no
+    scheduler-imposed thread counts for backends that bind their own threads."""
+    from llm_energy.backends import SCHEDULER_THREAD_VARIABLES, SELF_THREADED_BACKENDS
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR),
                                                                       os.environ.get("PYTHONPATH")]))}
+    if backend in SELF_THREADED_BACKENDS:
+        for name in SCHEDULER_THREAD_VARIABLES:
+            env.pop(name, None)
+    return env
+
+
+def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s: float,
+             log: TextIO, backend: str = "") -> str | None:
+    """One try; returns None on success or the error line."""
+    env = measurement_environment(backend)
     _become_subreaper()
     children_before = {p.pid for p in psutil.Process().children()}
     # An argument list, never a shell string: config values (model paths, hub ids) are passed
@@ -192,7 +204,8 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
               file=log, flush=True)
         if attempt > 1:
             clear_cell_outputs(out)
-        error = _attempt(python, cell_file, model_path, out, measurement["timeout_s"], log)
+        error = _attempt(python, cell_file, model_path, out, measurement["timeout_s"], log,
+                         cell_config["backend"])
         if error is None:
             (out / ERROR_FILE).unlink(missing_ok=True)
             return "ok"

@@ -38,6 +38,14 @@ INSTALL_HINTS = {
 
 #: The package whose presence in the running interpreter makes it fit for a backend
 #: (runner.python_for_backend falls back to the pipeline's interpreter when it has it).
+#: Backends that pin their own compute threads to cores (vLLM's CPU build binds OpenMP to
+#: the cores it picks). The BLAS thread counts a scheduler exports for a job (Snakemake sets
+#: OPENBLAS/MKL/..._NUM_THREADS to the job's threads) fight that binding: a vLLM-CPU cell
+#: ran 25x slower with them. Their measuring processes start without these variables.
+SELF_THREADED_BACKENDS = frozenset({"vllm", "tensorrt-llm"})
+SCHEDULER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                              "GOTO_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
 IMPORT_NAMES = {"transformers": "transformers", "vllm": "vllm", "tensorrt-llm": "tensorrt_llm",
                 "openai-server": "httpx"}
 
@@ -84,4 +92,5 @@ def backend_class(name: str, settings: dict[str, Any] | None = None) -> type[Bac
 
 
 __all__ = ["Backend", "BackendUnavailable", "LoadInfo", "RequestRecord", "BACKEND_NAMES",
-           "INSTALL_HINTS", "IMPORT_NAMES", "backend_class", "is_server"]
+           "INSTALL_HINTS", "IMPORT_NAMES", "SELF_THREADED_BACKENDS",
+           "SCHEDULER_THREAD_VARIABLES", "backend_class", "is_server"]
