@@ -20,7 +20,6 @@ from llm_energy.meters.base import DOMAINS, CompositeMeter, CounterTrack, Meter,
 from llm_energy.meters.estimate import EstimateMeter
 from llm_energy.meters.nvml import (
     Gpu,
-    NoGpus,
     NvmlCounterMeter,
     NvmlPowerMeter,
     job_gpus,
