@@ -56,3 +56,13 @@ def test_zeus_without_sensors_is_not_a_meter():
 def test_requested_missing_source_is_an_error():
     with pytest.raises(RuntimeError, match="nvml-counter.*not available"):
         detect_meter("cuda", "nvml-counter", 10.0)
+
+
+def test_window_below_resolution_is_not_reported_as_zero_joules():
+    # The estimate reads /proc/stat ticks: a window shorter than a tick may see no change.
+    meter = FakeCounter([100.0, 100.0])
+    meter.update_period_s = 0.1  # a window of microseconds is far below it
+    meter.begin_window("short")
+    window = meter.end_window("short")
+    assert window.energy_j["gpu"] is None and window.total_energy_j is None
+    assert any("did not advance" in w for w in window.warnings)

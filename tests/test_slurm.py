@@ -51,7 +51,8 @@ def slurm_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm")
     study = small_study(
         backends={"transformers": {"batch_size": [2], "dtype": ["float32"]}},
-        workload={"num_prompts": 2, "input_tokens": 8, "output_tokens": 4},
+        # Long enough for the estimate's 10 ms resolution: a shorter cycle has no energy.
+        workload={"num_prompts": 4, "input_tokens": 8, "output_tokens": 32},
         measurement={"cycles": 2, "idle_duration_s": 0.2, "warmup": {"min_runs": 1, "max_runs": 1},
                      "threads": 1, "timeout_s": 300},
     )
@@ -81,7 +82,10 @@ def test_results_are_complete(slurm_run):
     workdir, _, study, _, _ = slurm_run
     runs = pd.read_parquet(next((workdir / "results" / "cells").glob("*/*/*/runs.parquet")))
     assert len(runs) == study["measurement"]["cycles"] and (runs["status"] == "ok").all()
-    assert (runs["output_tokens"] == 2 * 4).all() and (runs["total_energy_j"] > 0).all()
+    assert (runs["output_tokens"] == 4 * 32).all()
+    # Energy is positive, or absent with the reason; never a silent 0 J.
+    unresolved = runs["warnings"].map(lambda ws: any("did not advance" in w for w in ws))
+    assert ((runs["total_energy_j"] > 0) | (runs["total_energy_j"].isna() & unresolved)).all()
     summary = pd.read_parquet(workdir / "results" / "summary.parquet")
     assert list(summary["status"]) == ["ok"] and list(summary["cycles"]) == [2]
     assert (workdir / "results" / "report.html").stat().st_size > 1000

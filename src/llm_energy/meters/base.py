@@ -211,6 +211,12 @@ class Meter:
                 warnings.append(f"window '{name}': the {domain} energy counter did not advance "
                                 f"in {duration_s:.2f} s (stalled sensor); {domain} energy not "
                                 "reported")
+            elif delta == 0 and duration_s < 10 * self.update_period_s:
+                # An unchanged counter over a window this short says the window was below
+                # the sensor's resolution, not that it cost 0 J: never report that 0.
+                warnings.append(f"window '{name}' ({duration_s:.3f} s): the {domain} energy "
+                                "did not advance (below the sensor's resolution); "
+                                f"{domain} energy not reported")
             else:
                 energy[domain] = float(delta)
         return WindowEnergy(duration_s, energy, sources, warnings)
