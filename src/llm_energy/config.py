@@ -322,20 +322,17 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _fits_allocation(self) -> StudyConfig:
-        vllm = self.backends.vllm
-        if vllm is not None and vllm.enabled and self.measurement.device == "cuda":
-            too_big = [tp for tp in vllm.tensor_parallel_size if tp > self.measurement.gpus_per_cell]
+        if self.measurement.device != "cuda":
+            return self
+        for key, backend in (("vllm", self.backends.vllm),
+                             ("tensorrt-llm", self.backends.tensorrt_llm)):
+            if backend is None or not backend.enabled:
+                continue
+            too_big = [tp for tp in backend.tensor_parallel_size
+                       if tp > self.measurement.gpus_per_cell]
             if too_big:
                 raise ValueError(
-                    f"backends.vllm.tensor_parallel_size: {too_big} exceeds "
-                    f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
-                    "gpus_per_cell or lower tensor_parallel_size")
-        trt = self.backends.tensorrt_llm
-        if trt is not None and trt.enabled and self.measurement.device == "cuda":
-            too_big = [tp for tp in trt.tensor_parallel_size if tp > self.measurement.gpus_per_cell]
-            if too_big:
-                raise ValueError(
-                    f"backends.tensorrt-llm.tensor_parallel_size: {too_big} exceeds "
+                    f"backends.{key}.tensor_parallel_size: {too_big} exceeds "
                     f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
                     "gpus_per_cell or lower tensor_parallel_size")
         return self

@@ -33,9 +33,16 @@ def stop_process_group(process: subprocess.Popen[Any], grace_s: float) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    for proc in strays:
+    kill_processes(strays, timeout_s=10.0)
+
+
+def kill_processes(processes: list[Any], timeout_s: float) -> None:
+    """SIGKILL each psutil process that still exists and wait for them to be gone."""
+    import psutil
+
+    for proc in processes:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(strays, timeout=10.0)
+    psutil.wait_procs(processes, timeout=timeout_s)

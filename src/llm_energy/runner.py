@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import psutil
 
 from llm_energy import provenance, results
-from llm_energy.processes import stop_process_group
+from llm_energy.processes import kill_processes, stop_process_group
 from llm_energy.measure import ERROR_FILE, PARENT_PID_FLAG
 
 SRC_DIR = Path(__file__).resolve().parent.parent
@@ -76,12 +76,7 @@ def _kill_group(process: subprocess.Popen[Any]) -> None:
 
 
 def _kill_strays(strays: list[psutil.Process]) -> None:
-    for proc in strays:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(strays, timeout=5.0)
+    kill_processes(strays, timeout_s=5.0)
 
 
 def _become_subreaper() -> None:
