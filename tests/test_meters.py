@@ -66,3 +66,24 @@ def test_window_below_resolution_is_not_reported_as_zero_joules():
     window = meter.end_window("short")
     assert window.energy_j["gpu"] is None and window.total_energy_j is None
     assert any("did not advance" in w for w in window.warnings)
+
+
+def test_estimate_counter_does_not_step_back_when_only_idle_time_advances():
+    # CI failure: on a quiet machine, `total - idle` of two ~1e6 s floats stepped back by
+    # 1e-12 s between reads, and the idle window was dropped as "counter went backwards".
+    from collections import namedtuple
+
+    from llm_energy.meters.estimate import busy_core_seconds
+
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    before = Times(812345.67, 12.34, 98765.43, 7654321.09, 321.5, 0.0, 456.78, 3.21, 0.0, 0.0)
+    after = before._replace(idle=before.idle + 0.01, iowait=before.iowait + 0.01)
+    assert busy_core_seconds(after) == busy_core_seconds(before)
+    assert busy_core_seconds(before._replace(user=before.user + 0.01)) > busy_core_seconds(before)
+
+
+def test_estimate_counter_is_monotonic_on_this_machine():
+    from llm_energy.meters.estimate import busy_core_seconds
+
+    readings = [busy_core_seconds() for _ in range(20_000)]
+    assert all(b >= a for a, b in zip(readings, readings[1:]))

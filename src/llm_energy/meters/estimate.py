@@ -15,10 +15,15 @@ ESTIMATE_WARNING = (
 )
 
 
-def busy_core_seconds() -> float:
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+# Busy time is the sum of the busy fields, never `total - idle`: that difference cancels two
+# ~1e6 s floats and can step backwards by 1e-12 s when only idle advances, which the meter
+# would report as a counter going backwards. On Linux, guest time is already inside `user`.
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+def busy_core_seconds(cpu_times: object | None = None) -> float:
+    times = psutil.cpu_times() if cpu_times is None else cpu_times
+    return float(sum(getattr(times, field, 0.0) for field in BUSY_FIELDS))
 
 
 class EstimateMeter(Meter):
