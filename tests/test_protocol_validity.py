@@ -125,7 +125,8 @@ def test_cycle_flags_gap_drift_throttle_neighbour_and_counter_disagreement(tmp_p
     assert "telemetry of gpu0 covers 71% of cycle 0 (< 95%; longest gap 3.00 s)" in text
     assert "gpu0 temperature drifted 40->55 degC within cycle 0 (> 10)" in text
     assert "gpu0 throttled (hw thermal) in" in text
-    assert "held at its power limit (sw power cap)" in text
+    assert ("gpu0: NVML reported clocks lowered by power management (sw power cap) in "
+            "35/72 samples of cycle 0 while drawing 100-100 W") in text
     assert "gpu0: pid 31337 (512 MiB)" in text and str(os.getpid()) not in text
     assert "disagree by more than 25%" in text
     assert columns["gpu_power_integral_j"] == pytest.approx(1000.0)

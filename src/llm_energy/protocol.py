@@ -337,10 +337,17 @@ class CellRunner:
                 if throttled:
                     warnings.append(f"{label} throttled ({', '.join(sorted(hit))}) in "
                                     f"{throttled}/{len(reasons)} samples of cycle {cycle}")
-                capped = sum(1 for r in reasons if r & POWER_CAP_REASON)
+                capped = [s for s in mine
+                          if s.throttle_reasons is not None and s.throttle_reasons & POWER_CAP_REASON]
                 if capped:
-                    warnings.append(f"{label} held at its power limit (sw power cap) in "
-                                    f"{capped}/{len(reasons)} samples of cycle {cycle}")
+                    # NVML sets this bit whenever power management lowers clocks, which on
+                    # H100 happens in short bursts far below the board limit: give the power
+                    # the GPU drew in those samples so a reader does not assume it sat at it.
+                    watts = [s.power_w for s in capped if s.power_w is not None]
+                    drawn = (f" while drawing {min(watts):.0f}-{max(watts):.0f} W" if watts else "")
+                    warnings.append(f"{label}: NVML reported clocks lowered by power management "
+                                    f"(sw power cap) in {len(capped)}/{len(reasons)} samples of "
+                                    f"cycle {cycle}{drawn}")
         if gpu_labels:
             profiles = [[(s.t_s, s.power_w) for s in samples
                          if s.device == label and s.power_w is not None
