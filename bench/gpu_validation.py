@@ -11,7 +11,7 @@ identical windows.
 
 How the model gets in without a checkpoint: `LLM_ENERGY_EXTRA_BACKENDS` (the project's
 backend plugin hook) replaces `transformers` with `RandomInitTransformersBackend` below,
-whose `load` builds the model from the `config.json` in the model directory
+whose `build_model` builds the model from the `config.json` in the model directory
 (`from_config` under a `torch.device` context, so weights are allocated and initialised on
 the GPU) and keeps it for the next cell; everything else (generate, step clock, protocol,
 meters, sampler, validity flags) is the project's code. The model directory holds only
@@ -25,6 +25,11 @@ Modes (batch sizes are run ends-first, so a budget cut keeps the 8-vs-128 compar
 
     PYTHONPATH=src python3 bench/gpu_validation.py --quick --out $OUT
     .venv/bin/python bench/gpu_validation.py --tiny --device cpu --out /tmp/gv
+
+Decoding (the transformers backend's own settings): `--cache static` preallocates the KV
+cache so every step has one shape; `--compile MODE` wraps the forward pass in torch.compile
+(`reduce-overhead` = CUDA graphs). Eager decoding is host-bound and its step time varies
+with the host (docs/gpu-validation.md); these take the host out of the step.
 
 Writes runs.csv (the protocol's run rows), summary.json and summary.md to --out.
 `--budget-s` skips the remaining batch sizes when the next cell would not fit (reported).
@@ -48,8 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_energy.backends.base import LoadInfo  # noqa: E402
-from llm_energy.backends.transformers_backend import _DTYPES, TransformersBackend  # noqa: E402
+from llm_energy.backends.transformers_backend import TransformersBackend  # noqa: E402
 
 LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                   num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -74,13 +78,12 @@ class RandomInitTransformersBackend(TransformersBackend):
     """The project's transformers backend, loading random weights from `config.json`
     instead of a checkpoint. `generate`, `synchronize` and `close` are inherited."""
 
-    def load(self) -> LoadInfo:
+    load_extra = {"weights": "random-init"}
+
+    def build_model(self, dtype: Any) -> Any:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        self._torch = torch
-        start = time.perf_counter()
-        dtype = getattr(torch, _DTYPES[self.settings.get("dtype", "float32")])
         key = (self.model_path, self.device, str(dtype))
         model = _MODELS.get(key)
         if model is None:
@@ -101,13 +104,7 @@ class RandomInitTransformersBackend(TransformersBackend):
                 model = model.to(dtype)
             model.eval()
             _MODELS[key] = model
-        self.model = model
-        self.eos_token_id = model.config.eos_token_id
-        self.synchronize()
-        return LoadInfo(duration_s=time.perf_counter() - start, device=self.device,
-                        dtype=str(dtype).removeprefix("torch."),
-                        parameters=sum(p.numel() for p in model.parameters()),
-                        extra={"weights": "random-init"})
+        return model
 
 
 def write_model_dir(out: Path, arch: dict[str, Any], dtype: str) -> Path:
@@ -150,7 +147,10 @@ def cell_config(model_dir: Path, batch: int, mode: dict[str, Any], device: str,
         "models": [{"name": "llama31-8b-random" if not args.tiny else "tiny-random",
                     "path": str(model_dir)}],
         "backends": {"transformers": {"batch_size": [batch], "dtype": [mode["dtype"]],
-                                      "attn_implementation": ["sdpa"]}},
+                                      "attn_implementation": ["sdpa"],
+                                      "cache_implementation": [args.cache],
+                                      "torch_compile": [args.compile is not None],
+                                      "torch_compile_mode": args.compile or "default"}},
         "workload": {"num_prompts": batch, "input_tokens": mode["input_tokens"],
                      "output_tokens": mode["output_tokens"]},
         "measurement": {
@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int)
     parser.add_argument("--output-tokens", type=int)
     parser.add_argument("--sampler-hz", type=float, default=20.0)
+    parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
+                        help="KV cache of the transformers backend")
+    parser.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile the forward pass in this mode (off by default)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip remaining batch sizes when the next would not fit")
     args = parser.parse_args(argv)
@@ -344,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                              *(argv if argv is not None else sys.argv[1:])]),
         "environment": env, "architecture": mode["arch"],
         "settings": {k: v for k, v in mode.items() if k != "arch"},
+        "decoding": {"cache_implementation": args.cache, "torch_compile_mode": args.compile},
         "sampler_hz": args.sampler_hz, "cells": [], "skipped_batch_sizes": [], "targets": {}}
     all_runs: list[dict[str, Any]] = []
     last_cell_s: float | None = None

@@ -26,9 +26,10 @@ def test_gpu_validation_tiny_cpu_runs_the_protocol_on_a_random_init_model(tmp_pa
     out = tmp_path / "gv"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_validation.py"), "--tiny",
                            "--device", "cpu", "--batch-sizes", "2,4", "--cycles", "2",
-                           "--out", str(out)], capture_output=True, text=True, timeout=240)
+                           "--cache", "static", "--out", str(out)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["decoding"] == {"cache_implementation": "static", "torch_compile_mode": None}
     cells = {c["batch_size"]: c for c in summary["cells"]}
     assert sorted(cells) == [2, 4]
     for batch, cell in cells.items():

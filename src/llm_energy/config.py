@@ -137,6 +137,11 @@ class TransformersConfig(_BackendAxes):
         list[Literal["sdpa", "eager"]], Field(min_length=1)
     ] = ["sdpa"]
     torch_compile: BoolAxis = [False]
+    cache_implementation: Annotated[
+        list[Literal["dynamic", "static"]], Field(min_length=1)
+    ] = ["dynamic"]
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode when torch_compile is true")
 
 
 class VllmConfig(_BackendAxes):

@@ -3,6 +3,7 @@ timestamps every decoding step so TTFT and inter-token latencies are real."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -34,27 +35,27 @@ class _StepClock:
 class TransformersBackend(Backend):
     name = "transformers"
 
+    #: Extra provenance for LoadInfo (e.g. how the weights were made).
+    load_extra: dict[str, Any] = {}
+
     def load(self) -> LoadInfo:
         try:
             import torch
-            from transformers import AutoModelForCausalLM
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise BackendUnavailable(
                 f"transformers backend needs torch and transformers ({exc}); run `make venv`"
             ) from None
         self._torch = torch
+        if self.settings.get("torch_compile") and not self.device.startswith("cuda") \
+                and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            # Inductor builds C++ kernels on CPU; without a compiler it fails deep in the
+            # first warmup run with a long traceback.
+            raise BackendUnavailable("torch_compile on CPU needs a C++ compiler "
+                                     "(e.g. `apt install g++`); none is on PATH")
         start = time.perf_counter()
         dtype = getattr(torch, _DTYPES[self.settings.get("dtype", "float32")])
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_path,
-            dtype=dtype,
-            attn_implementation=self.settings.get("attn_implementation", "sdpa"),
-            trust_remote_code=bool(self.settings.get("trust_remote_code", False)),
-        )
-        model.to(self.device)
-        model.eval()
-        if self.settings.get("torch_compile"):
-            model.forward = torch.compile(model.forward)
+        model = self.build_model(dtype)
+        self._set_compiled(model)
         self.model = model
         self.eos_token_id = model.config.eos_token_id
         self.synchronize()
@@ -63,7 +64,35 @@ class TransformersBackend(Backend):
             device=self.device,
             dtype=str(dtype).removeprefix("torch."),
             parameters=sum(p.numel() for p in model.parameters()),
+            extra=dict(self.load_extra),
         )
+
+    def _set_compiled(self, model: Any) -> None:
+        """`model.forward` compiled in the cell's mode, or eager when compilation is off.
+
+        Idempotent per model object, so a model reused across cells (bench/gpu_validation.py)
+        keeps its compiled graphs and is never wrapped twice."""
+        eager = getattr(model, "_eager_forward", None) or model.forward
+        mode = self.settings.get("torch_compile_mode", "default") \
+            if self.settings.get("torch_compile") else None
+        if getattr(model, "_compiled_mode", None) == mode:
+            return
+        model._eager_forward = eager
+        model.forward = eager if mode is None else self._torch.compile(eager, mode=mode)
+        model._compiled_mode = mode
+
+    def build_model(self, dtype: Any) -> Any:
+        """The model on `self.device` in eval mode, read from `self.model_path`."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            dtype=dtype,
+            attn_implementation=self.settings.get("attn_implementation", "sdpa"),
+            trust_remote_code=bool(self.settings.get("trust_remote_code", False)),
+        )
+        model.to(self.device)
+        return model.eval()
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -94,6 +123,12 @@ class TransformersBackend(Backend):
                     do_sample=False,
                     pad_token_id=pad_id,
                     streamer=clock,
+                    # Only what the cell's settings say runs: transformers would otherwise
+                    # compile the forward pass on its own whenever the cache is static.
+                    cache_implementation=(
+                        "static" if self.settings.get("cache_implementation") == "static"
+                        else None),
+                    disable_compile=True,
                 )
             new_tokens = output[:, width:].tolist()
             for offset, prompt in enumerate(batch):
