@@ -2,6 +2,7 @@
 CLI: python scripts/figures.py RESULTS_DIR [OUT_DIR]   (OUT_DIR defaults to RESULTS_DIR/figures)"""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def main(smk=None):
         summary, out_dir = smk.input.summary, Path(smk.params.out_dir)
         requests = list(smk.input.requests)
         cell_dirs = [Path(r).parent for r in smk.input.runs]
+        cache_dir, workers = Path(smk.params.cache_dir), smk.threads
     else:
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("results_dir")
@@ -28,13 +30,19 @@ def main(smk=None):
         summary, out_dir = root / "summary.parquet", Path(args.out_dir or root / "figures")
         cell_dirs = sorted(p.parent for p in (root / "cells").glob("*/*/*/runs.parquet"))
         requests = [d / "requests.parquet" for d in cell_dirs]
+        cache_dir, workers = root / ".figure-cache" / "power", os.cpu_count() or 1
     with logged(smk):
         frame = pd.read_parquet(summary)
         request_frame, problems = read_requests(requests)
         for problem in problems:
             print(f"unreadable requests skipped: {problem}")
-        for path in draw_study(frame, request_frame, out_dir) + draw_cells(cell_dirs, out_dir):
+        for path in draw_study(frame, request_frame, out_dir):
             print(f"wrote {path}")
+        power = draw_cells(cell_dirs, out_dir, cache_dir=cache_dir, workers=workers)
+        print(f"wrote {len(power)} power figure files of {len(cell_dirs)} cells to "
+              f"{Path(out_dir) / 'power'}")
 
 
-main(globals().get("snakemake"))
+# Guarded: figure worker processes (spawn) import this module again as __mp_main__.
+if __name__ == "__main__":
+    main(globals().get("snakemake"))

@@ -34,7 +34,8 @@ def main(smk=None):
         frame = pd.read_parquet(summary)
         html = render(frame, pd.read_csv(matrix), [Path(f) for f in figures],
                       read_provenance(provenance), read_problems(summary), title,
-                      power_figures={Path(p).stem: Path(p) for p in power})
+                      power_figures={Path(p).stem: Path(p) for p in power},
+                      link_base=Path(out).parent)
         Path(out).write_text(html)
         print(f"wrote {out}")
 

@@ -2,14 +2,15 @@
 SVG and PNG, opened and checked (PNG size, PDF page count, fonts embedded)."""
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from llm_energy.figures import (FIGURES, FORMATS, draw_study, pareto_cells, pareto_front,
-                                power_timeseries)
+from llm_energy.figures import (FIGURES, FORMATS, draw_cells, draw_study, pareto_cells,
+                                pareto_front, power_timeseries)
 from test_report_browser import png_size
 
 
@@ -116,3 +117,54 @@ def test_power_timeseries_with_steady_window(tmp_path):
     # Files from before cycle_start_s existed: the cycles come from the phase labels.
     power_timeseries(runs.drop(columns=["cycle_start_s"]), ts, tmp_path / "old", None)
     check_figure_files(tmp_path / "old")
+
+
+def _cell_dir(root: Path, cell_id: str, power_w: float) -> Path:
+    cell = root / "cells" / "m" / "transformers" / cell_id
+    cell.mkdir(parents=True)
+    t = np.arange(0, 4, 0.1)
+    pd.DataFrame({"t_s": t, "device": "cpu", "power_w": power_w + t, "power_source": "estimate",
+                  "phase": ["idle" if x < 2 else "cycle0" for x in t]}).to_parquet(
+        cell / "timeseries.parquet")
+    pd.DataFrame({"model": ["m"], "backend": "transformers", "batch_size": 2, "dtype": "float32",
+                  "cycle": [0], "status": "ok", "duration_s": 2.0, "cycle_start_s": 2.0}).to_parquet(
+        cell / "runs.parquet")
+    return cell
+
+
+def test_power_figures_of_unchanged_cells_are_reused_and_changed_ones_redrawn(tmp_path):
+    cells = [_cell_dir(tmp_path, f"c{k}", 10.0 * (k + 1)) for k in range(3)]
+    broken = tmp_path / "cells" / "m" / "transformers" / "broken"
+    broken.mkdir()
+    (broken / "runs.parquet").write_text("not parquet")
+    (broken / "timeseries.parquet").write_text("not parquet")
+    cache, out = tmp_path / "cache", tmp_path / "figures"
+
+    def draw(workers=1):
+        logged: list[str] = []
+        paths = draw_cells([*cells, broken], out, cache_dir=cache, workers=workers,
+                           log=logged.append)
+        return paths, logged
+
+    paths, logged = draw(workers=2)  # two spawned processes
+    assert logged[0] == "drawing 4 power figure(s), 0 unchanged (cached), 2 processes"
+    assert any(m.startswith(f"no power figure for {broken}") for m in logged)
+    assert sorted(p.name for p in paths) == sorted(f"c{k}.{f}" for k in range(3) for f in FORMATS)
+    for k in range(3):
+        check_figure_files(out / "power" / f"c{k}")
+    first_png = (out / "power" / "c1.png").read_bytes()
+
+    shutil.rmtree(out)  # what Snakemake does before rerunning the rule
+    paths, logged = draw()
+    # Only the unreadable cell is tried again.
+    assert logged[0] == "drawing 1 power figure(s), 3 unchanged (cached)"
+    assert logged[1].startswith(f"no power figure for {broken}: ArrowInvalid")
+    assert (out / "power" / "c1.png").read_bytes() == first_png and len(paths) == 9
+
+    # A remeasured cell (new files) is drawn again; its old cached figure is dropped.
+    shutil.rmtree(cells[1])
+    _cell_dir(tmp_path, "c1", 500.0)
+    paths, logged = draw()
+    assert logged[0] == "drawing 2 power figure(s), 2 unchanged (cached)"
+    assert (out / "power" / "c1.png").read_bytes() != first_png
+    assert len(list(cache.glob("c1-*.png"))) == 1

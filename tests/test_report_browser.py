@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llm_energy.report import render
+from llm_energy.report import EMBED_CELL_LIMIT, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -275,3 +275,32 @@ def test_report_sorts_filters_and_renders(browser, report_file, tmp_path):
     width, height = png_size(shot)
     assert 1000 <= width <= 1400 and height >= 500
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("n_cells", [3, EMBED_CELL_LIMIT + 1])
+def test_large_studies_link_per_cell_figures_instead_of_embedding_them(tmp_path, n_cells):
+    """Embedded, every cell's power figure and provenance makes a 1,000-cell report ~150 MB;
+    past EMBED_CELL_LIMIT they are linked relative to the report and must resolve."""
+    import re
+
+    results = tmp_path / "results"
+    (results / "figures" / "power").mkdir(parents=True)
+    png = (b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000)
+    power = {}
+    for k in range(n_cells):
+        power[f"cell{k:08d}"] = results / "figures" / "power" / f"cell{k:08d}.png"
+        power[f"cell{k:08d}"].write_bytes(png)
+    provenance = {cell: {"host": "h", "cpu_model": "c", "note": "x" * 2000} for cell in power}
+    summary = pd.DataFrame([_row(*r) for r in ROWS])
+    html = render(summary, pd.DataFrame(), [], provenance, [], "big",
+                  power_figures=power, link_base=results)
+    sources = re.findall(r'<img alt="cell\d+"[^>]* src="([^"]+)"', html)
+    assert len(sources) == n_cells
+    if n_cells <= EMBED_CELL_LIMIT:
+        assert all(s.startswith("data:image/png;base64,") for s in sources)
+        assert html.count("x" * 2000) == n_cells
+    else:
+        assert all((results / s).is_file() and s.startswith("figures/power/") for s in sources)
+        assert 'loading="lazy"' in html and "data:image/png" not in html
+        assert "x" * 2000 not in html and f"each of the {n_cells} cells" in html
+        assert len(html) < 200 * n_cells + 20_000

@@ -23,7 +23,8 @@ pytestmark = [
                        reason=f"no vLLM environment at {VLLM_PYTHON} (run `make venv-vllm`)"),
 ]
 
-NUM_PROMPTS, OUTPUT_TOKENS, CYCLES = 4, 16, 2
+# Cycles of ~1 s: long enough for several /metrics scrapes (20 Hz) inside each server cycle.
+NUM_PROMPTS, OUTPUT_TOKENS, CYCLES = 8, 64, 2
 VLLM_AXES = {"max_num_seqs": [2], "dtype": ["bfloat16"], "enforce_eager": [True],
              "max_model_len": 128, "gpu_memory_utilization": 0.5}
 MEASUREMENT = {"cycles": CYCLES, "idle_duration_s": 0.3, "sampler_hz": 20,

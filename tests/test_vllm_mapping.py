@@ -157,3 +157,26 @@ def test_load_without_vllm_says_what_to_install():
     with pytest.raises(BackendUnavailable, match="make venv-vllm"):
         backend.load()
     backend.close()  # closing a backend that never loaded is harmless
+
+
+def test_server_that_dies_during_the_workload_is_named_with_its_exit_status(monkeypatch):
+    """The client sees dropped connections a moment before the dying server can be reaped:
+    the error must still name the server's exit, not only 'server disconnected'."""
+    import subprocess
+    import sys
+
+    from llm_energy.backends.base import RequestRecord
+    from llm_energy.backends.vllm_server import VllmServerBackend
+
+    backend = VllmServerBackend("/m", cell_settings(mode="server"), "cpu")
+    backend.process = subprocess.Popen([sys.executable, "-c",
+                                        "import time, sys; time.sleep(0.5); sys.exit(9)"])
+    dropped = [RequestRecord(k, 16, 0, 0.0, success=False,
+                             error="RemoteProtocolError: Server disconnected") for k in range(2)]
+    monkeypatch.setattr(backend, "_run", lambda prompts, n: dropped)
+    try:
+        with pytest.raises(RuntimeError, match=rf"vLLM server \(pid {backend.process.pid}\) "
+                                               r"exited with status 9 during the workload"):
+            backend.generate([[1, 2]] * 2, 4)
+    finally:
+        backend.process.wait()

@@ -8,8 +8,13 @@ their steady-state windows shaded. Error bars are the 95% confidence intervals a
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import matplotlib
 
@@ -338,21 +343,103 @@ def draw_study(summary: pd.DataFrame, requests: pd.DataFrame | None, out_dir: Pa
     return paths
 
 
-def draw_cells(cell_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
-    """One power figure per cell directory that has runs and timeseries."""
-    paths: list[Path] = []
-    Path(out_dir, "power").mkdir(parents=True, exist_ok=True)
-    for cell_dir in cell_dirs:
-        cell_dir = Path(cell_dir)
+def cell_figure_key(cell_dir: Path) -> str:
+    """Changes when the cell's result files or the figure code change."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for name in ("runs.parquet", "timeseries.parquet"):
+        stat = (Path(cell_dir) / name).stat()
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def draw_cell(cell_dir: Path, stem: Path) -> list[Path]:
+    """The power figure of one cell directory (raises when its files are unreadable)."""
+    runs = pd.read_parquet(Path(cell_dir) / "runs.parquet")
+    timeseries = pd.read_parquet(Path(cell_dir) / "timeseries.parquet")
+    if "model" not in runs.columns:
+        raise ValueError("not a runs.parquet of llm-energy")
+    first: Any = runs.iloc[0] if len(runs) else None
+    title = None if first is None else f"{first['model']} / {cell_label(first)} ({Path(cell_dir).name})"
+    return power_timeseries(runs, timeseries, stem, title)
+
+
+def _draw_cell_or_error(cell_dir: Path, stem: Path) -> list[Path] | str:
+    try:
+        return draw_cell(cell_dir, stem)
+    except Exception as exc:  # noqa: BLE001 - aggregation reports unreadable cells by path
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _place(cached: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(cached, target)
+    except OSError:  # another file system, or no hard links: a copy
+        shutil.copyfile(cached, target)
+
+
+def draw_cells(cell_dirs: Sequence[Path], out_dir: Path, cache_dir: Path | None = None,
+               workers: int = 1, log: Callable[[str], None] = print) -> list[Path]:
+    """One power figure per cell directory that has runs and timeseries, in
+    `out_dir/power/<cell_id>.<fmt>`.
+
+    With `cache_dir`, a cell whose result files (and this module) have not changed since its
+    figure was drawn is not drawn again: Snakemake deletes the figure directory before every
+    rerun, and redrawing 1,000 unchanged cells costs ~10 min. `workers` > 1 draws in
+    that many processes."""
+    out_power = Path(out_dir, "power")
+    out_power.mkdir(parents=True, exist_ok=True)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    stems: dict[Path, Path] = {}
+    todo: list[tuple[Path, Path]] = []
+    for cell_dir in map(Path, cell_dirs):
         try:
-            runs = pd.read_parquet(cell_dir / "runs.parquet")
-            timeseries = pd.read_parquet(cell_dir / "timeseries.parquet")
-            if "model" not in runs.columns:
-                raise ValueError("not a runs.parquet of llm-energy")
-        except Exception as exc:  # noqa: BLE001 - aggregation reports unreadable cells by path
-            print(f"no power figure for {cell_dir}: {type(exc).__name__}: {exc}")
+            key = cell_figure_key(cell_dir)
+        except OSError as exc:
+            log(f"no power figure for {cell_dir}: {type(exc).__name__}: {exc}")
             continue
-        first: Any = runs.iloc[0] if len(runs) else None
-        title = None if first is None else f"{first['model']} / {cell_label(first)} ({cell_dir.name})"
-        paths += power_timeseries(runs, timeseries, power_stem(out_dir, cell_dir.name), title)
+        stem = (Path(cache_dir) / f"{cell_dir.name}-{key}" if cache_dir is not None
+                else power_stem(out_dir, cell_dir.name))
+        stems[cell_dir] = stem
+        if cache_dir is None or not all(stem.with_suffix(f".{f}").is_file() for f in FORMATS):
+            todo.append((cell_dir, stem))
+    if todo:
+        log(f"drawing {len(todo)} power figure(s), {len(stems) - len(todo)} unchanged "
+            f"(cached){f', {workers} processes' if workers > 1 and len(todo) > 1 else ''}")
+    failed: set[Path] = set()
+    for done, ((cell_dir, _), result) in enumerate(zip(todo, _map(todo, workers)), start=1):
+        if isinstance(result, str):
+            log(f"no power figure for {cell_dir}: {result}")
+            failed.add(cell_dir)
+        if done % 100 == 0 or (done == len(todo) and done >= 100):
+            log(f"power figures: {done}/{len(todo)}")
+    paths: list[Path] = []
+    for cell_dir, stem in stems.items():
+        if cell_dir in failed:
+            continue
+        for fmt in FORMATS:
+            path = stem.with_suffix(f".{fmt}")
+            if cache_dir is not None:
+                target = power_stem(out_dir, cell_dir.name).with_suffix(f".{fmt}")
+                _place(path, target)
+                for old in Path(cache_dir).glob(f"{cell_dir.name}-*.{fmt}"):
+                    if old != path:
+                        old.unlink(missing_ok=True)
+                path = target
+            paths.append(path)
     return paths
+
+
+def _map(todo: list[tuple[Path, Path]], workers: int) -> Iterator[list[Path] | str]:
+    if workers <= 1 or len(todo) <= 1:
+        return (_draw_cell_or_error(cell_dir, stem) for cell_dir, stem in todo)
+    # spawn, not fork: the parent already runs Arrow's thread pools.
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                               mp_context=multiprocessing.get_context("spawn"))
+
+    def results() -> Iterator[list[Path] | str]:
+        with pool:
+            yield from pool.map(_draw_cell_or_error, *zip(*todo), chunksize=4)
+
+    return results()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -265,9 +266,34 @@ def _environment(provenance: dict[str, dict[str, Any]]) -> str:
     return f'<table class="env">{"".join(rows)}</table>'
 
 
+#: Above this many cells the report links per-cell power figures (lazy-loaded) and points
+#: to per-cell provenance files instead of embedding them: embedded, 1,000 cells would make
+#: a report of ~150 MB that no browser opens comfortably.
+EMBED_CELL_LIMIT = 50
+
+
+def _power_section(power_figures: dict[str, Path], link_base: Path | None) -> list[str]:
+    parts = ["<h2>Power per cell</h2>", f"<p>{_esc(CAPTIONS['power'])}</p>"]
+    linked = link_base is not None and len(power_figures) > EMBED_CELL_LIMIT
+    if linked:
+        parts.append(f"<p>{len(power_figures)} cells: figures are linked from "
+                     f"<code>figures/power/</code> (next to this report), not embedded.</p>")
+    for cell_id, path in sorted(power_figures.items()):
+        if linked:
+            src = Path(os.path.relpath(Path(path).resolve(), Path(link_base).resolve())).as_posix()
+            image = f'<img alt="{_esc(cell_id)}" loading="lazy" src="{_esc(src)}">'
+        else:
+            image = _image(path)
+        parts.append(f"<details><summary><code>{_esc(cell_id)}</code></summary>{image}</details>")
+    return parts
+
+
 def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
            provenance: dict[str, dict[str, Any]], problems: list[str], title: str,
-           power_figures: dict[str, Path] | None = None) -> str:
+           power_figures: dict[str, Path] | None = None,
+           link_base: Path | None = None) -> str:
+    """The report as one HTML string. `link_base` is the directory the report is written
+    to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures."""
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
@@ -314,13 +340,14 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
               f'{_esc(r["reason"])}</p>' for _, r in pruned.iterrows()]
     parts += [f'<p class="failed">unreadable result: {_esc(p)}</p>' for p in problems]
     if power_figures:
-        parts.append("<h2>Power per cell</h2>")
-        parts.append(f"<p>{_esc(CAPTIONS['power'])}</p>")
-        for cell_id, path in sorted(power_figures.items()):
-            parts.append(f"<details><summary><code>{_esc(cell_id)}</code></summary>{_image(path)}</details>")
+        parts += _power_section(power_figures, link_base)
     parts.append("<h2>Environment and provenance</h2>")
     parts.append(_environment(provenance))
-    for cell_id, prov in provenance.items():
+    if len(provenance) > EMBED_CELL_LIMIT:
+        parts.append(f"<p>Full provenance of each of the {len(provenance)} cells: "
+                     "<code>cells/&lt;model&gt;/&lt;backend&gt;/&lt;cell_id&gt;/provenance.json"
+                     "</code> next to this report.</p>")
+    for cell_id, prov in provenance.items() if len(provenance) <= EMBED_CELL_LIMIT else ():
         parts.append(f"<details><summary><code>{_esc(cell_id)}</code> on {_esc(prov.get('host'))} "
                      f"({_esc(prov.get('cpu_model'))})</summary><pre>"
                      f"{_esc(json.dumps(prov, indent=2, default=str))}</pre></details>")

@@ -26,6 +26,11 @@ rule figures:
                      category="Power per cell", caption="../report/power.rst"),
     params:
         out_dir="results/figures",
+        # Unchanged cells' power figures are reused from here (Snakemake empties the
+        # output directory before each run of this rule).
+        cache_dir="results/.figure-cache/power",
+    # Processes drawing per-cell figures (capped by --cores / --local-cores).
+    threads: 4
     log:
         "results/logs/figures.log",
     script:

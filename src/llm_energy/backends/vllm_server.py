@@ -37,6 +37,7 @@ SERVED_MODEL_NAME = "llm-energy"
 SERVER_START_TIMEOUT_S = 900.0
 _HEALTH_POLL_S = 0.5
 _STOP_GRACE_S = 20.0
+_DEATH_GRACE_S = 3.0
 _LOG_TAIL_LINES = 40
 
 # engine_kwargs keys that are not server flags: stats must stay on for /metrics.
@@ -159,6 +160,13 @@ class VllmServerBackend(OpenAIServerBackend):
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
         self._check_alive("before the workload")
         records = self._run(prompts, max_new_tokens)
+        if records and not any(r.success for r in records) and self.process is not None:
+            # A dying server drops its connections before it can be reaped: give it a moment,
+            # so the error names the exit status rather than the dropped connections.
+            try:
+                self.process.wait(timeout=_DEATH_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
         # Requests failing because the server died are a failed cell, not a slow cycle.
         self._check_alive("during the workload")
         if records and not any(r.success for r in records):
