@@ -212,3 +212,23 @@ def test_real_cell_in_process_caches_idle_and_flags_the_estimate(tmp_path, demo_
     assert not any("fewer than 2 telemetry samples" in w for w in run1["warnings"])
     phases = {row["phase"] for row in out1.timeseries}
     assert {"load", "idle", "warmup", "cycle0"} <= phases
+
+
+def test_tokens_streamed_several_to_a_chunk_are_flagged_not_hidden(tmp_path):
+    """A server that bundles tokens gives 0 ms gaps (one receive time for several tokens):
+    they stay in the ITL percentiles (what the client saw) and the cycle says so."""
+    from llm_energy.backends.base import RequestRecord
+
+    runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))
+    # Request 0: one token per chunk; request 1: tokens 2-3 and 4-5 arrived together.
+    records = [RequestRecord(0, 16, 5, 10.0, token_times_s=[10.1, 10.2, 10.3, 10.4, 10.5]),
+               RequestRecord(1, 16, 5, 10.0, token_times_s=[10.1, 10.3, 10.3, 10.5, 10.5])]
+    window = WindowEnergy(1.0, {"cpu": 5.0, "gpu": None, "dram": None}, {"cpu": "rapl"})
+    row, _ = runner._cycle_rows(0, records, 10.0, 11.0, window, None, [], None)
+    assert ("2 of 8 inter-token gaps in cycle 0 are 0 ms: tokens arrived several to a "
+            "streamed chunk") in "\n".join(row["warnings"])
+    assert row["itl_ms_p50"] == pytest.approx(100.0) and row["tpot_ms_p50"] == pytest.approx(100.0)
+
+    records[1].token_times_s = [10.1, 10.2, 10.3, 10.4, 10.5]
+    row, _ = runner._cycle_rows(0, records, 10.0, 11.0, window, None, [], None)
+    assert not any("inter-token gaps" in w for w in row["warnings"])
