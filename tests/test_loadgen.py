@@ -253,3 +253,21 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     assert all(len(r["body"]["prompt"]) == 16 for r in server.requests)
     series = pq.read_table(cell / "timeseries.parquet").to_pandas()
     assert (series["device"] == "server").any()
+
+
+def test_a_cycle_the_server_was_too_busy_to_report_is_flagged():
+    from llm_energy.loadgen import ServerSample, scrape_coverage_warning
+
+    def scrapes(times):
+        return [ServerSample(t, "server", 2.0, 0.0, 10.0) for t in times]
+
+    period = 0.05  # 20 Hz: a 1 s cycle asks ~20 times
+    steady = scrapes([10.0 + k * period for k in range(21)])
+    assert scrape_coverage_warning(steady, 0, 10.0, 11.0, period) is None
+    late = scrapes([10.0, 10.6, 11.0, 11.2])
+    assert scrape_coverage_warning(late, 3, 10.0, 11.0, period) == (
+        "server /metrics answered 3 time(s) in cycle 3 against ~20 asked (20 Hz): the server "
+        "was too busy to report, so the server_* columns of this cycle describe only the "
+        "moments it answered")
+    # A cycle shorter than two scrape periods cannot be judged.
+    assert scrape_coverage_warning([], 0, 10.0, 10.06, period) is None

@@ -80,7 +80,11 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
     server = series[series["device"] == "server"]
     assert len(server) >= 3 and server["requests_running"].max() >= 1
     assert server["kv_cache_usage_pct"].between(0, 100).all()
-    assert all(r["server_metric_samples"] >= 1 and r["server_max_batch_size"] >= 1 for r in runs)
+    for r in runs:
+        # On 2 cores the API server shares the CPU with its engine and may answer /metrics
+        # late; then the cycle must say so rather than present stale gauges as the cycle's.
+        too_busy = any("server /metrics answered" in w for w in r["warnings"])
+        assert too_busy or (r["server_metric_samples"] >= 1 and r["server_max_batch_size"] >= 1), r
     assert not (series[series["device"] == "cpu"].empty)
     # The server (its --model is the demo model built under tmp_path) is gone.
     assert _server_processes(str(tmp_path)) == []

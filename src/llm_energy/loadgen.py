@@ -382,6 +382,26 @@ class MetricsScraper:
         return self.samples
 
 
+#: Share of the expected scrapes a cycle must get before its server_* columns are trusted.
+SCRAPE_COVERAGE_MIN = 0.5
+
+
+def scrape_coverage_warning(samples: list[ServerSample], cycle: int, start_s: float,
+                            end_s: float, period_s: float) -> str | None:
+    """A flag when the server answered `/metrics` far less often than asked during a cycle:
+    a server too busy to report (e.g. sharing 2 CPU cores with its engine) answers late, so
+    its few answers describe the moments it was free, not the cycle."""
+    expected = (end_s - start_s) / period_s
+    if expected < 2:
+        return None  # a cycle this short cannot be covered at this rate; nothing to judge
+    got = sum(1 for s in samples if start_s <= s.t_s <= end_s)
+    if got >= SCRAPE_COVERAGE_MIN * expected:
+        return None
+    return (f"server /metrics answered {got} time(s) in cycle {cycle} against ~{expected:.0f} "
+            f"asked ({1 / period_s:g} Hz): the server was too busy to report, so the server_* "
+            "columns of this cycle describe only the moments it answered")
+
+
 def server_cycle_columns(samples: list[ServerSample], start_s: float, end_s: float) -> dict[str, Any]:
     """Per-cycle summary of scraped server metrics: mean requests running (the average batch
     size the engine saw) and KV-cache use, over the scrapes inside the cycle."""

@@ -241,6 +241,7 @@ class CellRunner:
                 run["warnings"].extend(validity)
                 run.update(columns)
                 run.update(backend.cycle_columns(start_s, end_s))
+                run["warnings"].extend(backend.cycle_warnings(cycle, start_s, end_s))
                 run.update(load_duration_s=load.duration_s, load_energy_j=load_window.total_energy_j,
                            warmup_runs=warmup_runs, device_name=self._device_name(),
                            # On the timeseries clock (origin: start of load), for plots.

@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         """Extra runs.parquet columns for the cycle [start_s, end_s] (e.g. average batch size)."""
         return {}
 
+    def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
+        """Validity flags of the backend's own telemetry for the cycle [start_s, end_s]."""
+        return []
+
     def synchronize(self) -> None:
         """Block until queued device work is done (window edges)."""
 

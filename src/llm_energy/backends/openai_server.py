@@ -55,6 +55,15 @@ class OpenAIServerBackend(Backend):
 
         return server_cycle_columns(self._scraper.samples, start_s, end_s)
 
+    def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
+        if self._scraper is None:
+            return []
+        from llm_energy.loadgen import scrape_coverage_warning
+
+        warning = scrape_coverage_warning(self._scraper.samples, cycle, start_s, end_s,
+                                          self._scrape_period_s())
+        return [warning] if warning else []
+
     def _run(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
         from llm_energy.loadgen import run_load
 
