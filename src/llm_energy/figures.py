@@ -8,6 +8,7 @@ their steady-state windows shaded. Error bars are the 95% confidence intervals a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -343,9 +344,14 @@ def draw_study(summary: pd.DataFrame, requests: pd.DataFrame | None, out_dir: Pa
     return paths
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> bytes:
+    return hashlib.sha256(Path(__file__).read_bytes()).digest()
+
+
 def cell_figure_key(cell_dir: Path) -> str:
     """Changes when the cell's result files or the figure code change."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest = hashlib.sha256(_code_digest())
     for name in ("runs.parquet", "timeseries.parquet"):
         stat = (Path(cell_dir) / name).stat()
         digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -423,11 +429,15 @@ def draw_cells(cell_dirs: Sequence[Path], out_dir: Path, cache_dir: Path | None 
             if cache_dir is not None:
                 target = power_stem(out_dir, cell_dir.name).with_suffix(f".{fmt}")
                 _place(path, target)
-                for old in Path(cache_dir).glob(f"{cell_dir.name}-*.{fmt}"):
-                    if old != path:
-                        old.unlink(missing_ok=True)
                 path = target
             paths.append(path)
+    if cache_dir is not None:
+        # The cache mirrors this study: figures of older results and of cells no longer in
+        # the study go (one listing, not one per cell).
+        keep = {stem.with_suffix(f".{fmt}").name for stem in stems.values() for fmt in FORMATS}
+        for entry in Path(cache_dir).iterdir():
+            if entry.name not in keep:
+                entry.unlink(missing_ok=True)
     return paths
 
 
