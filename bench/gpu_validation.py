@@ -111,7 +111,7 @@ def write_model_dir(out: Path, arch: dict[str, Any], dtype: str) -> Path:
     """config.json + a locally trained tokenizer: what CellRunner reads from the model path."""
     from transformers import LlamaConfig
 
-    from llm_energy.demo_model import train_tokenizer
+    from llm_energy.models.demo import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(TOKENIZER_VOCAB, out)
@@ -139,8 +139,8 @@ def mode_settings(args: argparse.Namespace) -> dict[str, Any]:
 def cell_config(model_dir: Path, batch: int, mode: dict[str, Any], device: str,
                 args: argparse.Namespace, idle_cache_dir: str) -> dict[str, Any]:
     """One cell through the project's own config models and matrix expansion."""
-    from llm_energy.config import StudyConfig
-    from llm_energy.matrix import expand
+    from llm_energy.study.config import StudyConfig
+    from llm_energy.study.matrix import expand
 
     study = StudyConfig.model_validate({
         "name": "gpu-validation",
@@ -260,7 +260,7 @@ def environment(device: str) -> dict[str, Any]:
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
         try:
-            from llm_energy.meters.nvml import load_nvml
+            from llm_energy.telemetry.meters.nvml import load_nvml
 
             nvml = load_nvml()
             handle = nvml.nvmlDeviceGetHandleByIndex(0)
@@ -270,7 +270,7 @@ def environment(device: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - provenance only
             env["nvml_error"] = f"{type(exc).__name__}: {exc}"
     else:
-        from llm_energy.provenance import cpu_model
+        from llm_energy.measure.provenance import cpu_model
 
         env["cpu"] = cpu_model()
     return env
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     os.environ["LLM_ENERGY_EXTRA_BACKENDS"] = BACKEND_PLUGIN
 
-    from llm_energy.protocol import CellRunner
+    from llm_energy.measure.protocol import CellRunner
 
     mode = mode_settings(args)
     out = Path(args.out)

@@ -24,11 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from llm_energy.backends import backend_class  # noqa: E402
-from llm_energy.config import DemoModelSpec, WorkloadConfig  # noqa: E402
-from llm_energy.demo_model import build_demo_model  # noqa: E402
-from llm_energy.meters import detect  # noqa: E402
-from llm_energy.sampler import Sampler, default_probes  # noqa: E402
-from llm_energy.workload import build_prompts  # noqa: E402
+from llm_energy.study.config import DemoModelSpec, WorkloadConfig  # noqa: E402
+from llm_energy.models.demo import build_demo_model  # noqa: E402
+from llm_energy.telemetry.meters import detect  # noqa: E402
+from llm_energy.telemetry.sampler import Sampler, default_probes  # noqa: E402
+from llm_energy.workload.prompts import build_prompts  # noqa: E402
 
 
 def bare_transformers(backend, prompts, max_new_tokens, batch_size):

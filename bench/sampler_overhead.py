@@ -25,17 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from llm_energy.sampler import Sampler, default_probes  # noqa: E402
+from llm_energy.telemetry.sampler import Sampler, default_probes  # noqa: E402
 
 TARGET_FRACTION_AT_10HZ = 0.01
 
 
 def probes() -> tuple[list, list, str]:
     """(probes, pollers, label) as a cell on this machine would have them."""
-    from llm_energy.meters import detect
+    from llm_energy.telemetry.meters import detect
 
     try:
-        from llm_energy.meters.nvml import job_gpus, load_nvml, visible_gpu_ids
+        from llm_energy.telemetry.meters.nvml import job_gpus, load_nvml, visible_gpu_ids
 
         nvml = load_nvml()
         gpus = job_gpus(nvml, visible_gpu_ids()[0])

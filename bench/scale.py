@@ -82,7 +82,7 @@ def stage_plan(study_path: Path) -> dict:
     per-job question (inputs, params, resources) once per cell."""
     import yaml
 
-    from llm_energy.workflow import plan_from_config
+    from llm_energy.study.plan import plan_from_config
 
     t0 = time.perf_counter()
     plan = plan_from_config(yaml.safe_load(study_path.read_text()), str(ROOT))
@@ -101,7 +101,7 @@ def stage_plan(study_path: Path) -> dict:
 
 
 def _synthetic_cell(args: tuple[Path, int, bool]) -> None:
-    from llm_energy import results
+    from llm_energy.results import io as results
 
     out, index, with_requests = args
     rng = random.Random(index)
@@ -159,7 +159,7 @@ def synthetic_results(workdir: Path, n_cells: int, with_requests: bool) -> Path:
 
 def stage_aggregate(results_dir: Path) -> dict:
     """The aggregate rule's work: read every cell, summarise, write the summary."""
-    from llm_energy.aggregate import aggregate, write_summary
+    from llm_energy.analysis.summary import aggregate, write_summary
 
     paths = sorted(str(p) for p in results_dir.glob("cells/*/*/*/runs.parquet"))
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
-from llm_energy.aggregate import add_carbon_and_cost, aggregate, write_summary  # noqa: E402
+from llm_energy.analysis.summary import add_carbon_and_cost, aggregate, write_summary  # noqa: E402
 
 
 def main(smk=None):

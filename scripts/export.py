@@ -10,7 +10,7 @@ from _common import logged  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from llm_energy.export import write_mlenergy  # noqa: E402
+from llm_energy.analysis.export import write_mlenergy  # noqa: E402
 
 
 def main(smk=None):

@@ -11,8 +11,8 @@ from _common import logged  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from llm_energy.aggregate import read_requests  # noqa: E402
-from llm_energy.figures import draw_cells, draw_study  # noqa: E402
+from llm_energy.analysis.summary import read_requests  # noqa: E402
+from llm_energy.analysis.figures import draw_cells, draw_study  # noqa: E402
 
 
 def main(smk=None):

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
-from llm_energy.runner import run_cell  # noqa: E402
+from llm_energy.execution.runner import run_cell  # noqa: E402
 
 
 def main(smk=None):

@@ -9,8 +9,8 @@ from _common import logged  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from llm_energy.aggregate import read_problems  # noqa: E402
-from llm_energy.report import read_provenance, render  # noqa: E402
+from llm_energy.analysis.summary import read_problems  # noqa: E402
+from llm_energy.analysis.report import read_provenance, render  # noqa: E402
 
 
 def main(smk=None):

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402,F401
 
-from llm_energy.workflow import plan_from_config  # noqa: E402
+from llm_energy.study.plan import plan_from_config  # noqa: E402
 
 
 def main(smk=None):

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from llm_energy.aggregate import (HEADLINE_METRICS, NO_INTERVAL, avg_batch_size,
+from llm_energy.analysis.summary import (HEADLINE_METRICS, NO_INTERVAL, avg_batch_size,
                                   bootstrap_percentiles, mean_ci, summarise,
                                   weighted_percentiles)
-from llm_energy.results import RUN_COLUMNS
+from llm_energy.results.io import RUN_COLUMNS
 
 
 @pytest.mark.parametrize("values", [[1.0, 2.0], [3.0, 3.5, 2.9], list(np.linspace(1, 9, 40))])

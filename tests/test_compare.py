@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from llm_energy.compare import compare, intervals_overlap
+from llm_energy.analysis.compare import compare, intervals_overlap
 
 
 def study(energy: dict[str, tuple[float, float, float] | None], extra: str | None = None) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SNAKEMAKE, small_study, write_config
-from llm_energy.config import ConfigError, json_schema, load_study, validate_study
+from llm_energy.study.config import ConfigError, json_schema, load_study, validate_study
 
 BAD = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
 
@@ -83,7 +83,7 @@ def test_schema_file_is_current():
 
 def test_config_readme_documents_every_key():
     readme = (ROOT / "config" / "README.md").read_text()
-    from llm_energy import config as c
+    from llm_energy.study import config as c
 
     for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, c.TransformersConfig,
                   c.VllmConfig, c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig,

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from llm_energy.export import MLENERGY_FIELDS, to_mlenergy, write_mlenergy
+from llm_energy.analysis.export import MLENERGY_FIELDS, to_mlenergy, write_mlenergy
 
 # The fields the issue and the ML.ENERGY leaderboard (scripts/build_data.py) name.
 REQUIRED = ("energy_per_token_joules", "energy_per_request_joules", "avg_power_watts",

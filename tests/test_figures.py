@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llm_energy.figures import (FIGURES, FORMATS, draw_cells, draw_study, pareto_cells,
+from llm_energy.analysis.figures import (FIGURES, FORMATS, draw_cells, draw_study, pareto_cells,
                                 pareto_front, power_timeseries)
 from test_report_browser import png_size
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from llm_energy.flops import Architecture, peak_flops, request_flops
+from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 
 
 def test_analytic_flops_match_torch_flop_counter(demo_model_dir):

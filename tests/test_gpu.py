@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from llm_energy.meters import detect
-from llm_energy.meters.nvml import (
+from llm_energy.telemetry.meters import detect
+from llm_energy.telemetry.meters.nvml import (
     NvmlCounterMeter,
     NvmlPowerMeter,
     other_processes,
     temperatures_c,
     throttle_reasons,
 )
-from llm_energy.sampler import Sampler, default_probes
+from llm_energy.telemetry.sampler import Sampler, default_probes
 
 pytestmark = pytest.mark.gpu
 

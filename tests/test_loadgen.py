@@ -9,7 +9,7 @@ import pytest
 
 from fakes.openai_server import FakeServer
 from llm_energy.backends.openai_server import OpenAIServerBackend
-from llm_energy.loadgen import (Endpoint, LoadSpec, MetricsScraper, parse_prometheus,
+from llm_energy.loadgen.client import (Endpoint, LoadSpec, MetricsScraper, parse_prometheus,
                                 poisson_offsets_s, run_load, server_cycle_columns)
 
 PROMPTS = [[10 + i, 11, 12, 13] for i in range(6)]
@@ -188,9 +188,9 @@ def test_vllm_mode_selects_the_server_backend():
 
 def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
     from conftest import small_study
-    from llm_energy.config import ConfigError, validate_study
-    from llm_energy.matrix import expand
-    from llm_energy.protocol import batch_limit
+    from llm_energy.study.config import ConfigError, validate_study
+    from llm_energy.study.matrix import expand
+    from llm_energy.measure.protocol import batch_limit
 
     study = validate_study(small_study(
         backends={"transformers": {"batch_size": [2]}, "vllm": {"mode": ["offline", "server"]}},
@@ -210,7 +210,7 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
 
 def test_config_readme_documents_the_new_keys():
     from conftest import ROOT
-    from llm_energy import config as c
+    from llm_energy.study import config as c
 
     readme = (ROOT / "config" / "README.md").read_text()
     for model in (c.TensorrtLlmConfig, c.OpenAIServerConfig, c.WorkloadConfig):
@@ -256,7 +256,7 @@ def test_openai_server_cell_through_snakemake(tmp_path):
 
 
 def test_a_cycle_the_server_was_too_busy_to_report_is_flagged():
-    from llm_energy.loadgen import ServerSample, scrape_coverage_warning
+    from llm_energy.loadgen.client import ServerSample, scrape_coverage_warning
 
     def scrapes(times):
         return [ServerSample(t, "server", 2.0, 0.0, 10.0) for t in times]

@@ -1,5 +1,5 @@
-from llm_energy.config import validate_study
-from llm_energy.matrix import cell_id_of, expand, matrix_csv
+from llm_energy.study.config import validate_study
+from llm_energy.study.matrix import cell_id_of, expand, matrix_csv
 
 from conftest import small_study
 

@@ -1,7 +1,7 @@
 import pytest
 
-from llm_energy.meters import EstimateMeter, ZeusMeter, detect_meter
-from llm_energy.meters.base import Meter
+from llm_energy.telemetry.meters import EstimateMeter, ZeusMeter, detect_meter
+from llm_energy.telemetry.meters.base import Meter
 
 
 class FakeCounter(Meter):
@@ -73,7 +73,7 @@ def test_estimate_counter_does_not_step_back_when_only_idle_time_advances():
     # 1e-12 s between reads, and the idle window was dropped as "counter went backwards".
     from collections import namedtuple
 
-    from llm_energy.meters.estimate import busy_core_seconds
+    from llm_energy.telemetry.meters.estimate import busy_core_seconds
 
     Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
     before = Times(812345.67, 12.34, 98765.43, 7654321.09, 321.5, 0.0, 456.78, 3.21, 0.0, 0.0)
@@ -83,7 +83,7 @@ def test_estimate_counter_does_not_step_back_when_only_idle_time_advances():
 
 
 def test_estimate_counter_is_monotonic_on_this_machine():
-    from llm_energy.meters.estimate import busy_core_seconds
+    from llm_energy.telemetry.meters.estimate import busy_core_seconds
 
     readings = [busy_core_seconds() for _ in range(20_000)]
     assert all(b >= a for a, b in zip(readings, readings[1:]))

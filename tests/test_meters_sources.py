@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
-from llm_energy.meters import CompositeMeter, detect
-from llm_energy.meters.base import Meter
-from llm_energy.meters.nvml import (
+from llm_energy.telemetry.meters import CompositeMeter, detect
+from llm_energy.telemetry.meters.base import Meter
+from llm_energy.telemetry.meters.nvml import (
     NvmlCounterMeter,
     NvmlPowerMeter,
     job_gpus,
     other_processes,
     visible_gpu_ids,
 )
-from llm_energy.meters.rapl import RaplMeter, RaplUnavailable, discover
-from llm_energy.sampler import Sample
+from llm_energy.telemetry.meters.rapl import RaplMeter, RaplUnavailable, discover
+from llm_energy.telemetry.sampler import Sample
 
 UUIDS = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc"]
 NO_RAPL = "/nonexistent-powercap"

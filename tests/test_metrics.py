@@ -1,7 +1,7 @@
 import pytest
 
 from llm_energy.backends.base import RequestRecord
-from llm_energy import metrics
+from llm_energy.measure import metrics
 
 
 def rec(i, arrival, times, n_in=10, scheduled=None):

@@ -11,15 +11,15 @@ import pytest
 
 from conftest import ROOT, small_study
 from fake_hw import FakeGpu, FakeNvml
-from llm_energy.aggregate import add_carbon_and_cost
-from llm_energy.config import CarbonConfig, validate_study
-from llm_energy.idle_cache import IdleCache, IdleEntry, drifted
-from llm_energy.matrix import expand
-from llm_energy.meters import Detection
-from llm_energy.meters.base import Meter, WindowEnergy
-from llm_energy.meters.nvml import job_gpus
-from llm_energy.protocol import CellRunner
-from llm_energy.sampler import Sample
+from llm_energy.analysis.summary import add_carbon_and_cost
+from llm_energy.study.config import CarbonConfig, validate_study
+from llm_energy.measure.idle_cache import IdleCache, IdleEntry, drifted
+from llm_energy.study.matrix import expand
+from llm_energy.telemetry.meters import Detection
+from llm_energy.telemetry.meters.base import Meter, WindowEnergy
+from llm_energy.telemetry.meters.nvml import job_gpus
+from llm_energy.measure.protocol import CellRunner
+from llm_energy.telemetry.sampler import Sample
 
 
 def cell_config(tmp_path, **measurement):

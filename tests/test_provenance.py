@@ -11,8 +11,9 @@ import types
 import pytest
 
 from conftest import ROOT
-from llm_energy import provenance, runner
-from llm_energy.stale import measured_packages
+from llm_energy.measure import provenance
+from llm_energy.execution import runner
+from llm_energy.analysis.stale import measured_packages
 
 
 class _FakeNvml(types.ModuleType):
@@ -119,7 +120,7 @@ def test_code_fingerprint_follows_the_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "_PACKAGE_ROOT", copy)
     before = provenance.code_fingerprint()
     assert before == provenance.code_fingerprint() and len(before) == 16
-    (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\n# changed\n")
+    (copy / "measure" / "metrics.py").write_text((copy / "measure" / "metrics.py").read_text() + "\n# changed\n")
     assert provenance.code_fingerprint() != before
 
 

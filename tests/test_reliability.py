@@ -22,9 +22,9 @@ import pytest
 
 from conftest import ROOT, small_study
 from fakes import fault_env
-from llm_energy import runner
-from llm_energy.results import CELL_FILES, write_cell
-from llm_energy.workflow import plan_from_config
+from llm_energy.execution import runner
+from llm_energy.results.io import CELL_FILES, write_cell
+from llm_energy.study.plan import plan_from_config
 
 
 def cell_config(batch_size: int, **measurement) -> dict:
@@ -206,7 +206,7 @@ def test_killed_runner_takes_its_measurement_down(faults, tmp_path):
 _WRITER = """
 import sys, itertools
 from pathlib import Path
-from llm_energy.results import write_cell
+from llm_energy.results.io import write_cell
 root = Path(sys.argv[1])
 rows = [{"cell_id": "c", "cycle": i, "model": "m", "backend": "b", "status": "ok",
          "warnings": ["w" * 50] * 20} for i in range(2000)]
@@ -261,7 +261,7 @@ def test_failure_message_lists_failed_and_unreadable_cells(tmp_path):
 
 
 def test_aggregation_reports_unreadable_files_by_path_and_keeps_the_rest(tmp_path):
-    from llm_energy.aggregate import aggregate, read_problems, write_summary
+    from llm_energy.analysis.summary import aggregate, read_problems, write_summary
 
     good, failed = tmp_path / "good", tmp_path / "failed"
     write_cell(good, [{"cell_id": "a" * 12, "cycle": c, "model": "m", "backend": "b",
@@ -293,7 +293,7 @@ def test_aggregation_reports_unreadable_files_by_path_and_keeps_the_rest(tmp_pat
 def test_failure_message_uses_an_up_to_date_summary_and_falls_back_otherwise(tmp_path):
     import os
 
-    from llm_energy.aggregate import aggregate, write_summary
+    from llm_energy.analysis.summary import aggregate, write_summary
 
     ok_cell, bad_cell = cell_config(2), cell_config(3)
     ok_dir, bad_dir, broken_dir = (tmp_path / "cells" / c["cell_id"] for c in (ok_cell, bad_cell, cell_config(4)))
@@ -326,7 +326,7 @@ def test_failure_message_uses_an_up_to_date_summary_and_falls_back_otherwise(tmp
 def test_self_threaded_backends_do_not_inherit_scheduler_thread_counts(monkeypatch):
     """Snakemake exports OPENBLAS/MKL/..._NUM_THREADS=threads to script jobs; vLLM-CPU binds
     its own OpenMP threads and ran 25x slower with them, so its cells start without."""
-    from llm_energy.runner import measurement_environment
+    from llm_energy.execution.runner import measurement_environment
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

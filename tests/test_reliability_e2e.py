@@ -25,7 +25,7 @@ import pytest
 
 from conftest import ROOT, SNAKEMAKE, dry_run_jobs, small_study, write_config
 from fakes import fault_env
-from llm_energy.aggregate import read_problems
+from llm_energy.analysis.summary import read_problems
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +156,7 @@ def measure_jobs(dry_run_output: str) -> list[str]:
 def _measuring(workdir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "cwd"]):
-        if "llm_energy.measure" in (proc.info["cmdline"] or []) and proc.info["cwd"] == str(workdir):
+        if "llm_energy.measure.child" in (proc.info["cmdline"] or []) and proc.info["cwd"] == str(workdir):
             found.append(proc)
     return found
 

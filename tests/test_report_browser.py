@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llm_energy.report import EMBED_CELL_LIMIT, render
+from llm_energy.analysis.report import EMBED_CELL_LIMIT, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

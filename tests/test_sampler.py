@@ -6,9 +6,9 @@ import time
 import pytest
 
 from fake_hw import FakeGpu, FakeNvml
-from llm_energy import metrics
-from llm_energy.meters.nvml import job_gpus
-from llm_energy.sampler import CpuProbe, NvmlProbe, Sample, Sampler, default_probes
+from llm_energy.measure import metrics
+from llm_energy.telemetry.meters.nvml import job_gpus
+from llm_energy.telemetry.sampler import CpuProbe, NvmlProbe, Sample, Sampler, default_probes
 
 
 class FlakyProbe:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SNAKEMAKE, small_study, write_config
-from llm_energy import runner
-from llm_energy.config import ConfigError, validate_study
-from llm_energy.workflow import plan_from_config
+from llm_energy.execution import runner
+from llm_energy.study.config import ConfigError, validate_study
+from llm_energy.study.plan import plan_from_config
 
 EVIL = "m; touch PWNED_1 && rm -rf victim | touch PWNED_2 $(touch PWNED_3) `touch PWNED_4` 'x\" #"
 SECRETS = {"HF_TOKEN": "hf_SECRETtoken0123456789", "HUGGING_FACE_HUB_TOKEN": "hf_SECRETother42",
@@ -93,8 +93,8 @@ def _cell(study: dict) -> dict:
 
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
 def test_trust_remote_code_reaches_backends_off_unless_turned_on(backend, tmp_path):
-    from llm_energy.meters import EstimateMeter
-    from llm_energy.protocol import CellRunner
+    from llm_energy.telemetry.meters import EstimateMeter
+    from llm_energy.measure.protocol import CellRunner
 
     backends = {"transformers": {"batch_size": [1]}} if backend == "transformers" else \
         {"vllm": {"max_num_seqs": [1]}}

@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT, small_study
 from llm_energy.backends import BackendUnavailable, backend_class
 from llm_energy.backends.tensorrt_llm_backend import TensorrtLlmBackend, trtllm_arguments
-from llm_energy.config import TRTLLM_QUANT_ALGOS, validate_study
-from llm_energy.matrix import expand
+from llm_energy.study.config import TRTLLM_QUANT_ALGOS, validate_study
+from llm_energy.study.matrix import expand
 
 
 def fake_trtllm() -> types.ModuleType:
@@ -185,7 +185,7 @@ def test_runner_fails_the_cell_naming_what_to_install(tmp_path, demo_model_dir, 
     """Real path: no TensorRT-LLM environment here, so the cell fails with the install hint;
     with an interpreter that lacks the package (the pipeline's own), the measuring child's
     BackendUnavailable becomes the failed cell's error."""
-    from llm_energy import runner
+    from llm_energy.execution import runner
 
     monkeypatch.delenv("LLM_ENERGY_PYTHON_TENSORRT_LLM", raising=False)
     cell = _trt_cell(tmp_path)

@@ -95,9 +95,9 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
 def test_server_killed_mid_cell_fails_cleanly(tmp_path, demo_model_dir):
     """SIGKILL the API server while the cycles run: the cell fails naming the dead server, and
     neither the server nor its engine-core process is left running."""
-    from llm_energy import runner
-    from llm_energy.config import validate_study
-    from llm_energy.matrix import expand
+    from llm_energy.execution import runner
+    from llm_energy.study.config import validate_study
+    from llm_energy.study.matrix import expand
 
     study = validate_study(small_study(
         backends={"vllm": {**VLLM_AXES, "mode": ["server"]}},

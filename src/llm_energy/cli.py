@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 
-from llm_energy.config import ConfigError, json_schema, load_study
-from llm_energy.matrix import expand, matrix_csv
+from llm_energy.study.config import ConfigError, json_schema, load_study
+from llm_energy.study.matrix import expand, matrix_csv
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from llm_energy.compare import DEFAULT_METRICS, compare_files, format_table
+    from llm_energy.analysis.compare import DEFAULT_METRICS, compare_files, format_table
 
     diff = compare_files(args.before, args.after, args.metric or DEFAULT_METRICS, args.on)
     if args.output:
@@ -51,7 +51,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _stale(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llm_energy.stale import find_stale
+    from llm_energy.analysis.stale import find_stale
 
     only = None
     if args.config:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from llm_energy.workflow import plan_or_exit  # noqa: E402
+from llm_energy.study.plan import plan_or_exit  # noqa: E402
 
 # No `configfile:` directive: Snakemake would merge a user's --configfile into the default
 # study key by key. Validation happens here, before any job exists.
@@ -23,7 +23,7 @@ wildcard_constraints:
 # succeeds), so the exit status is set here: non-zero, with the list, when any planned cell
 # failed or its result is unreadable. Not called on dry runs or when nothing had to be done.
 onsuccess:
-    from llm_energy.runner import failure_message
+    from llm_energy.execution.runner import failure_message
 
     _failures = failure_message(PLAN.runs_files(), "results/summary.parquet")
     if _failures:
@@ -33,6 +33,6 @@ onsuccess:
 
 # A job failed (Snakemake exits non-zero itself): still say which cells failed.
 onerror:
-    from llm_energy.runner import failure_message
+    from llm_energy.execution.runner import failure_message
 
     sys.stderr.write(failure_message(PLAN.runs_files(), "results/summary.parquet") or "")

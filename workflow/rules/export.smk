@@ -1,5 +1,5 @@
 # The summary in the ML.ENERGY leaderboard's format: index.json + one task file (the study).
-from llm_energy.export import task_file
+from llm_energy.analysis.export import task_file
 
 MLENERGY_FILES = ["results/mlenergy/index.json", f"results/mlenergy/{task_file(PLAN.study.name)}"]
 

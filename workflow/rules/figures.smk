@@ -1,4 +1,4 @@
-from llm_energy.figures import FIGURES, FORMATS
+from llm_energy.analysis.figures import FIGURES, FORMATS
 
 # Study figures, then one power-over-time figure per cell; the PNGs go into
 # `snakemake --report`, each with its caption (workflow/report/<figure>.rst).

@@ -1,5 +1,5 @@
 """Any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp server ...) driven by the load
-generator (`llm_energy.loadgen`): streamed `/v1/completions` with token-id prompts.
+generator (`llm_energy.loadgen.client`): streamed `/v1/completions` with token-id prompts.
 
 The server is not started here; it runs wherever `base_url` points. Energy is what the meters
 of the host running this measurement see: measure on the machine that serves (a remote
@@ -33,7 +33,7 @@ class OpenAIServerBackend(Backend):
     # ------------------------------------------------------------ helpers shared with vllm
 
     def _load_spec(self) -> Any:
-        from llm_energy.loadgen import LoadSpec
+        from llm_energy.loadgen.client import LoadSpec
 
         return LoadSpec.from_workload(self.workload)
 
@@ -41,7 +41,7 @@ class OpenAIServerBackend(Backend):
         return 1.0 / float((self.measurement or {}).get("sampler_hz", 10.0))
 
     def _start_scraper(self, metrics_url: str) -> None:
-        from llm_energy.loadgen import MetricsScraper
+        from llm_energy.loadgen.client import MetricsScraper
 
         self._scraper = MetricsScraper(metrics_url, self._scrape_period_s()).start()
 
@@ -51,21 +51,21 @@ class OpenAIServerBackend(Backend):
     def cycle_columns(self, start_s: float, end_s: float) -> dict[str, Any]:
         if self._scraper is None:
             return {}
-        from llm_energy.loadgen import server_cycle_columns
+        from llm_energy.loadgen.client import server_cycle_columns
 
         return server_cycle_columns(self._scraper.samples, start_s, end_s)
 
     def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
         if self._scraper is None:
             return []
-        from llm_energy.loadgen import scrape_coverage_warning
+        from llm_energy.loadgen.client import scrape_coverage_warning
 
         warning = scrape_coverage_warning(self._scraper.samples, cycle, start_s, end_s,
                                           self._scrape_period_s())
         return [warning] if warning else []
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
-        from llm_energy.loadgen import run_load
+        from llm_energy.loadgen.client import run_load
 
         if self.endpoint is None:
             raise RuntimeError(f"{type(self).__name__}.generate called before load()")
@@ -79,7 +79,7 @@ class OpenAIServerBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"the openai-server backend needs httpx ({exc}): "
                                      "run `make venv`") from None
-        from llm_energy.loadgen import Endpoint, is_loopback, parse_prometheus
+        from llm_energy.loadgen.client import Endpoint, is_loopback, parse_prometheus
 
         start = time.perf_counter()
         base_url = str(self.settings["base_url"])

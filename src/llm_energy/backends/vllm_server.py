@@ -29,7 +29,7 @@ from typing import Any
 from llm_energy.backends.base import BackendUnavailable, LoadInfo, RequestRecord
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.backends.vllm_backend import count_parameters, engine_kwargs
-from llm_energy.processes import stop_process_group
+from llm_energy.execution.processes import stop_process_group
 
 SERVED_MODEL_NAME = "llm-energy"
 #: Longest wait for `/health` after starting the server (the cell's own timeout_s still
@@ -113,7 +113,7 @@ class VllmServerBackend(OpenAIServerBackend):
 
             raise BackendUnavailable(f"the vllm backend needs the vllm package: "
                                      f"{INSTALL_HINTS['vllm']}")
-        from llm_energy.loadgen import Endpoint
+        from llm_energy.loadgen.client import Endpoint
 
         port = free_port()
         self.command = server_command(sys.executable, self.kwargs, port)

@@ -46,7 +46,7 @@ def _key(value) -> str:
 
 
 def _settings_key(summary: pd.DataFrame) -> list[str]:
-    from llm_energy.report import _settings_columns
+    from llm_energy.analysis.report import _settings_columns
 
     return ["model", "backend", *_settings_columns(summary)]
 

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_energy.meters.base import DOMAINS, CompositeMeter, CounterTrack, Meter, WindowEnergy
-from llm_energy.meters.estimate import EstimateMeter
-from llm_energy.meters.nvml import (
+from llm_energy.telemetry.meters.base import DOMAINS, CompositeMeter, CounterTrack, Meter, WindowEnergy
+from llm_energy.telemetry.meters.estimate import EstimateMeter
+from llm_energy.telemetry.meters.nvml import (
     Gpu,
     NvmlCounterMeter,
     NvmlPowerMeter,
@@ -27,8 +27,8 @@ from llm_energy.meters.nvml import (
     supports_energy_counter,
     visible_gpu_ids,
 )
-from llm_energy.meters.rapl import POWERCAP_ROOT, RaplMeter, RaplUnavailable
-from llm_energy.meters.zeus_meter import ZeusMeter
+from llm_energy.telemetry.meters.rapl import POWERCAP_ROOT, RaplMeter, RaplUnavailable
+from llm_energy.telemetry.meters.zeus_meter import ZeusMeter
 
 GPU_SOURCES = ("nvml-counter", "amdsmi", "nvml-power")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from llm_energy.meters.base import DOMAINS, Meter, WindowEnergy
+from llm_energy.telemetry.meters.base import DOMAINS, Meter, WindowEnergy
 
 
 class ZeusMeter(Meter):

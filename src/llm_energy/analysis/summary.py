@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_energy.results import RUN_COLUMNS, SCHEMA_VERSION
+from llm_energy.results.io import RUN_COLUMNS, SCHEMA_VERSION
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e")
 PERCENTILES = (50, 90, 95, 99)
@@ -443,7 +443,7 @@ def add_carbon_and_cost(summary: pd.DataFrame, carbon: dict | None = None) -> pd
     energy per token: kWh × PUE × grid intensity (g CO2e) or × price. Linear, so the 95%
     interval bounds scale the same way. The factors used are kept as columns; estimated
     energy gives estimated emissions (`energy_source` says which)."""
-    from llm_energy.config import CarbonConfig
+    from llm_energy.study.config import CarbonConfig
 
     factors = CarbonConfig(**(carbon or {}))
     out = summary.copy()

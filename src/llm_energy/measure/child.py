@@ -1,6 +1,6 @@
 """Measure one cell inside its backend's environment (run by `runner.py` as a child process).
 
-    python -m llm_energy.measure --cell cell.json --model-path DIR --out results/cells/...
+    python -m llm_energy.measure.child --cell cell.json --model-path DIR --out results/cells/...
 
 On an exception it writes `.error.json` next to the outputs and exits 1; the runner turns
 that into a `status = failed` row. With `--parent-pid PID` (the runner passes its own) the process
@@ -60,7 +60,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llm_energy.measure", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m llm_energy.measure.child", description=__doc__)
     parser.add_argument("--cell", required=True, help="cell configuration JSON file")
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--out", required=True, help="cell output directory")
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / ERROR_FILE).unlink(missing_ok=True)
     cell = json.loads(Path(args.cell).read_text())
     try:
-        from llm_energy import provenance, results
-        from llm_energy.protocol import CellRunner
+        from llm_energy.measure import provenance
+        from llm_energy.results import io as results
+        from llm_energy.measure.protocol import CellRunner
 
         runner = CellRunner(cell, args.model_path, log=lambda m: print(m, flush=True))
         output = runner.run()

@@ -1,7 +1,7 @@
 """The measurement protocol for one cell: load (timed apart), idle baseline, warmup, cycles.
 
 Produces the rows of the cell's data contract (see `results.py`); knows nothing of
-Snakemake, so it also runs from the command line (`python -m llm_energy.measure`)."""
+Snakemake, so it also runs from the command line (`python -m llm_energy.measure.child`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from llm_energy import metrics
+from llm_energy.measure import metrics
 from llm_energy.backends import Backend, RequestRecord, backend_class, is_server
-from llm_energy.flops import Architecture, peak_flops, request_flops
-from llm_energy.idle_cache import IdleCache, IdleEntry, cache_key, drifted, host_name
-from llm_energy.meters import Detection, EstimateMeter, Meter, WindowEnergy, detect
-from llm_energy.sampler import Sample, Sampler, default_probes
+from llm_energy.measure.flops import Architecture, peak_flops, request_flops
+from llm_energy.measure.idle_cache import IdleCache, IdleEntry, cache_key, drifted, host_name
+from llm_energy.telemetry.meters import Detection, EstimateMeter, Meter, WindowEnergy, detect
+from llm_energy.telemetry.sampler import Sample, Sampler, default_probes
 
 Log = Callable[[str], None]
 
@@ -42,7 +42,7 @@ def batch_limit(backend: str, settings: dict[str, Any],
                                settings.get("max_batch_size")) if v]
     if workload is not None and is_server(backend, settings) \
             and workload.get("arrival", "closed") == "closed":
-        from llm_energy.loadgen import LoadSpec
+        from llm_energy.loadgen.client import LoadSpec
 
         limits.append(LoadSpec.from_workload(workload).in_flight_limit(int(workload["num_prompts"])))
     return min(limits) if limits else 1
@@ -108,8 +108,8 @@ class CellRunner:
     def _prompts(self) -> list[list[int]]:
         from transformers import AutoTokenizer
 
-        from llm_energy.config import WorkloadConfig
-        from llm_energy.workload import build_prompts
+        from llm_energy.study.config import WorkloadConfig
+        from llm_energy.workload.prompts import build_prompts
 
         tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=self.config["model"].get("trust_remote_code", False))
@@ -276,7 +276,7 @@ class CellRunner:
         nvml, gpus = self.detection.nvml, self.detection.gpus
         if nvml is None or not gpus:
             return []
-        from llm_energy.meters.nvml import other_processes, temperatures_c
+        from llm_energy.telemetry.meters.nvml import other_processes, temperatures_c
 
         warnings = []
         others = other_processes(nvml, gpus, self._own_pids())
@@ -302,7 +302,7 @@ class CellRunner:
                         net_energy_j: float | None = None) -> tuple[list[str], dict[str, Any]]:
         """Flags for one cycle (coverage, gaps, temperature drift, throttling, neighbours,
         counter vs power cross-check) and the columns that back them."""
-        from llm_energy.meters.nvml import POWER_CAP_REASON, THROTTLE_REASONS, other_processes
+        from llm_energy.telemetry.meters.nvml import POWER_CAP_REASON, THROTTLE_REASONS, other_processes
 
         warnings: list[str] = []
         period_s = 1.0 / self.measurement["sampler_hz"]
@@ -393,7 +393,7 @@ class CellRunner:
             import torch
 
             return torch.cuda.get_device_name(0)
-        from llm_energy.provenance import cpu_model
+        from llm_energy.measure.provenance import cpu_model
 
         return cpu_model()
 

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from llm_energy import metrics
-from llm_energy.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
+from llm_energy.telemetry import integrate as metrics
+from llm_energy.telemetry.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
 
 
 class NoGpus(RuntimeError):
@@ -167,7 +167,7 @@ class NvmlPowerMeter(Meter):
         self._sampler = sampler
 
     def begin_window(self, name: str) -> None:
-        from llm_energy.meters.base import _OpenWindow
+        from llm_energy.telemetry.meters.base import _OpenWindow
 
         self._open[name] = _OpenWindow(self.clock(), self.wall_clock(), {}, None, {})
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_energy.backends import is_server
-from llm_energy.config import StudyConfig
+from llm_energy.study.config import StudyConfig
 
 CELL_ID_LENGTH = 12
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import psutil
 
-from llm_energy.meters.estimate import busy_core_seconds
+from llm_energy.telemetry.meters.estimate import busy_core_seconds
 
 TIMESERIES_COLUMNS = ("t_s", "device", "power_w", "power_source", "temperature_c",
                       "utilization_pct", "memory_mb", "sm_clock_mhz", "throttle_reasons")
@@ -79,7 +79,7 @@ class NvmlProbe:
             return None
 
     def sample(self, t_s: float) -> Sample:
-        from llm_energy.meters.nvml import throttle_reasons
+        from llm_energy.telemetry.meters.nvml import throttle_reasons
 
         nvml, h = self._nvml, self._handle
         power_mw = self._read(lambda: nvml.nvmlDeviceGetPowerUsage(h))

@@ -113,7 +113,7 @@ def backend_software(backend: str, project_dir: str) -> dict[str, Any]:
     """The software a backend's cells run with, as the measure rule's param: the Python
     version and the versions of `measured_packages(backend)` in the backend's environment
     (the one `runner.python_for_backend` picks). Cached: called for every cell."""
-    from llm_energy.runner import EnvironmentMissing, python_for_backend
+    from llm_energy.execution.runner import EnvironmentMissing, python_for_backend
 
     try:
         python = python_for_backend(backend, project_dir)
@@ -153,7 +153,7 @@ def find_stale(results_dir: str | os.PathLike, project_dir: str | os.PathLike,
     """Cells under `results_dir/cells` (those in `only_cells` when given: a study's cell
     ids) whose provenance names other code or package versions than the current ones; and
     the problems (unreadable provenance) found on the way."""
-    from llm_energy import provenance
+    from llm_energy.measure import provenance
 
     current_code = code_fingerprint or provenance.code_fingerprint()
     stale: list[StaleCell] = []

@@ -10,7 +10,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from llm_energy.config import DemoModelSpec
+from llm_energy.study.config import DemoModelSpec
 
 # Files the tokenizer is trained on: the standard library sources ship with every Python.
 _TRAINING_GLOB = "*.py"

@@ -9,7 +9,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from llm_energy.config import WorkloadConfig
+from llm_energy.study.config import WorkloadConfig
 
 _CORPUS_FILES = ("argparse.py", "collections/__init__.py", "json/decoder.py", "pathlib.py",
                  "textwrap.py", "typing.py", "dataclasses.py", "inspect.py")

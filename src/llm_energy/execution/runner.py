@@ -24,11 +24,12 @@ from typing import Any, TextIO
 
 import psutil
 
-from llm_energy import provenance, results
-from llm_energy.processes import kill_processes, stop_process_group
-from llm_energy.measure import ERROR_FILE, PARENT_PID_FLAG
+from llm_energy.measure import provenance
+from llm_energy.results import io as results
+from llm_energy.execution.processes import kill_processes, stop_process_group
+from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 
-SRC_DIR = Path(__file__).resolve().parent.parent
+SRC_DIR = Path(__file__).resolve().parents[2]
 _KILL_GRACE_S = 10.0
 
 
@@ -130,7 +131,7 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
     # An argument list, never a shell string: config values (model paths, hub ids) are passed
     # as single arguments, whatever characters they contain.
     process = subprocess.Popen(
-        [python, "-m", "llm_energy.measure", "--cell", str(cell_file), "--model-path", model_path,
+        [python, "-m", "llm_energy.measure.child", "--cell", str(cell_file), "--model-path", model_path,
          "--out", str(out), PARENT_PID_FLAG, str(os.getpid())],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, shell=False,
     )
@@ -239,7 +240,7 @@ def failed_cells_from_summary(runs_files: list[str], summary_path: str | Path) -
     existing result (for example a runs.parquet without rows)."""
     import pyarrow.parquet as pq
 
-    from llm_energy.aggregate import read_problems
+    from llm_energy.analysis.summary import read_problems
 
     summary_path = Path(summary_path)
     try:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_energy.stale import BACKEND_PACKAGES, COMMON_PACKAGES
+from llm_energy.analysis.stale import BACKEND_PACKAGES, COMMON_PACKAGES
 
 # Every package whose version `llm-energy stale` compares (stale.py), and the data stack.
 PACKAGES = tuple(dict.fromkeys(
@@ -27,7 +27,7 @@ RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "S
                 "SLURM_JOB_GPUS", "OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
                 "VLLM_CPU_OMP_THREADS_BIND")
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_versions() -> dict[str, str]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from llm_energy.config import ConfigError, ModelConfig, StudyConfig, load_study, validate_study
-from llm_energy.matrix import Cell, PrunedCell, expand, matrix_csv
+from llm_energy.study.config import ConfigError, ModelConfig, StudyConfig, load_study, validate_study
+from llm_energy.study.matrix import Cell, PrunedCell, expand, matrix_csv
 
 DEFAULT_CONFIG = "config/config.yaml"
 MODELS_DIR = "resources/models"
@@ -72,7 +72,7 @@ class Plan:
     def software(self, backend: str) -> dict[str, Any]:
         """The measure rule's `software` param: package versions of the backend's
         environment, so an upgrade reruns exactly that backend's cells."""
-        from llm_energy.stale import backend_software
+        from llm_energy.analysis.stale import backend_software
 
         return backend_software(backend, self.project_dir)
 

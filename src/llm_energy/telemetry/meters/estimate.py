@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psutil
 
-from llm_energy.meters.base import Meter
+from llm_energy.telemetry.meters.base import Meter
 
 ESTIMATE_WARNING = (
     "energy is estimated (no sensor): busy CPU core-seconds x {w} W per core; "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llm_energy.meters.base import CounterTrack, Meter
+from llm_energy.telemetry.meters.base import CounterTrack, Meter
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 #: A wrap implying more than this (per zone, since the previous read) is a glitch, not a wrap.

@@ -1,0 +1,11 @@
+"""Results: the data contract (column registry) and its Parquet I/O."""
+
+from llm_energy.results.io import (  # noqa: F401
+    CELL_FILES,
+    REQUEST_COLUMNS,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    TIMESERIES_COLUMNS,
+    table,
+    write_cell,
+)
