@@ -35,7 +35,11 @@ def probes() -> tuple[list, list, str]:
     from llm_energy.telemetry.meters import detect
 
     try:
-        from llm_energy.telemetry.meters.nvml import job_gpus, load_nvml, visible_gpu_ids
+        from llm_energy.telemetry.meters.nvml import (
+            job_gpus,
+            load_nvml,
+            visible_gpu_ids,
+        )
 
         nvml = load_nvml()
         gpus = job_gpus(nvml, visible_gpu_ids()[0])

@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
-from llm_energy.study.config import DemoModelSpec  # noqa: E402
 from llm_energy.models.demo import build_demo_model  # noqa: E402
+from llm_energy.study.config import DemoModelSpec  # noqa: E402
 
 
 def main(smk=None):

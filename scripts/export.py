@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import logged  # noqa: E402
-
 import pandas as pd  # noqa: E402
+from _common import logged  # noqa: E402
 
 from llm_energy.analysis.export import write_mlenergy  # noqa: E402
 

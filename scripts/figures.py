@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pandas as pd  # noqa: E402
 from _common import logged  # noqa: E402
 
-import pandas as pd  # noqa: E402
-
-from llm_energy.analysis.summary import read_requests  # noqa: E402
 from llm_energy.analysis.figures import draw_cells, draw_study  # noqa: E402
+from llm_energy.analysis.summary import read_requests  # noqa: E402
 
 
 def main(smk=None):

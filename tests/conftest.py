@@ -19,8 +19,8 @@ TINY_DEMO = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory) -> Path:
     """One demo model shared by every test that needs weights on disk."""
-    from llm_energy.study.config import DemoModelSpec
     from llm_energy.models.demo import build_demo_model
+    from llm_energy.study.config import DemoModelSpec
 
     return build_demo_model(DemoModelSpec(**TINY_DEMO), tmp_path_factory.mktemp("models") / "tiny")
 

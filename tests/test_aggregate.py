@@ -6,9 +6,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from llm_energy.analysis.summary import (HEADLINE_METRICS, NO_INTERVAL, avg_batch_size,
-                                  bootstrap_percentiles, mean_ci, summarise,
-                                  weighted_percentiles)
+from llm_energy.analysis.summary import (
+    HEADLINE_METRICS,
+    NO_INTERVAL,
+    avg_batch_size,
+    bootstrap_percentiles,
+    mean_ci,
+    summarise,
+    weighted_percentiles,
+)
 from llm_energy.results.io import RUN_COLUMNS
 
 

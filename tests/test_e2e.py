@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import dry_run_jobs, run_snakemake, small_study, write_config
+
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
 
 pytestmark = pytest.mark.e2e

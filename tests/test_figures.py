@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from llm_energy.analysis.figures import (FIGURES, FORMATS, draw_cells, draw_study, pareto_cells,
-                                pareto_front, power_timeseries)
 from test_report_browser import png_size
+
+from llm_energy.analysis.figures import (
+    FIGURES,
+    FORMATS,
+    draw_cells,
+    draw_study,
+    pareto_cells,
+    pareto_front,
+    power_timeseries,
+)
 
 
 def pdf_page_count(path: Path) -> int:

@@ -6,11 +6,18 @@ from __future__ import annotations
 import statistics
 
 import pytest
-
 from fakes.openai_server import FakeServer
+
 from llm_energy.backends.openai_server import OpenAIServerBackend
-from llm_energy.loadgen.client import (Endpoint, LoadSpec, MetricsScraper, parse_prometheus,
-                                poisson_offsets_s, run_load, server_cycle_columns)
+from llm_energy.loadgen.client import (
+    Endpoint,
+    LoadSpec,
+    MetricsScraper,
+    parse_prometheus,
+    poisson_offsets_s,
+    run_load,
+    server_cycle_columns,
+)
 
 PROMPTS = [[10 + i, 11, 12, 13] for i in range(6)]
 
@@ -188,9 +195,10 @@ def test_vllm_mode_selects_the_server_backend():
 
 def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
     from conftest import small_study
+
+    from llm_energy.measure.protocol import batch_limit
     from llm_energy.study.config import ConfigError, validate_study
     from llm_energy.study.matrix import expand
-    from llm_energy.measure.protocol import batch_limit
 
     study = validate_study(small_study(
         backends={"transformers": {"batch_size": [2]}, "vllm": {"mode": ["offline", "server"]}},
@@ -210,6 +218,7 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
 
 def test_config_readme_documents_the_new_keys():
     from conftest import ROOT
+
     from llm_energy.study import config as c
 
     readme = (ROOT / "config" / "README.md").read_text()
@@ -224,7 +233,6 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     """The openai-server backend's real path: snakemake plans the cell, the measuring process
     (the pipeline's own environment) drives a server on this host with Poisson arrivals."""
     import pyarrow.parquet as pq
-
     from conftest import run_snakemake, small_study, write_config
 
     with FakeServer(token_delay_s=0.005) as server:

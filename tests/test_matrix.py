@@ -1,7 +1,7 @@
+from conftest import small_study
+
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import cell_id_of, expand, matrix_csv
-
-from conftest import small_study
 
 
 def test_cells_cross_every_axis_and_ids_are_stable():

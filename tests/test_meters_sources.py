@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
+
 from llm_energy.telemetry.meters import CompositeMeter, detect
 from llm_energy.telemetry.meters.base import Meter
 from llm_energy.telemetry.meters.nvml import (

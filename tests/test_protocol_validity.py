@@ -8,17 +8,17 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, small_study
 from fake_hw import FakeGpu, FakeNvml
+
 from llm_energy.analysis.summary import add_carbon_and_cost
-from llm_energy.study.config import CarbonConfig, validate_study
 from llm_energy.measure.idle_cache import IdleCache, IdleEntry, drifted
+from llm_energy.measure.protocol import CellRunner
+from llm_energy.study.config import CarbonConfig, validate_study
 from llm_energy.study.matrix import expand
 from llm_energy.telemetry.meters import Detection
 from llm_energy.telemetry.meters.base import Meter, WindowEnergy
 from llm_energy.telemetry.meters.nvml import job_gpus
-from llm_energy.measure.protocol import CellRunner
 from llm_energy.telemetry.sampler import Sample
 
 

@@ -9,11 +9,11 @@ import sys
 import types
 
 import pytest
-
 from conftest import ROOT
-from llm_energy.measure import provenance
-from llm_energy.execution import runner
+
 from llm_energy.analysis.stale import measured_packages
+from llm_energy.execution import runner
+from llm_energy.measure import provenance
 
 
 class _FakeNvml(types.ModuleType):

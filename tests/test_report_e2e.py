@@ -9,12 +9,12 @@ import zipfile
 
 import pandas as pd
 import pytest
-
 from conftest import run_snakemake, small_study, write_config
-from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
 from test_export import EQUAL, REQUIRED
 from test_figures import check_figure_files
 from test_report_browser import Chromium, needs_chromium, png_size
+
+from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
 
 pytestmark = pytest.mark.e2e
 

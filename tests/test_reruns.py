@@ -20,11 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
+
+from llm_energy.analysis.stale import (
+    backend_software,
+    environment_versions,
+    find_stale,
+    measured_packages,
+)
 from llm_energy.measure.provenance import code_fingerprint
-from llm_energy.analysis.stale import (backend_software, environment_versions, find_stale,
-                              measured_packages)
 
 pytestmark = pytest.mark.e2e
 

@@ -11,16 +11,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from conftest import small_study
 from fakes.openai_server import FakeServer
-from llm_energy.measure import protocol
+
 from llm_energy.backends import backend_class
 from llm_energy.backends.transformers_backend import TransformersBackend
 from llm_energy.backends.vllm_backend import VllmBackend
+from llm_energy.measure import protocol
+from llm_energy.measure.protocol import CellRunner
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
-from llm_energy.measure.protocol import CellRunner
 
 OUTPUT_TOKENS = 3
 

@@ -4,11 +4,17 @@ counters every tick, takes edge samples on demand; coverage and gaps are measure
 import time
 
 import pytest
-
 from fake_hw import FakeGpu, FakeNvml
+
 from llm_energy.measure import metrics
 from llm_energy.telemetry.meters.nvml import job_gpus
-from llm_energy.telemetry.sampler import CpuProbe, NvmlProbe, Sample, Sampler, default_probes
+from llm_energy.telemetry.sampler import (
+    CpuProbe,
+    NvmlProbe,
+    Sample,
+    Sampler,
+    default_probes,
+)
 
 
 class FlakyProbe:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SNAKEMAKE, small_study, write_config
+
 from llm_energy.execution import runner
 from llm_energy.study.config import ConfigError, validate_study
 from llm_energy.study.plan import plan_from_config
@@ -93,8 +93,8 @@ def _cell(study: dict) -> dict:
 
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
 def test_trust_remote_code_reaches_backends_off_unless_turned_on(backend, tmp_path):
-    from llm_energy.telemetry.meters import EstimateMeter
     from llm_energy.measure.protocol import CellRunner
+    from llm_energy.telemetry.meters import EstimateMeter
 
     backends = {"transformers": {"batch_size": [1]}} if backend == "transformers" else \
         {"vllm": {"max_num_seqs": [1]}}

@@ -15,10 +15,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, small_study
+
 from llm_energy.backends import BackendUnavailable, backend_class
-from llm_energy.backends.tensorrt_llm_backend import TensorrtLlmBackend, trtllm_arguments
+from llm_energy.backends.tensorrt_llm_backend import (
+    TensorrtLlmBackend,
+    trtllm_arguments,
+)
 from llm_energy.study.config import TRTLLM_QUANT_ALGOS, validate_study
 from llm_energy.study.matrix import expand
 

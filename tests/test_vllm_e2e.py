@@ -13,7 +13,6 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, VLLM_PYTHON, run_snakemake, small_study, write_config
 
 pytestmark = [

@@ -144,7 +144,9 @@ def _ci(row: pd.Series, metric: str) -> list[float] | None:
 
 
 def _settings(summary: pd.DataFrame) -> list[str]:
-    from llm_energy.analysis.report import _settings_columns  # the report's notion of "a swept axis"
+    from llm_energy.analysis.report import (
+        _settings_columns,  # the report's notion of "a swept axis"
+    )
 
     return _settings_columns(summary)
 

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from llm_energy.analysis.summary import HEADLINE_METRICS
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
+from llm_energy.analysis.summary import HEADLINE_METRICS
 
 # (metric, header, digits, kind): kind says where the number comes from — "energy" (the
 # cell's energy source: measured or estimate), "timing" (measured with the host clock),

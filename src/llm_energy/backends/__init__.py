@@ -7,7 +7,12 @@ import importlib
 import os
 from typing import Any
 
-from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LoadInfo,
+    RequestRecord,
+)
 
 _REGISTRY = {
     "transformers": ("llm_energy.backends.transformers_backend", "TransformersBackend"),

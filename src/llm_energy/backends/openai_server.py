@@ -17,7 +17,12 @@ import os
 import time
 from typing import Any
 
-from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LoadInfo,
+    RequestRecord,
+)
 
 _REACH_TIMEOUT_S = 30.0
 

@@ -18,7 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LoadInfo,
+    RequestRecord,
+)
 
 _DEFAULTS: dict[str, Any] = {
     "max_batch_size": 8,

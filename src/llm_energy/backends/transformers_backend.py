@@ -7,7 +7,12 @@ import shutil
 import time
 from typing import Any
 
-from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LoadInfo,
+    RequestRecord,
+)
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 

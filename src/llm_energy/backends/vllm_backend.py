@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm_energy.backends.base import Backend, BackendUnavailable, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LoadInfo,
+    RequestRecord,
+)
 
 # On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
 # refuses a fraction it cannot allocate (0.9, the GPU default, fails on small or partitioned

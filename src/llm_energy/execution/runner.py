@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 import psutil
 
-from llm_energy.measure import provenance
-from llm_energy.results import io as results
 from llm_energy.execution.processes import kill_processes, stop_process_group
+from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
+from llm_energy.results import io as results
 
 SRC_DIR = Path(__file__).resolve().parents[2]
 _KILL_GRACE_S = 10.0

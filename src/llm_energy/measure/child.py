@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cell = json.loads(Path(args.cell).read_text())
     try:
         from llm_energy.measure import provenance
-        from llm_energy.results import io as results
         from llm_energy.measure.protocol import CellRunner
+        from llm_energy.results import io as results
 
         runner = CellRunner(cell, args.model_path, log=lambda m: print(m, flush=True))
         output = runner.run()

@@ -4,14 +4,20 @@ Kept here (not in the .smk files) so it is tested like the rest of the logic."""
 
 from __future__ import annotations
 
-import sys
 import functools
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from llm_energy.study.config import ConfigError, ModelConfig, StudyConfig, load_study, validate_study
+from llm_energy.study.config import (
+    ConfigError,
+    ModelConfig,
+    StudyConfig,
+    load_study,
+    validate_study,
+)
 from llm_energy.study.matrix import Cell, PrunedCell, expand, matrix_csv
 
 DEFAULT_CONFIG = "config/config.yaml"

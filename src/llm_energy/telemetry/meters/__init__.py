@@ -16,7 +16,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_energy.telemetry.meters.base import DOMAINS, CompositeMeter, CounterTrack, Meter, WindowEnergy
+from llm_energy.telemetry.meters.base import (
+    DOMAINS,
+    CompositeMeter,
+    CounterTrack,
+    Meter,
+    WindowEnergy,
+)
 from llm_energy.telemetry.meters.estimate import EstimateMeter
 from llm_energy.telemetry.meters.nvml import (
     Gpu,
