@@ -23,14 +23,26 @@ def test_latencies():
     assert metrics.tpot_ms(r) == pytest.approx(150)
 
 
-def test_steady_state_window_follows_the_batch_limit():
+def test_batch_full_window_follows_the_batch_limit():
     # Limit 2: requests 0 and 1 run together from t=1; request 2 joins at t=3 when 0 leaves;
     # from t=4 only request 2 remains.
     records = [rec(0, 0, [2, 3], scheduled=1), rec(1, 0, [2, 4], scheduled=1),
                rec(2, 0, [5, 6], scheduled=3)]
-    window = metrics.steady_state_window(records, 2)
+    window = metrics.batch_full_window(records, 2)
     assert (window.start_s, window.end_s) == (1, 4)
-    assert metrics.steady_state_window(records, 4) is None
+    assert metrics.batch_full_window(records, 4) is None
+
+
+def test_batch_full_window_does_not_count_queued_requests():
+    # vLLM offline: all three handed over at t=0, no scheduled_s. Counted from arrival, three
+    # would be "running" from t=0; they run from their first token: 2 from t=1, 1 from t=3,
+    # 2 again from t=3.5 to t=4.
+    records = [rec(0, 0, [1, 3]), rec(1, 0, [1, 4]), rec(2, 0, [3.5, 6])]
+    window = metrics.batch_full_window(records, 2)
+    assert (window.start_s, window.end_s) == (1, 4)
+    assert metrics.running_interval(records[2]) == (3.5, 6)
+    assert metrics.running_interval(rec(3, 0, [2, 3], scheduled=1.5)) == (1.5, 3)
+    assert metrics.running_interval(rec(4, 0, [])) is None
 
 
 def test_energy_split_sums_to_window_and_follows_tokens():

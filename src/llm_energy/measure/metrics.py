@@ -53,15 +53,28 @@ class SteadyState:
         return self.end_s - self.start_s
 
 
-def steady_state_window(records: Sequence[RequestRecord], batch_limit: int) -> SteadyState | None:
-    """From when the requests being processed first reach `batch_limit` to the last moment
-    they are still at it (the ML.ENERGY rule). None when the load never fills the batch."""
+def running_interval(r: RequestRecord) -> tuple[float, float] | None:
+    """When a request occupies a slot of the running batch: from when the engine scheduled it
+    (`scheduled_s`, where the backend knows it) or else its first token, to its last token.
+    A queued request never counts as running: the client cannot see when vLLM schedules a
+    request, but from its first token on it surely was. None without tokens."""
+    begin = r.scheduled_s if r.scheduled_s is not None else r.first_token_s
+    if begin is None or r.finish_s is None:
+        return None
+    return begin, r.finish_s
+
+
+def batch_full_window(records: Sequence[RequestRecord], batch_limit: int) -> SteadyState | None:
+    """This project's own window (`steady_state_rule: batch-full`, not ML.ENERGY's): from
+    when the running requests (`running_interval`) first reach `batch_limit` to the last
+    moment they still do. None when the batch never fills."""
     events: list[tuple[float, int]] = []
     for r in records:
-        if r.finish_s is None:
+        span = running_interval(r)
+        if span is None:
             continue
-        events.append((r.scheduled_s if r.scheduled_s is not None else r.arrival_s, +1))
-        events.append((r.finish_s, -1))
+        events.append((span[0], +1))
+        events.append((span[1], -1))
     # At equal times, finishes come first: a slot freed and refilled is not "more than full".
     events.sort(key=lambda e: (e[0], e[1]))
     running = 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_energy.backends import RequestRecord, is_server
-from llm_energy.measure import metrics
+from llm_energy.measure import metrics, mlenergy
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
@@ -98,12 +98,12 @@ class RowBuilder:
         if output_tokens != expected:
             warnings.append(f"{output_tokens} output tokens instead of {expected}")
         limit = batch_limit(self.config["backend"], self.settings, self.workload)
-        steady = metrics.steady_state_window(ok, limit)
-        steady_j = steady_tokens = None
-        if steady is None:
-            warnings.append(f"no steady state: the load never kept {limit} requests in flight")
-        elif total_j is not None:
-            steady_tokens = metrics.tokens_in(ok, steady.start_s, steady.end_s)
+        steady = self._steady_window(records, ok, limit, warnings)
+        steady_j = steady_tokens = avg_batch = None
+        if steady is not None:
+            steady_tokens = metrics.tokens_in(records, steady.start_s, steady.end_s)
+            avg_batch = mlenergy.avg_batch_size(ok, steady.start_s, steady.end_s)
+        if steady is not None and total_j is not None:
             if len(profile) >= 2:
                 whole = metrics.integrate_power(profile, start_s, end_s)
                 part = metrics.integrate_power(profile, steady.start_s, steady.end_s)
@@ -116,8 +116,9 @@ class RowBuilder:
         cycle_flops = sum(request_flops(arch, r.input_tokens, r.output_tokens) for r in ok) if arch else None
         peak = peak_flops(self._device_name()) if self.device == "cuda" else None
         achieved = cycle_flops / duration_s if cycle_flops is not None else None
-        memories = [s.memory_mb for s in samples if s.memory_mb is not None
-                    and start_s <= s.t_s <= end_s and (s.device != "cpu" or self.device == "cpu")]
+        cycle_samples = [s for s in samples if start_s <= s.t_s <= end_s]
+        memories = [s.memory_mb for s in cycle_samples if s.memory_mb is not None
+                    and (s.device != "cpu" or self.device == "cpu")]
         row: dict[str, Any] = {
             "cell_id": self.cell_id, "cycle": cycle, "model": self.config["model"]["name"],
             "backend": self.config["backend"], **self.settings, "device": self.device,
@@ -125,6 +126,7 @@ class RowBuilder:
             "idle_power_w": idle_power_w, "net_energy_j": net_j, "duration_s": duration_s,
             "steady_state_duration_s": None if steady is None else steady.duration_s,
             "steady_state_energy_j": steady_j, "steady_state_output_tokens": steady_tokens,
+            "steady_state_rule": self._steady_state_rule(), "avg_batch_size": avg_batch,
             # Relative to the cycle start, like the request times in requests.parquet.
             "steady_state_start_s": None if steady is None else steady.start_s - start_s,
             "steady_state_end_s": None if steady is None else steady.end_s - start_s,
@@ -139,6 +141,23 @@ class RowBuilder:
             "peak_memory_mb": max(memories) if memories else None,
             "warnings": warnings,
         }
+        checks = mlenergy.failed_checks(
+            steady_duration_s=None if steady is None else steady.duration_s, avg_batch=avg_batch,
+            max_num_seqs=limit,
+            steady_energy_per_token_j=steady_j / steady_tokens
+            if steady_j is not None and steady_tokens else None,
+            output_tokens_per_s=row["output_tokens_per_s"],
+            gpu_power_w=[s.power_w for s in cycle_samples if s.device.startswith("gpu")
+                         and s.power_w is not None],
+            gpu_temperature_c=[s.temperature_c for s in cycle_samples if s.device.startswith("gpu")
+                               and s.temperature_c is not None],
+            device_name=self._device_name() if self.device == "cuda" else None,
+            # Output lengths are forced (EOS ignored): every output is at the cap by design.
+            output_lengths=[r.output_tokens for r in ok], max_output_tokens=None,
+            failed_requests=len(records) - len(ok))
+        row["mlenergy_flags"] = [c.name for c in checks]
+        row["mlenergy_valid"] = not any(c.severity == "error" for c in checks)
+        warnings.extend(c.warning() for c in checks)
         gaps_ms = [x for r in ok for x in metrics.itl_ms(r)]
         bundled = sum(1 for gap in gaps_ms if gap == 0.0)
         if bundled:
@@ -155,6 +174,33 @@ class RowBuilder:
             for q in metrics.PERCENTILES:
                 row[f"{name}_ms_p{q}"] = metrics.percentile(clean, q)
         return row, request_rows
+
+    def _steady_state_rule(self) -> str:
+        return str(self.measurement.get("steady_state_rule", "mlenergy"))
+
+    def _steady_window(self, records: list[RequestRecord], ok: list[RequestRecord], limit: int,
+                       warnings: list[str]) -> metrics.SteadyState | None:
+        """The cycle's steady-state window by the configured rule (`steady_state_rule`):
+        ML.ENERGY's RequestTracker rule over every request (`mlenergy.tracker_window`), or
+        this project's batch-full window over the successful ones. None, with a warning,
+        when there is none or it is empty."""
+        if self._steady_state_rule() == "batch-full":
+            steady = metrics.batch_full_window(ok, limit)
+            if steady is None:
+                warnings.append(f"no steady state: the running requests never reached {limit}")
+            return steady
+        open_loop = is_server(self.config["backend"], self.settings) \
+            and self.workload.get("arrival", "closed") != "closed"
+        steady = mlenergy.tracker_window(
+            records, limit, max(r.arrival_s for r in records) if open_loop and records else None)
+        if steady is None or steady.duration_s <= 0:
+            k = max(len(records) - limit - 1, 1)
+            warnings.append(
+                f"no steady state by ML.ENERGY's rule: it closes when {k} of {len(records)} "
+                f"requests have finished, which came before {limit} (max_num_seqs) had their "
+                "first token; use more requests per cycle (ML.ENERGY: far more than max_num_seqs)")
+            return None
+        return steady
 
     def _timeseries_rows(self, samples: list[Sample],
                          phases: list[tuple[str, float, float]]) -> list[dict[str, Any]]:

@@ -268,6 +268,10 @@ class MeasurementConfig(_Strict):
         10.0, gt=0, description="per-core power of the 'estimate' CPU model at 100% use"
     )
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
+    steady_state_rule: Literal["mlenergy", "batch-full"] = Field(
+        "mlenergy", description="steady-state window: ML.ENERGY's RequestTracker rule (opens when "
+        "max_num_seqs requests have their first token, closes when N - max_num_seqs - 1 have "
+        "finished) or 'batch-full' (while the running requests fill the batch limit)")
     gpus_per_cell: int = Field(1, gt=0, description="GPUs each cell requests on a cuda device")
     timeout_s: float = Field(1800.0, gt=0, description="per-cell wall-clock limit")
     retries: int = Field(0, ge=0, description="extra attempts for a failed cell")
