@@ -15,8 +15,8 @@ rule (ml-energy/data) is applied where the leaderboard export is built (`analysi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from llm_energy.backends.base import RequestRecord
 from llm_energy.measure.metrics import SteadyState, running_interval
