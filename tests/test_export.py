@@ -31,7 +31,7 @@ def summary_table() -> pd.DataFrame:
          "energy_per_output_token_j": 0.8, "steady_state_energy_per_output_token_j": 0.7,
          "steady_state_energy_per_output_token_j_ci95_low": 0.65,
          "steady_state_energy_per_output_token_j_ci95_high": 0.75,
-         "steady_state_energy_j": 420.0, "steady_state_duration_s": 12.0, "avg_power_w": 310.0,
+         "steady_state_energy_j": 420.0, "steady_state_duration_s": 25.0, "avg_power_w": 310.0,
          "itl_ms_p50": 20.0, "itl_ms_p90": 25.0, "itl_ms_p95": 28.0, "itl_ms_p99": 40.0,
          "output_tokens_per_s": 32.0, "avg_batch_size": 7.5},
         # CPU cell that never reached a steady state: whole-cycle energy, not stable.
@@ -80,17 +80,43 @@ def test_fields_and_values_equal_the_summary(tmp_path):
     assert cpu["energy_per_token_joules"] == pytest.approx(0.3)
     assert cpu["llm_energy"]["energy_window"] == "cycle"
     assert cpu["gpu_model"] is None and cpu["num_gpus"] == 0 and cpu["max_num_seqs"] == 4
-    assert cpu["is_stable"] is False and "steady state" in cpu["llm_energy"]["unstable_reason"]
+    assert cpu["is_stable"] is False
+    assert cpu["llm_energy"]["unstable_reason"] == "short_steady_state:None"
     assert cpu["llm_energy"]["energy_measured"] is False
     assert cpu["llm_energy"]["settings"]["batch_size"] == 4
 
 
-def test_low_batch_utilisation_is_unstable():
-    summary = summary_table()
-    summary.loc[0, "avg_batch_size"] = 5.0  # 5/8 < 90%
-    _, doc = to_mlenergy(summary, "t")
-    config = doc["configurations"][0]
-    assert config["is_stable"] is False and "5.00/8" in config["llm_energy"]["unstable_reason"]
+def test_leaderboard_stability_rule_and_thresholds():
+    """ml-energy/data's rule: steady state >= 20 s, energy per token > 0, batch >= 85%."""
+    def stable(**values):
+        summary = summary_table()
+        for column, value in values.items():
+            summary.loc[0, column] = value
+        config = to_mlenergy(summary, "t")[1]["configurations"][0]
+        return config["is_stable"], config["llm_energy"]["unstable_reason"]
+
+    assert stable() == (True, None)
+    assert stable(steady_state_duration_s=20.0) == (True, None)
+    assert stable(steady_state_duration_s=19.9) == (False, "short_steady_state:19.9")
+    assert stable(avg_batch_size=6.8) == (True, None)  # 6.8 / 8 = 85%
+    assert stable(avg_batch_size=5.0) == (False, "low_batch_utilization:0.625000")
+    assert stable(steady_state_energy_per_output_token_j=0.0) == \
+        (False, "invalid_energy_per_token:0.0")
+
+
+def test_unstable_batch_limit_cascades_to_larger_ones():
+    """Their cascade: configurations differing only in max_num_seqs are unstable from the
+    smallest unstable limit up; other settings form other groups."""
+    base = summary_table().iloc[0].to_dict()
+    rows = [{**base, "cell_id": f"c{m}{dtype[0]}", "max_num_seqs": m, "dtype": dtype,
+             "avg_batch_size": batch}
+            for m, dtype, batch in ((8, "bfloat16", 7.5), (16, "bfloat16", 12.0),
+                                    (32, "bfloat16", 30.0), (16, "float16", 15.0))]
+    _, doc = to_mlenergy(pd.DataFrame(rows), "t")
+    got = {c["llm_energy"]["cell_id"]: (c["is_stable"], c["llm_energy"]["unstable_reason"])
+           for c in doc["configurations"]}
+    assert got == {"c8b": (True, None), "c16b": (False, "low_batch_utilization:0.750000"),
+                   "c32b": (False, "cascade_from_unstable_batch:16"), "c16f": (True, None)}
 
 
 def test_study_named_index_does_not_overwrite_the_index(tmp_path):

@@ -182,3 +182,20 @@ def test_cycle_rows_carry_the_window_average_batch_and_flags(tmp_path):
     # 6.5-7.0, 4 and 5 7.5-8.0).
     assert row["steady_state_rule"] == "batch-full"
     assert (row["steady_state_start_s"], row["steady_state_end_s"]) == (1.2, 8.0)
+
+
+def test_summary_keeps_the_measured_average_batch():
+    import pandas as pd
+    from test_aggregate import _requests, _runs
+
+    from llm_energy.analysis.summary import summarise
+
+    new = _runs("aaaaaaaaaaa1", [0.1, 0.12])
+    for row in new:
+        row.update(steady_state_rule="mlenergy", avg_batch_size=1.5)
+    old = _runs("aaaaaaaaaaa2", [0.1, 0.12])  # written before the rule: from request times
+    summary = summarise(pd.DataFrame(new + old),
+                        pd.DataFrame(_requests("aaaaaaaaaaa1", 2) + _requests("aaaaaaaaaaa2", 2)),
+                        resamples=50).set_index("cell_id")
+    assert summary.loc["aaaaaaaaaaa1", "avg_batch_size"] == pytest.approx(1.5)
+    assert summary.loc["aaaaaaaaaaa2", "avg_batch_size"] == pytest.approx(2.0)

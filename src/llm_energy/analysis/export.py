@@ -11,8 +11,9 @@ measures the same thing:
 - `energy_per_request_joules`: `energy_per_token_joules` × mean output length (their rule).
 - `total_energy_joules`: the steady-state window's energy (their `steady_state_energy`).
 - `median_itl_ms`, `p90/p95/p99_itl_ms`: inter-token latency percentiles (mean over cycles).
-- `avg_batch_size`: mean number of requests decoding together (see `aggregate.avg_batch_size`).
-- `is_stable`: their rule (steady state ≥ 10 s and average batch ≥ 90% of `max_num_seqs`).
+- `avg_batch_size`: time average of running requests over the steady window (their mean of
+  vLLM's running-requests gauge; see `measure.mlenergy.avg_batch_size`).
+- `is_stable`: their leaderboard's rule (`leaderboard_stability`).
 
 Differences that matter when comparing with the leaderboard: their energy is GPU-only, this
 pipeline's is every domain measured (`energy_scope` lists them; `energy_source` says measured
@@ -51,8 +52,11 @@ DIRECT = {
     "steady_state_duration_seconds": "steady_state_duration_s",
 }
 
-MIN_STEADY_DURATION_S = 10.0
-MIN_BATCH_UTILIZATION = 0.9
+# The leaderboard's stability rule: ml-energy/data, mlenergy_data/records/runs.py
+# (`_llm_stability_status`, `_stability_map_for_scoped_runs`), commit
+# b37408f35fcdd08a9f5c3daf3dfedcd59a87a58b.
+MIN_STEADY_DURATION_S = 20.0
+MIN_BATCH_UTILIZATION = 0.85
 
 
 def _value(value: Any) -> Any:
@@ -90,21 +94,52 @@ def energy_per_token(row: pd.Series) -> tuple[float | None, str]:
 
 
 def stability(row: pd.Series) -> tuple[bool, str]:
+    """(stable, reason) of one configuration by the leaderboard's per-run rule, with its
+    reason strings: a steady state of at least 20 s, a positive steady-state energy per
+    token, and (where both are known) an average batch of at least 85% of `max_num_seqs`."""
     duration = _value(row.get("steady_state_duration_s"))
     if duration is None or duration < MIN_STEADY_DURATION_S:
-        return False, f"steady state {duration} s < {MIN_STEADY_DURATION_S:g} s"
+        return False, f"short_steady_state:{duration}"
+    energy = _value(row.get("steady_state_energy_per_output_token_j"))
+    if energy is None or energy <= 0:
+        return False, f"invalid_energy_per_token:{energy}"
     limit, batch = max_num_seqs(row), _value(row.get("avg_batch_size"))
     if limit and batch is not None and batch / limit < MIN_BATCH_UTILIZATION:
-        return False, f"average batch {batch:.2f}/{limit} < {MIN_BATCH_UTILIZATION:.0%}"
+        return False, f"low_batch_utilization:{batch / limit:.6f}"
     return True, ""
 
 
-def configuration(row: pd.Series, settings: list[str]) -> dict[str, Any]:
+def leaderboard_stability(rows: pd.DataFrame, settings: list[str]) -> list[tuple[bool, str]]:
+    """`stability` per row, then the leaderboard's cascade: among configurations that differ
+    only in the batch limit (same model, backend, device, GPU count and other settings), once
+    one is unstable at limit m, every one at a limit >= m is unstable too
+    (`cascade_from_unstable_batch:m`): a larger batch cannot fill where a smaller did not."""
+    status = [stability(r) for _, r in rows.iterrows()]
+    limits = [max_num_seqs(r) for _, r in rows.iterrows()]
+    others = [c for c in settings if c not in ("max_num_seqs", "batch_size")]
+    keys = [tuple(str(_value(r.get(c))) for c in ("model", "backend", "device_name",
+                                                  "tensor_parallel_size", *others))
+            for _, r in rows.iterrows()]
+    threshold: dict[tuple[str, ...], int] = {}
+    for key, limit, (stable, _) in zip(keys, limits, status):
+        if limit is not None and not stable:
+            threshold[key] = min(limit, threshold.get(key, limit))
+    out = []
+    for key, limit, (stable, why) in zip(keys, limits, status):
+        m = threshold.get(key)
+        if stable and limit is not None and m is not None and limit >= m:
+            stable, why = False, f"cascade_from_unstable_batch:{m}"
+        out.append((stable, why))
+    return out
+
+
+def configuration(row: pd.Series, settings: list[str],
+                  stable_why: tuple[bool, str] | None = None) -> dict[str, Any]:
     energy, window = energy_per_token(row)
     out_len = _value(row.get("output_tokens"))
     n_req = _value(row.get("requests"))
     cuda = row.get("device") == "cuda"
-    stable, why = stability(row)
+    stable, why = stable_why if stable_why is not None else stability(row)
     config: dict[str, Any] = {
         "model_id": row["model"], "nickname": row["model"],
         "gpu_model": _value(row.get("device_name")) if cuda else None,
@@ -156,7 +191,8 @@ def to_mlenergy(summary: pd.DataFrame, task: str) -> tuple[dict[str, Any], dict[
     under `excluded` with their error."""
     settings = _settings(summary)
     ok = summary[summary["status"] == "ok"] if len(summary) else summary
-    configs = [configuration(r, settings) for _, r in ok.iterrows()]
+    stable = leaderboard_stability(ok, settings) if len(ok) else []
+    configs = [configuration(r, settings, s) for (_, r), s in zip(ok.iterrows(), stable)]
     failed = summary[summary["status"] != "ok"] if len(summary) else summary
     models = {}
     for model in sorted(set(summary["model"])) if len(summary) else []:

@@ -257,6 +257,12 @@ def _with_request_metrics(runs: pd.DataFrame, requests: pd.DataFrame | None) -> 
         tokens = runs["steady_state_output_tokens"].astype(float)
         runs["steady_state_energy_per_output_token_j"] = \
             runs["steady_state_energy_j"].astype(float) / tokens.where(tokens > 0)
+    # Cycles measured with a steady-state rule carry ML.ENERGY's average batch over the steady
+    # window (measure.mlenergy.avg_batch_size); older results get busy over decoding time.
+    measured = runs["steady_state_rule"].notna() if "steady_state_rule" in runs \
+        else pd.Series(False, index=runs.index)
+    if measured.all():
+        return runs
     batch: dict[tuple[str, int], float | None] = {}
     if requests is not None and len(requests):
         ok = requests[requests["success"].fillna(False).astype(bool)]
@@ -266,8 +272,10 @@ def _with_request_metrics(runs: pd.DataFrame, requests: pd.DataFrame | None) -> 
         finish_s = pd.to_numeric(ok["finish_s"], errors="coerce").to_numpy(dtype=float)
         for (cell, cycle), rows in ok.groupby(["cell_id", "cycle"]).indices.items():
             batch[(cell, int(cycle))] = avg_batch_size(first_s[rows].tolist(), finish_s[rows].tolist())
-    runs["avg_batch_size"] = [batch.get((c, int(k))) if not pd.isna(k) else None
-                              for c, k in zip(runs["cell_id"], runs["cycle"])]
+    legacy = [batch.get((c, int(k))) if not pd.isna(k) else None
+              for c, k in zip(runs["cell_id"], runs["cycle"])]
+    own = runs["avg_batch_size"] if "avg_batch_size" in runs else pd.Series(None, index=runs.index)
+    runs["avg_batch_size"] = [o if m else v for o, m, v in zip(own, measured, legacy)]
     return runs
 
 

@@ -29,6 +29,9 @@ RUN_COLUMNS: dict[str, pa.DataType] = {
     "steady_state_duration_s": _F, "steady_state_energy_j": _F, "steady_state_output_tokens": _I,
     # Window edges for plots: cycle start on the timeseries clock, steady state on the cycle clock.
     "cycle_start_s": _F, "steady_state_start_s": _F, "steady_state_end_s": _F,
+    # Which steady-state rule made the window; ML.ENERGY's average batch and per-cycle checks.
+    "steady_state_rule": _S, "avg_batch_size": _F, "mlenergy_flags": pa.list_(_S),
+    "mlenergy_valid": pa.bool_(),
     "input_tokens": _I, "output_tokens": _I, "requests": _I,
     "energy_per_output_token_j": _F, "energy_per_request_j": _F, "output_tokens_per_s": _F,
     "avg_power_w": _F, **{name: _F for name in _PCT},
