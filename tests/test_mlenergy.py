@@ -199,3 +199,22 @@ def test_summary_keeps_the_measured_average_batch():
                         resamples=50).set_index("cell_id")
     assert summary.loc["aaaaaaaaaaa1", "avg_batch_size"] == pytest.approx(1.5)
     assert summary.loc["aaaaaaaaaaa2", "avg_batch_size"] == pytest.approx(2.0)
+
+
+def test_cycle_without_a_window_says_so(tmp_path):
+    from test_protocol_validity import PowerMeter, cell_config
+
+    from llm_energy.measure.protocol import CellRunner
+    from llm_energy.telemetry.meters.base import WindowEnergy
+
+    window = WindowEnergy(10.0, {"cpu": 100.0, "gpu": None, "dram": None}, {"cpu": "rapl"})
+    runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))  # batch_size 2
+    # N = 3, B = 2, k = 1: request 0 finishes (2.0) before the second first token (2.5).
+    records = [req(0, 1.0, 2.0), req(1, 2.5, 4.0), req(2, 3.0, 5.0)]
+    row, _ = runner._cycle_rows(0, records, 0.0, 10.0, window, None, [], None)
+    assert row["steady_state_duration_s"] is None and row["avg_batch_size"] is None
+    assert row["steady_state_energy_j"] is None
+    assert any(w.startswith("no steady state by ML.ENERGY's rule (opens when 2 requests have "
+                            "their first token, closes when 1 of 3 have finished)")
+               for w in row["warnings"])
+    assert "steady_state_duration" in row["mlenergy_flags"]

@@ -196,9 +196,10 @@ class RowBuilder:
         if steady is None or steady.duration_s <= 0:
             k = max(len(records) - limit - 1, 1)
             warnings.append(
-                f"no steady state by ML.ENERGY's rule: it closes when {k} of {len(records)} "
-                f"requests have finished, which came before {limit} (max_num_seqs) had their "
-                "first token; use more requests per cycle (ML.ENERGY: far more than max_num_seqs)")
+                f"no steady state by ML.ENERGY's rule (opens when {limit} requests have their "
+                f"first token, closes when {k} of {len(records)} have finished): the window is "
+                "empty in this cycle; use more requests per cycle (ML.ENERGY: far more than "
+                "max_num_seqs)")
             return None
         return steady
 
