@@ -62,6 +62,16 @@ def test_dense_gqa_model_matches_torch_with_attention_by_formula():
     assert request_flops(arch, PROMPT, NEW) == pytest.approx(matmul_only(arch) + causal)
 
 
+def test_the_demo_model_as_the_pipeline_builds_it(demo_model_dir):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir).eval()
+    arch = Architecture.from_config(json.loads((demo_model_dir / "config.json").read_text()))
+    assert BATCH * matmul_only(arch) == pytest.approx(counted_flops(model, arch.vocab_size), rel=0.02)
+
+
 MOE_MODELS = {
     # Qwen3-MoE: 8 experts, 2 per token, expert width 32; layer 0 dense (mlp_only_layers).
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
