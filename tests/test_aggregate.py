@@ -240,3 +240,18 @@ def test_every_per_cycle_metric_is_aggregated():
     summary = summarise(pd.DataFrame(_runs("aaaaaaaaaaa1", [0.1, 0.2])), None)
     for col in schema.aggregated():
         assert (col.name in summary.columns) == (col.optional is None), col.name
+
+
+def test_summary_csv_writes_list_columns_as_text(tmp_path):
+    from llm_energy.analysis.summary import Aggregation, write_summary
+
+    runs = pd.DataFrame(_runs("aaaaaaaaaaa1", [0.1, 0.2]))
+    runs["warnings"] = [["a"], ["b"]]
+    runs["mlenergy_flags"] = [["request_success"], []]
+    runs["mlenergy_valid"] = [False, True]
+    summary = summarise(runs, None)
+    assert summary.loc[0, "mlenergy_valid"] is False
+    write_summary(Aggregation(summary, runs), tmp_path / "s.parquet", tmp_path / "s.csv")
+    row = pd.read_csv(tmp_path / "s.csv").iloc[0]
+    assert row["warnings"] == "a | b" and row["mlenergy_flags"] == "request_success"
+    assert list(pd.read_parquet(tmp_path / "s.parquet").loc[0, "mlenergy_flags"]) == ["request_success"]

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm_energy.results.io import RUN_COLUMNS, SCHEMA_VERSION
+from llm_energy.results import schema
 from llm_energy.results.schema import LATENCIES
 
 
@@ -98,7 +99,9 @@ def write_summary(agg: Any, parquet_path: str | Path, csv_path: str | Path) -> N
                 PROBLEMS_METADATA_KEY: json.dumps(agg.problems).encode()}
     pq.write_table(table.replace_schema_metadata(metadata), parquet_path)
     flat = agg.summary.copy()
-    flat["warnings"] = flat["warnings"].map(lambda ws: " | ".join(ws) if ws is not None else "")
+    for name, column in schema.RUNS.items():  # list columns (warnings, flags) as text
+        if name in flat and column.agg is not None and column.agg.how == "union":
+            flat[name] = flat[name].map(lambda ws: " | ".join(ws) if ws is not None else "")
     flat.to_csv(csv_path, index=False)
 
 
