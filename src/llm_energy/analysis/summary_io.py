@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_energy.results.io import RUN_COLUMNS, SCHEMA_VERSION
 from llm_energy.results import schema
+from llm_energy.results.io import RUN_COLUMNS, SCHEMA_VERSION
 from llm_energy.results.schema import LATENCIES
 
 
