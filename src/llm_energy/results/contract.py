@@ -64,7 +64,7 @@ def _settings() -> str:
 
 
 def _summary() -> str:
-    lines = [_table(schema.SUMMARY.values(), summary=False), "",
+    lines = [_table(schema.SUMMARY.values(), summary=False).rstrip("\n"), "",
              "| suffix | on | meaning |", "|---|---|---|"]
     for suffix, text in schema.INTERVAL_SUFFIXES.items():
         lines.append(f"| `{suffix}` | metrics with an interval (above) | {text} |")
