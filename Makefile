@@ -7,7 +7,7 @@ VENV := .venv
 VLLM_VENV := .venvs/vllm
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: run test venv venv-vllm venv-transformers clean schema
+.PHONY: run test venv venv-vllm venv-transformers clean schema data-contract
 
 venv: $(VENV)/.installed
 venv-transformers: venv
@@ -39,6 +39,10 @@ test: venv venv-vllm
 
 schema: venv
 	$(VENV)/bin/llm-energy schema > workflow/schemas/config.schema.json
+
+# docs/data-contract.md's column tables, from the column registry (src/llm_energy/results/schema.py).
+data-contract: venv
+	$(VENV)/bin/llm-energy data-contract --write docs/data-contract.md
 
 clean:
 	rm -rf results .snakemake

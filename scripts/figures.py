@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 from _common import logged  # noqa: E402
 
-from llm_energy.analysis.figures import draw_cells, draw_study  # noqa: E402
+from llm_energy.analysis.cell_figures import draw_cells  # noqa: E402
+from llm_energy.analysis.figures import draw_study  # noqa: E402
 from llm_energy.analysis.summary import read_requests  # noqa: E402
 
 

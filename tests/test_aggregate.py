@@ -1,4 +1,5 @@
-"""Statistics across cycles (Student t) and over requests (seeded percentile bootstrap)."""
+"""Statistics across cycles (ratios of sums, sign-respecting intervals) and over requests
+(seeded percentile bootstrap); every per-cycle metric aggregated as the registry declares."""
 
 
 import numpy as np
@@ -6,15 +7,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from llm_energy.analysis.summary import (
-    HEADLINE_METRICS,
+from llm_energy.analysis.statistics import (
     NO_INTERVAL,
-    avg_batch_size,
     bootstrap_percentiles,
     mean_ci,
-    summarise,
+    ratio_of_sums,
     weighted_percentiles,
 )
+from llm_energy.analysis.summary import HEADLINE_METRICS, avg_batch_size, summarise
+from llm_energy.results import schema
 from llm_energy.results.io import RUN_COLUMNS
 
 
@@ -82,7 +83,8 @@ def _runs(cell_id, energies, steady=True):
         row = {name: None for name in RUN_COLUMNS}
         row.update(schema_version=1, cell_id=cell_id, cycle=k, model="m", backend="transformers",
                    device="cpu", status="ok", warnings=[], energy_source="estimate",
-                   energy_per_output_token_j=e, output_tokens=80, requests=4,
+                   energy_per_output_token_j=e, total_energy_j=e * 80, output_tokens=80,
+                   requests=4, duration_s=1.0,
                    steady_state_energy_j=e * 60 if steady else None,
                    steady_state_output_tokens=60 if steady else None, batch_size=2)
         rows.append(row)
@@ -133,3 +135,123 @@ def test_summarise_without_requests_still_summarises():
     assert row["energy_per_output_token_j"] == pytest.approx(0.15)
     assert pd.isna(row["ttft_ms_p50_pooled"]) and pd.isna(row["avg_batch_size"])
     assert pd.isna(row["steady_state_energy_per_output_token_j"])
+
+
+def _cycles(cell_id, cycles, **constant):
+    """Runs rows from per-cycle column values: cycles = [{column: value}, ...]."""
+    rows = []
+    for k, values in enumerate(cycles):
+        row = {name: None for name in RUN_COLUMNS}
+        row.update(schema_version=1, cell_id=cell_id, cycle=k, model="m", backend="vllm",
+                   device="cpu", status="ok", warnings=[], energy_source="estimate",
+                   max_num_seqs=4, **constant, **values)
+        rows.append(row)
+    return rows
+
+
+def test_headline_values_are_ratios_of_sums():
+    # Very different per-cycle rates: 1000 tokens in 1 s at 200 W, then twice 100 tokens in
+    # 10 s at 50 W. The mean of per-cycle rates (340 tok/s) is 6x total tokens / total time.
+    cycles = [{"output_tokens": t, "duration_s": d, "total_energy_j": p * d, "requests": 4}
+              for t, d, p in ((1000, 1.0, 200.0), (100, 10.0, 50.0), (100, 10.0, 50.0))]
+    for c in cycles:  # per-cycle columns as the protocol writes them
+        c.update(output_tokens_per_s=c["output_tokens"] / c["duration_s"],
+                 avg_power_w=c["total_energy_j"] / c["duration_s"],
+                 energy_per_output_token_j=c["total_energy_j"] / c["output_tokens"],
+                 energy_per_request_j=c["total_energy_j"] / c["requests"])
+    assert np.mean([c["output_tokens_per_s"] for c in cycles]) > 2 * 1200 / 21
+    row = summarise(pd.DataFrame(_cycles("aaaaaaaaaaa1", cycles)), None).iloc[0]
+    assert row["energy_per_output_token_j"] == pytest.approx(1200 / 1200)
+    assert row["output_tokens_per_s"] == pytest.approx(1200 / 21)
+    assert row["avg_power_w"] == pytest.approx(1200 / 21)
+    assert row["energy_per_request_j"] == pytest.approx(1200 / 12)
+    j_per_token = row["avg_power_w"] / row["output_tokens_per_s"]
+    assert abs(j_per_token - row["energy_per_output_token_j"]) / j_per_token < 1e-3
+    # Each value lies inside its own interval.
+    for metric in ("energy_per_output_token_j", "output_tokens_per_s", "avg_power_w"):
+        assert row[f"{metric}_ci95_low"] <= row[metric] <= row[f"{metric}_ci95_high"]
+
+
+def test_no_negative_lower_bound_for_positive_quantities():
+    # Three non-stationary cycles (durations 17.5, 8.3, 1.75 s): a symmetric t-interval
+    # gives a duration of -10.4 s at its low end.
+    cycles = [{"duration_s": d, "output_tokens": 100, "total_energy_j": 10.0 * d, "requests": 4,
+               "ttft_ms_p50": d * 300.0, "idle_power_w": 1.0 + d}
+              for d in (17.5, 8.3, 1.75)]
+    row = summarise(pd.DataFrame(_cycles("aaaaaaaaaaa1", cycles)), None).iloc[0]
+    assert row["duration_s"] == pytest.approx(np.mean([17.5, 8.3, 1.75]))
+    positive = [c.name for c in schema.aggregated() if c.positive and c.interval]
+    checked = [m for m in positive if not pd.isna(row[m])]
+    assert {"duration_s", "energy_per_output_token_j", "ttft_ms_p50", "output_tokens_per_s"} <= set(checked)
+    for metric in checked:
+        assert 0 < row[f"{metric}_ci95_low"] <= row[metric] <= row[f"{metric}_ci95_high"], metric
+    # A quantity that may be negative (net energy) keeps the symmetric interval.
+    values = [-1.0, 0.5, 2.0]
+    stats = ratio_of_sums(pd.Series(["c"] * 3), pd.Series(values), pd.Series([1.0] * 3),
+                          pd.Index(["c"]), positive=False)
+    assert stats["low"][0] == pytest.approx(mean_ci(values)[2])
+
+
+def test_positive_interval_with_a_zero_cycle_is_clipped_at_zero():
+    stats = ratio_of_sums(pd.Series(["c"] * 3), pd.Series([1.5, 0.0, 0.14]),
+                          pd.Series([1.0] * 3), pd.Index(["c"]), positive=True)
+    assert stats["value"][0] == pytest.approx(np.mean([1.5, 0.0, 0.14]))
+    assert stats["low"][0] == 0.0 and stats["high"][0] == pytest.approx(mean_ci([1.5, 0, 0.14])[3])
+
+
+def test_log_interval_matches_scipy_on_the_log_scale():
+    values = [2.0, 3.0, 5.0, 4.0]
+    stats = ratio_of_sums(pd.Series(["c"] * 4), pd.Series(values), pd.Series([1.0] * 4),
+                          pd.Index(["c"]), positive=True)
+    logs = np.log(values)
+    half = stats_t_half(logs)
+    assert stats["low"][0] == pytest.approx(np.mean(values) * np.exp(-half), rel=1e-3)
+    assert stats["high"][0] == pytest.approx(np.mean(values) * np.exp(half), rel=1e-3)
+
+
+def stats_t_half(values):
+    return stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+
+
+def test_server_metrics_are_per_cycle_metrics_not_settings():
+    # Server backends add per-cycle columns from /metrics; an undeclared column used to be
+    # taken for a setting, so the summary kept cycle 0's value (1.5).
+    cycles = [{"server_avg_batch_size": v, "server_max_batch_size": m, "server_metric_samples": 5,
+               "server_kv_cache_usage_pct_mean": 10.0 * v, "server_kv_cache_usage_pct_max": 20.0,
+               "output_tokens": 100, "duration_s": 1.0}
+              for v, m in ((1.5, 3.0), (0.0, 1.0), (0.14, 2.0))]
+    row = summarise(pd.DataFrame(_cycles("aaaaaaaaaaa1", cycles)), None).iloc[0]
+    assert row["server_avg_batch_size"] == pytest.approx(np.mean([1.5, 0.0, 0.14]))
+    assert row["server_max_batch_size"] == 3.0 and row["server_metric_samples"] == 15
+    assert row["server_kv_cache_usage_pct_mean"] == pytest.approx(np.mean([15.0, 0.0, 1.4]))
+    assert "server_avg_batch_size_ci95_low" in row
+    assert not any(schema.is_setting(c) for c in row.index if c.startswith("server_"))
+    assert row["max_num_seqs"] == 4  # a real setting stays
+
+
+def test_undeclared_column_is_never_a_setting():
+    runs = pd.DataFrame(_cycles("aaaaaaaaaaa1", [{"some_new_metric": 1.0}, {"some_new_metric": 2.0}]))
+    summary = summarise(runs, None)
+    assert "some_new_metric" not in summary.columns and "max_num_seqs" in summary.columns
+    assert schema.present_settings(runs) == ["max_num_seqs"]
+
+
+def test_every_per_cycle_metric_is_aggregated():
+    summary = summarise(pd.DataFrame(_runs("aaaaaaaaaaa1", [0.1, 0.2])), None)
+    for col in schema.aggregated():
+        assert (col.name in summary.columns) == (col.optional is None), col.name
+
+
+def test_summary_csv_writes_list_columns_as_text(tmp_path):
+    from llm_energy.analysis.summary import Aggregation, write_summary
+
+    runs = pd.DataFrame(_runs("aaaaaaaaaaa1", [0.1, 0.2]))
+    runs["warnings"] = [["a"], ["b"]]
+    runs["mlenergy_flags"] = [["request_success"], []]
+    runs["mlenergy_valid"] = [False, True]
+    summary = summarise(runs, None)
+    assert summary.loc[0, "mlenergy_valid"] is False
+    write_summary(Aggregation(summary, runs), tmp_path / "s.parquet", tmp_path / "s.csv")
+    row = pd.read_csv(tmp_path / "s.csv").iloc[0]
+    assert row["warnings"] == "a | b" and row["mlenergy_flags"] == "request_success"
+    assert list(pd.read_parquet(tmp_path / "s.parquet").loc[0, "mlenergy_flags"]) == ["request_success"]

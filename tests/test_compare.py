@@ -73,3 +73,15 @@ def test_cli_writes_csv(tmp_path):
     marked = table[table["significant"] == True]  # noqa: E712
     assert list(marked["cell_id_before"]) == ["c2"]
     assert list(marked["metric"]) == ["energy_per_output_token_j"]
+
+
+def test_compare_on_settings_ignores_per_cycle_server_metrics():
+    # Server backends add per-cycle `server_*` columns; they are metrics, not settings, so
+    # two studies of the same configuration match whatever the server's gauges read.
+    before = study({"c1": (1.0, 0.9, 1.1)}).assign(server_avg_batch_size=1.5,
+                                                    server_metric_samples=12)
+    after = study({"zz": (2.0, 1.9, 2.1)}).assign(server_avg_batch_size=0.55,
+                                                   server_metric_samples=9)
+    diff = compare(before, after, ["energy_per_output_token_j"], on="settings")
+    assert len(diff) == 1 and diff.iloc[0]["metric"] == "energy_per_output_token_j"
+    assert diff.iloc[0]["settings"] == "batch_size=1"

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import dry_run_jobs, run_snakemake, small_study, write_config
 
+from llm_energy.results import schema
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +44,9 @@ def test_runs_parquet_contract(study_run):
         for name, dtype in RUN_COLUMNS.items():
             assert table.schema.field(name).type == dtype, name
         assert "batch_size" in table.column_names and "dtype" in table.column_names
+        # Every column written is declared in the column registry or is a setting.
+        assert [c for c in table.column_names
+                if schema.column(c) is None and not schema.is_setting(c)] == []
         runs = table.to_pandas()
         assert len(runs) == cycles and (runs["status"] == "ok").all()
         assert (runs["schema_version"] == 1).all()
@@ -69,7 +73,7 @@ def test_requests_and_timeseries(study_run):
     n_out = study["workload"]["output_tokens"]
     for d in cell_dirs(workdir):
         requests = pq.read_table(d / "requests.parquet")
-        assert set(REQUEST_COLUMNS) <= set(requests.column_names)
+        assert set(REQUEST_COLUMNS) <= set(requests.column_names) <= set(schema.REQUESTS)
         req = requests.to_pandas()
         assert len(req) == study["workload"]["num_prompts"] * study["measurement"]["cycles"]
         assert (req["output_tokens"] == n_out).all()
@@ -81,7 +85,7 @@ def test_requests_and_timeseries(study_run):
         for _, run in runs.iterrows():
             assert per_cycle[run["cycle"]] == pytest.approx(run["total_energy_j"], rel=1e-3)
         ts = pq.read_table(d / "timeseries.parquet")
-        assert set(TIMESERIES_COLUMNS) <= set(ts.column_names)
+        assert set(TIMESERIES_COLUMNS) <= set(ts.column_names) <= set(schema.TIMESERIES)
         frame = ts.to_pandas()
         assert (frame["device"] == "cpu").all() and len(frame) > 5
         assert set(frame["phase"]) >= {"load", "cycle0"}
@@ -104,6 +108,12 @@ def test_summary_figure_report(study_run):
     summary = pd.read_parquet(results / "summary.parquet")
     assert len(summary) == 2 and (summary["cycles"] == 2).all()
     assert (summary["energy_per_output_token_j_ci95_low"] <= summary["energy_per_output_token_j"]).all()
+    # Ratios of sums: J/token = W ÷ (tokens/s); no negative low bound for a positive quantity.
+    ratio = summary["avg_power_w"] / summary["output_tokens_per_s"]
+    assert ((ratio - summary["energy_per_output_token_j"]).abs() <= 1e-3 * ratio).all()
+    for col in schema.aggregated():
+        if col.positive and col.interval and f"{col.name}_ci95_low" in summary:
+            assert (summary[f"{col.name}_ci95_low"].dropna() >= 0).all(), col.name
     assert (results / "summary.csv").read_text().count("\n") == 3
     for fmt in ("pdf", "png", "svg"):
         assert (results / "figures" / f"energy_vs_throughput.{fmt}").stat().st_size > 1000

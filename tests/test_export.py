@@ -14,11 +14,28 @@ REQUIRED = ("energy_per_token_joules", "energy_per_request_joules", "avg_power_w
             "num_gpus", "model_id", "nickname", "max_num_batched_tokens")
 
 # Leaderboard field → summary column it must equal.
-EQUAL = {"avg_power_watts": "avg_power_w", "median_itl_ms": "itl_ms_p50",
+EQUAL = {"median_itl_ms": "itl_ms_p50",
          "p90_itl_ms": "itl_ms_p90", "p95_itl_ms": "itl_ms_p95", "p99_itl_ms": "itl_ms_p99",
-         "output_throughput_tokens_per_sec": "output_tokens_per_s",
          "avg_batch_size": "avg_batch_size", "total_energy_joules": "steady_state_energy_j",
          "steady_state_duration_seconds": "steady_state_duration_s"}
+# Fields of the energy window (`llm_energy.energy_window`): window → summary column.
+WINDOWED = {
+    "energy_per_token_joules": {"steady_state": "steady_state_energy_per_output_token_j",
+                                "cycle": "energy_per_output_token_j"},
+    "avg_power_watts": {"steady_state": "steady_state_avg_power_w", "cycle": "avg_power_w"},
+    "output_throughput_tokens_per_sec": {"steady_state": "steady_state_output_tokens_per_s",
+                                         "cycle": "output_tokens_per_s"},
+}
+
+
+def check_windowed(config: dict, row: pd.Series) -> None:
+    """Energy per token, power and throughput from the same window, equal to the summary's,
+    so that J/token = W ÷ (tokens/s) within 0.1%."""
+    window = config["llm_energy"]["energy_window"]
+    for field, columns in WINDOWED.items():
+        assert config[field] == pytest.approx(row[columns[window]]), field
+    ratio = config["avg_power_watts"] / config["output_throughput_tokens_per_sec"]
+    assert abs(ratio - config["energy_per_token_joules"]) <= 1e-3 * ratio
 
 
 def summary_table() -> pd.DataFrame:
@@ -32,12 +49,13 @@ def summary_table() -> pd.DataFrame:
          "steady_state_energy_per_output_token_j_ci95_low": 0.65,
          "steady_state_energy_per_output_token_j_ci95_high": 0.75,
          "steady_state_energy_j": 420.0, "steady_state_duration_s": 25.0, "avg_power_w": 310.0,
+         "steady_state_avg_power_w": 16.8, "steady_state_output_tokens_per_s": 24.0,
          "itl_ms_p50": 20.0, "itl_ms_p90": 25.0, "itl_ms_p95": 28.0, "itl_ms_p99": 40.0,
          "output_tokens_per_s": 32.0, "avg_batch_size": 7.5},
         # CPU cell that never reached a steady state: whole-cycle energy, not stable.
         {**base, "cell_id": "aaaaaaaaaaa2", "model": "llama", "backend": "transformers",
          "batch_size": 4, "device": "cpu", "device_name": "Some CPU", "energy_source": "estimate",
-         "cpu_energy_j": 90.0, "energy_per_output_token_j": 0.3,
+         "cpu_energy_j": 90.0, "energy_per_output_token_j": 1.25,
          "steady_state_energy_per_output_token_j": None, "steady_state_energy_j": None,
          "steady_state_duration_s": None, "avg_power_w": 15.0, "itl_ms_p50": 50.0,
          "itl_ms_p90": 60.0, "itl_ms_p95": 61.0, "itl_ms_p99": 70.0, "output_tokens_per_s": 12.0,
@@ -68,6 +86,7 @@ def test_fields_and_values_equal_the_summary(tmp_path):
             want = row[column]
             assert config[field] == (None if pd.isna(want) else pytest.approx(want)), field
         assert config["model_id"] == "llama"
+        check_windowed(config, row)
     gpu, cpu = configs["aaaaaaaaaaa1"], configs["aaaaaaaaaaa2"]
     # ML.ENERGY's energy per token is the steady state's; per request = that × mean output.
     assert gpu["energy_per_token_joules"] == pytest.approx(0.7)
@@ -77,7 +96,7 @@ def test_fields_and_values_equal_the_summary(tmp_path):
     assert gpu["gpu_model"] == "NVIDIA H100 80GB HBM3" and gpu["num_gpus"] == 2
     assert gpu["max_num_seqs"] == 8 and gpu["is_stable"] is True
     assert gpu["llm_energy"]["energy_measured"] is True and gpu["llm_energy"]["energy_scope"] == "gpu"
-    assert cpu["energy_per_token_joules"] == pytest.approx(0.3)
+    assert cpu["energy_per_token_joules"] == pytest.approx(1.25)
     assert cpu["llm_energy"]["energy_window"] == "cycle"
     assert cpu["gpu_model"] is None and cpu["num_gpus"] == 0 and cpu["max_num_seqs"] == 4
     assert cpu["is_stable"] is False
@@ -123,3 +142,28 @@ def test_study_named_index_does_not_overwrite_the_index(tmp_path):
     paths = write_mlenergy(summary_table(), tmp_path, "index")
     assert [p.name for p in paths] == ["index.json", "index_task.json"]
     assert "tasks" in json.loads(paths[0].read_text())
+
+
+def test_export_uses_the_summarys_ratios_of_sums():
+    """From runs to export: cycles at very different rates (the mean of per-cycle rates is
+    far from total tokens ÷ total time); the export's J/token = W ÷ (tokens/s)."""
+    from llm_energy.analysis.summary import summarise
+    from llm_energy.results.io import RUN_COLUMNS
+
+    rows = []
+    for k, (tokens, duration, power) in enumerate(((1000, 1.0, 200.0), (100, 10.0, 50.0),
+                                                   (100, 10.0, 50.0))):
+        row = {name: None for name in RUN_COLUMNS}
+        row.update(schema_version=1, cell_id="aaaaaaaaaaa1", cycle=k, model="m", backend="vllm",
+                   device="cpu", status="ok", warnings=[], energy_source="estimate",
+                   max_num_seqs=4, output_tokens=tokens, duration_s=duration,
+                   total_energy_j=power * duration, requests=4,
+                   steady_state_output_tokens=tokens // 2, steady_state_duration_s=duration / 2,
+                   steady_state_energy_j=power * duration / 2 * (1 + k))
+        rows.append(row)
+    summary = summarise(pd.DataFrame(rows), None)
+    _, doc = to_mlenergy(summary, "t")
+    config, row = doc["configurations"][0], summary.iloc[0]
+    assert config["llm_energy"]["energy_window"] == "steady_state"
+    check_windowed(config, row)
+    assert config["energy_per_token_joules"] == pytest.approx((100 + 500 + 750) / 600)

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from test_report_browser import png_size
 
+from llm_energy.analysis import figures
+from llm_energy.analysis.cell_figures import draw_cells, power_timeseries
 from llm_energy.analysis.figures import (
     FIGURES,
     FORMATS,
-    draw_cells,
     draw_study,
     pareto_cells,
     pareto_front,
-    power_timeseries,
 )
 
 
@@ -175,3 +175,23 @@ def test_power_figures_of_unchanged_cells_are_reused_and_changed_ones_redrawn(tm
     assert logged[0] == "drawing 2 power figure(s), 2 unchanged (cached)"
     assert (out / "power" / "c1.png").read_bytes() != first_png
     assert len(list(cache.glob("c1-*.png"))) == 1
+
+
+def test_error_bars_never_below_zero(tmp_path, monkeypatch):
+    # Intervals of a positive quantity that reach below zero (a symmetric t-interval over
+    # non-stationary cycles, as older summaries have) are drawn from zero at the lowest.
+    summary = small_summary(failed=False)
+    summary["energy_per_output_token_j_ci95_low"] = -summary["energy_per_output_token_j"]
+    summary["output_tokens_per_s_ci95_low"] = -10.0
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    figures.energy_vs_throughput(summary, tmp_path / "t")
+    figures.energy_throughput_vs_batch(summary, tmp_path / "b")
+    lowest = []
+    for fig in drawn:
+        for ax in fig.axes:
+            for collection in ax.collections:
+                for segment in getattr(collection, "get_segments", lambda: [])():
+                    lowest.append(np.min(np.asarray(segment)[:, 1]))
+                    lowest.append(np.min(np.asarray(segment)[:, 0]))
+    assert lowest and min(lowest) >= 0

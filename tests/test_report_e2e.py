@@ -10,7 +10,7 @@ import zipfile
 import pandas as pd
 import pytest
 from conftest import run_snakemake, small_study, write_config
-from test_export import EQUAL, REQUIRED
+from test_export import EQUAL, REQUIRED, check_windowed
 from test_figures import check_figure_files
 from test_report_browser import Chromium, needs_chromium, png_size
 
@@ -56,9 +56,7 @@ def test_export_equals_summary(study):
         for field, column in EQUAL.items():
             want = row[column]
             assert config[field] == (None if pd.isna(want) else pytest.approx(want)), field
-        assert config["energy_per_token_joules"] == pytest.approx(
-            row["steady_state_energy_per_output_token_j"]
-            if config["llm_energy"]["energy_window"] == "steady_state" else row["energy_per_output_token_j"])
+        check_windowed(config, row)
         assert config["max_num_seqs"] == row["batch_size"]
         assert config["llm_energy"]["energy_source"] == "estimate"
         assert config["llm_energy"]["energy_measured"] is False

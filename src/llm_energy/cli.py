@@ -48,6 +48,28 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_contract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.results.contract import render
+
+    path = Path(args.path)
+    current = path.read_text()
+    text = render(current)
+    if args.check:
+        if text != current:
+            print(f"llm-energy: {path} is stale: run `llm-energy data-contract --write {path}`",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.write:
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _stale(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -92,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", action="append",
                    help="a summary metric to compare (repeatable; default: the headline metrics)")
     p.set_defaults(func=_compare)
+    p = sub.add_parser("data-contract", help="docs/data-contract.md with its column tables "
+                       "regenerated from the column registry (the prose is kept)")
+    p.add_argument("path", nargs="?", default="docs/data-contract.md",
+                   help="the document (template and target; default: docs/data-contract.md)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the file in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
+    p.set_defaults(func=_data_contract)
     p = sub.add_parser("stale", help="list cells measured with other code or package versions "
                        "than the current ones (Snakemake does not track package code)")
     p.add_argument("--results", default="results", help="the results folder (default: results)")

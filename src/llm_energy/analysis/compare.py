@@ -15,10 +15,10 @@ from typing import Iterable
 
 import pandas as pd
 
-DEFAULT_METRICS = (
-    "energy_per_output_token_j", "energy_per_request_j", "output_tokens_per_s", "avg_power_w",
-    "itl_ms_p50", "itl_ms_p90", "itl_ms_p99", "ttft_ms_p50", "ttft_ms_p90", "e2e_ms_p50",
-)
+from llm_energy.results import schema
+
+#: The registry's columns marked `compare`.
+DEFAULT_METRICS = schema.compare_metrics()
 
 COLUMNS = ("cell_id_before", "cell_id_after", "model", "backend", "settings", "metric",
            "before", "after", "diff", "rel_diff_pct", "before_ci95_low", "before_ci95_high",
@@ -46,9 +46,9 @@ def _key(value) -> str:
 
 
 def _settings_key(summary: pd.DataFrame) -> list[str]:
-    from llm_energy.analysis.report import _settings_columns
-
-    return ["model", "backend", *_settings_columns(summary)]
+    """Model, backend and the registry's settings (never a metric the registry does not
+    list, such as a backend's extra per-cycle columns)."""
+    return ["model", "backend", *schema.present_settings(summary)]
 
 
 def compare(before: pd.DataFrame, after: pd.DataFrame, metrics: Iterable[str] = DEFAULT_METRICS,

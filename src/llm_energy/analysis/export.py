@@ -8,6 +8,9 @@ measures the same thing:
 - `energy_per_token_joules`: steady-state energy per output token (ML.ENERGY's headline:
   energy in the window where the batch is full / output tokens in it); where a cell never
   reached a steady state, the whole-cycle figure, and `energy_window` says which.
+- `avg_power_watts`, `output_throughput_tokens_per_sec`: energy ÷ time and tokens ÷ time of the
+  same window (ratios of sums over the cycles, as in the summary), so energy per token =
+  power ÷ throughput exactly, as in ML.ENERGY's data.
 - `energy_per_request_joules`: `energy_per_token_joules` × mean output length (their rule).
 - `total_energy_joules`: the steady-state window's energy (their `steady_state_energy`).
 - `median_itl_ms`, `p90/p95/p99_itl_ms`: inter-token latency percentiles (mean over cycles).
@@ -31,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from llm_energy.results import schema
+
 # The leaderboard's configuration fields, in its order, then the ones this pipeline adds
 # from the ML.ENERGY dataset schema.
 MLENERGY_FIELDS = (
@@ -42,15 +47,11 @@ MLENERGY_FIELDS = (
     "num_requests", "duration_seconds", "steady_state_duration_seconds", "is_stable",
 )
 
-# Field → summary column, for the fields copied as they are.
-DIRECT = {
-    "median_itl_ms": "itl_ms_p50", "p90_itl_ms": "itl_ms_p90", "p95_itl_ms": "itl_ms_p95",
-    "p99_itl_ms": "itl_ms_p99", "output_throughput_tokens_per_sec": "output_tokens_per_s",
-    "avg_batch_size": "avg_batch_size", "avg_power_watts": "avg_power_w",
-    "total_energy_joules": "steady_state_energy_j", "total_output_tokens": "output_tokens",
-    "num_requests": "requests", "duration_seconds": "duration_s",
-    "steady_state_duration_seconds": "steady_state_duration_s",
-}
+# Field → {energy window (None: either) → summary column}, from the column registry's
+# export names. Energy per token, power and throughput come from the same window, so
+# energy_per_token_joules = avg_power_watts ÷ output_throughput_tokens_per_sec exactly (as
+# in ML.ENERGY's data, where all three are the steady state's).
+EXPORTED = schema.export_columns()
 
 # The leaderboard's stability rule: ml-energy/data, mlenergy_data/records/runs.py
 # (`_llm_stability_status`, `_stability_map_for_scoped_runs`), commit
@@ -86,11 +87,18 @@ def max_num_seqs(row: pd.Series) -> int | None:
     return None
 
 
+def _window_column(field: str, window: str) -> str:
+    by_window = EXPORTED[field]
+    return by_window.get(window) or by_window[None]
+
+
 def energy_per_token(row: pd.Series) -> tuple[float | None, str]:
-    steady = _value(row.get("steady_state_energy_per_output_token_j"))
+    """(energy per output token, window): the steady state's where the cell reached one,
+    else the whole cycle's."""
+    steady = _value(row.get(_window_column("energy_per_token_joules", "steady_state")))
     if steady is not None:
         return float(steady), "steady_state"
-    return _value(row.get("energy_per_output_token_j")), "cycle"
+    return _value(row.get(_window_column("energy_per_token_joules", "cycle"))), "cycle"
 
 
 def stability(row: pd.Series) -> tuple[bool, str]:
@@ -151,8 +159,8 @@ def configuration(row: pd.Series, settings: list[str],
         "energy_per_request_joules": energy * out_len / n_req
         if energy is not None and out_len is not None and n_req else None,
     }
-    for field, column in DIRECT.items():
-        config[field] = _value(row.get(column))
+    for field in EXPORTED:
+        config[field] = _value(row.get(_window_column(field, window)))
     config["is_stable"] = stable
     config = {f: config.get(f) for f in MLENERGY_FIELDS}
     source = _value(row.get("energy_source"))
@@ -165,10 +173,9 @@ def configuration(row: pd.Series, settings: list[str],
         "energy_scope": "+".join(d for d in ("gpu", "cpu", "dram")
                                  if _value(row.get(f"{d}_energy_j")) is not None),
         "unstable_reason": why or None, "cycles": _int(row.get("cycles")),
-        "energy_per_token_joules_ci95": _ci(row, "steady_state_energy_per_output_token_j"
-                                            if window == "steady_state" else "energy_per_output_token_j"),
-        "median_itl_ms_ci95": _ci(row, "itl_ms_p50"),
-        "output_throughput_tokens_per_sec_ci95": _ci(row, "output_tokens_per_s"),
+        **{f"{field}_ci95": _ci(row, _window_column(field, window))
+           for field in ("energy_per_token_joules", "median_itl_ms",
+                         "output_throughput_tokens_per_sec")},
     }
     return config
 
@@ -179,11 +186,7 @@ def _ci(row: pd.Series, metric: str) -> list[float] | None:
 
 
 def _settings(summary: pd.DataFrame) -> list[str]:
-    from llm_energy.analysis.report import (
-        _settings_columns,  # the report's notion of "a swept axis"
-    )
-
-    return _settings_columns(summary)
+    return schema.present_settings(summary)
 
 
 def to_mlenergy(summary: pd.DataFrame, task: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,28 +17,13 @@ from typing import Any, Iterable
 import pandas as pd
 
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
-from llm_energy.analysis.summary import HEADLINE_METRICS
+from llm_energy.results import schema
 
-# (metric, header, digits, kind): kind says where the number comes from — "energy" (the
-# cell's energy source: measured or estimate), "timing" (measured with the host clock),
-# "flops" (analytic FLOP count / measured time: an estimate).
-TABLE_COLUMNS = (
-    ("energy_per_output_token_j", "J/token", 4, "energy"),
-    ("output_tokens_per_s", "tokens/s", 1, "timing"),
-    ("itl_ms_p50", "ITL p50 (ms)", 2, "timing"), ("itl_ms_p95", "ITL p95 (ms)", 2, "timing"),
-    ("ttft_ms_p50", "TTFT p50 (ms)", 1, "timing"), ("e2e_ms_p50", "E2E p50 (ms)", 1, "timing"),
-    ("avg_power_w", "power (W)", 2, "energy"), ("idle_power_w", "idle (W)", 2, "energy"),
-    ("energy_per_request_j", "J/request", 3, "energy"), ("avg_batch_size", "avg batch", 2, "timing"),
-    ("achieved_tflops", "TFLOP/s", 4, "flops"),
-)
-ITL_FILTER_PERCENTILES = (50, 90, 95, 99)
-_STAT_SUFFIXES = ("_std", "_ci95_low", "_ci95_high", "_pooled", "_boot95_low", "_boot95_high")
-_FIXED = {"cell_id", "model", "backend", "device", "device_name", "status", "error", "cycles",
-          "ci_note", "energy_source", "warnings", "output_tokens", "requests", "flops_per_token",
-          *HEADLINE_METRICS,
-          # Added to the summary after aggregation (aggregate.add_carbon_and_cost): not axes.
-          "energy_kwh_per_1k_tokens", "co2e_g_per_1k_tokens", "cost_per_1k_tokens",
-          "grid_intensity_g_per_kwh", "pue", "price_per_kwh", "currency"}
+# The report's table: the registry's columns with a `report` position, each with its label,
+# decimals and basis: "energy" (the cell's energy source: measured or estimate), "timing"
+# (measured with the host clock), "flops" (analytic FLOP count / measured time: an estimate).
+TABLE_COLUMNS = tuple((c.name, c.display, c.digits, c.basis) for c in schema.report_columns())
+ITL_FILTER_PERCENTILES = schema.PERCENTILES
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}
@@ -142,7 +127,8 @@ def _number(row: pd.Series, metric: str, digits: int, kind: str) -> str:
     text = _fmt(value, digits)
     low, high = row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
     if not _is_missing(low) and not _is_missing(high):
-        text += f' <span class="ci" title="95% CI across cycles (Student t)">± {_fmt((high - low) / 2, digits)}</span>'
+        text += (f' <span class="ci" title="95% interval across cycles (docs/methodology.md)">'
+                 f'({_fmt(low, digits)}–{_fmt(high, digits)})</span>')
     b_low, b_high = row.get(f"{metric}_boot95_low"), row.get(f"{metric}_boot95_high")
     if not _is_missing(b_low) and not _is_missing(b_high):
         text += (f' <span class="ci" title="pooled over requests {_fmt(row.get(f"{metric}_pooled"), digits)}; '
@@ -169,16 +155,16 @@ def _image(path: Path, caption: str | None = None) -> str:
 
 
 def _settings_columns(summary: pd.DataFrame) -> list[str]:
-    return [c for c in summary.columns
-            if c not in _FIXED and not c.endswith(_STAT_SUFFIXES) and summary[c].notna().any()]
+    """The swept and fixed settings with a value in some row (the registry's settings)."""
+    return schema.present_settings(summary)
 
 
 def _row_data(r: pd.Series) -> str:
     """Filter keys on a row: energy per token and the ITL percentiles."""
     attrs = [f'data-energy="{r["energy_per_output_token_j"]}"'] \
         if not _is_missing(r.get("energy_per_output_token_j")) else ['data-energy=""']
-    attrs += [f'data-itl-p{q}="{r.get(f"itl_ms_p{q}")}"' for q in ITL_FILTER_PERCENTILES
-              if not _is_missing(r.get(f"itl_ms_p{q}"))]
+    attrs += [f'data-itl-p{q}="{r.get(schema.percentile_column("itl", q))}"'
+              for q in ITL_FILTER_PERCENTILES if not _is_missing(r.get(schema.percentile_column("itl", q)))]
     return " ".join(attrs)
 
 
@@ -308,7 +294,9 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
     parts.append("<h2>Figures</h2>")
     parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
     parts.append("<h2>Configurations</h2>")
-    parts.append("<p>Mean across cycles ± half-width of the 95% confidence interval (Student t); "
+    parts.append("<p>Value over all cycles (ratios of sums: total energy ÷ total tokens, ...) "
+                 "and, in parentheses, its 95% interval across cycles (Student t on the log scale "
+                 "for positive quantities, so it never goes below zero); "
                  "latency percentiles also show a 95% bootstrap interval over requests in brackets. "
                  '<span class="badge measured">M</span> measured, <span class="badge estimate">E</span> '
                  "estimated (hover for the source). Click a column header to sort; the sliders hide "

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from llm_energy.backends.base import RequestRecord
+from llm_energy.results.schema import PERCENTILES  # noqa: F401 - the registry's percentiles
 from llm_energy.telemetry.integrate import coverage, integrate_power, max_gap_s  # noqa: F401
-
-PERCENTILES = (50, 90, 95, 99)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

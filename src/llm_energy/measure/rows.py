@@ -11,6 +11,7 @@ from typing import Any
 from llm_energy.backends import RequestRecord, is_server
 from llm_energy.measure import metrics, mlenergy
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
+from llm_energy.results.schema import percentile_column
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
 
@@ -172,7 +173,7 @@ class RowBuilder:
                              ("e2e", [metrics.e2e_ms(r) for r in ok])):
             clean = [v for v in values if v is not None]
             for q in metrics.PERCENTILES:
-                row[f"{name}_ms_p{q}"] = metrics.percentile(clean, q)
+                row[percentile_column(name, q)] = metrics.percentile(clean, q)
         return row, request_rows
 
     def _steady_state_rule(self) -> str:

@@ -1,4 +1,4 @@
-"""Results: the data contract (column registry) and its Parquet I/O."""
+"""Results: the data contract (column registry, `schema`) and its Parquet I/O (`io`)."""
 
 from llm_energy.results.io import (  # noqa: F401
     CELL_FILES,

@@ -17,9 +17,6 @@ import psutil
 
 from llm_energy.telemetry.meters.estimate import busy_core_seconds
 
-TIMESERIES_COLUMNS = ("t_s", "device", "power_w", "power_source", "temperature_c",
-                      "utilization_pct", "memory_mb", "sm_clock_mhz", "throttle_reasons")
-
 
 @dataclass
 class Sample:

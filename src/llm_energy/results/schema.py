@@ -1,0 +1,376 @@
+"""The column registry: one declaration per column of every file this project writes.
+
+Each `Column` says its name, Arrow type, unit, kind, how the summary aggregates it across a
+cell's cycles, its display label and number format, its ML.ENERGY export name and a one-line
+meaning. The Parquet writers (`results.io`), the summary, the report table, `compare`, the
+ML.ENERGY export and docs/data-contract.md (`llm-energy data-contract`) all derive from here:
+adding a column is one declaration.
+
+Cell settings are the fields of the backend configurations (`setting_names`); a column that
+is neither declared here nor a setting is carried in the files but never treated as a setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from typing import Any, Iterable, get_args
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+#: Latency metrics with per-request values, and the percentiles every file and view reports.
+LATENCIES = {"ttft": "time to first token", "itl": "inter-token latency (every gap)",
+             "tpot": "time per output token after the first", "e2e": "end-to-end latency"}
+PERCENTILES = (50, 90, 95, 99)
+
+
+def percentile_column(latency: str, q: int) -> str:
+    """`ttft`, 50 → `ttft_ms_p50`."""
+    return f"{latency}_ms_p{q}"
+
+
+class Kind(str, Enum):
+    KEY = "key"
+    SETTING = "setting"
+    METRIC = "per-cycle metric"
+    REQUEST = "per-request"
+    TIMESERIES = "time series"
+    STATUS = "provenance/status"
+    SUMMARY = "summary"
+
+
+@dataclass(frozen=True)
+class Agg:
+    """How cycles aggregate into the summary. `mean`, `ratio` and `weighted` are all a ratio
+    of sums over the cell's successful cycles: mean = Σx / n; ratio = Σnum / Σden;
+    weighted = Σ(x·w) / Σw. `first`, `max`, `sum`, `join` (sep), `union` (of lists) and `all`
+    (of booleans, over the successful cycles) are what they say."""
+
+    how: str
+    num: str | None = None
+    den: str | None = None
+    sep: str = ""
+
+    def describe(self, name: str) -> str:
+        if self.how == "ratio":
+            return f"Σ`{self.num}` ÷ Σ`{self.den}`"
+        if self.how == "weighted":
+            return f"Σ(`{name}`·`{self.den}`) ÷ Σ`{self.den}`"
+        if self.how == "join":
+            return f"distinct values joined by `{self.sep}`"
+        return {"mean": "mean", "first": "first", "max": "max", "sum": "sum",
+                "union": "union of all cycles'", "all": "true when every cycle's is"}[self.how]
+
+
+FIRST, MEAN, MAX, SUM, UNION, ALL = (Agg("first"), Agg("mean"), Agg("max"), Agg("sum"),
+                                     Agg("union"), Agg("all"))
+
+
+def ratio(num: str, den: str) -> Agg:
+    return Agg("ratio", num, den)
+
+
+def weighted(weight: str) -> Agg:
+    return Agg("weighted", den=weight)
+
+
+def join(sep: str) -> Agg:
+    return Agg("join", sep=sep)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pa.DataType | None
+    kind: Kind
+    unit: str
+    description: str
+    #: Aggregation into summary.parquet; None: not in the summary.
+    agg: Agg | None = None
+    #: The summary adds `_std`, `_ci95_low`, `_ci95_high` (docs/methodology.md).
+    interval: bool = False
+    #: Positive by nature: its interval is taken on the log scale, so it stays positive.
+    positive: bool = False
+    label: str | None = None
+    digits: int = 3
+    #: Where the number comes from, for the report's badge: energy (the cell's energy
+    #: source), timing (host clock) or flops (analytic count ÷ measured time).
+    basis: str = "timing"
+    #: Position in the report's table (None: not shown there).
+    report: int | None = None
+    #: A default metric of `llm-energy compare`.
+    compare: bool = False
+    #: ML.ENERGY leaderboard field, and the energy window it belongs to (None: either).
+    export: str | None = None
+    export_window: str | None = None
+    #: Written only by some backends (then the column is absent elsewhere).
+    optional: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+_F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+M, K, ST = Kind.METRIC, Kind.KEY, Kind.STATUS
+_E = {"basis": "energy"}
+
+
+def _energy(domain: str) -> list[Column]:
+    return [Column(f"{domain}_energy_j", _F, M, "J", f"{domain.upper()} energy of the cycle window",
+                   MEAN, True, True, **_E),
+            Column(f"{domain}_energy_source", _S, ST, "",
+                   f"source of `{domain}_energy_j` (`nvml-counter`, `amdsmi`, `nvml-power`, "
+                   "`rapl`, `estimate`); null where absent")]
+
+
+_REPORT = {(l_, q): r for r, l_, q in ((3, "itl", 50), (4, "itl", 95), (5, "ttft", 50), (6, "e2e", 50))}
+_COMPARE = {("itl", 50), ("itl", 90), ("itl", 99), ("ttft", 50), ("ttft", 90), ("e2e", 50)}
+_EXPORT = {("itl", 50): "median_itl_ms", **{("itl", q): f"p{q}_itl_ms" for q in (90, 95, 99)}}
+
+
+def _percentiles() -> list[Column]:
+    return [Column(percentile_column(lat, q), _F, M, "ms",
+                   f"p{q} of the cycle's {meaning} over its successful requests", MEAN, True, True,
+                   label=f"{lat.upper()} p{q} (ms)", digits=1 if lat in ("ttft", "e2e") else 2,
+                   report=_REPORT.get((lat, q)), compare=(lat, q) in _COMPARE,
+                   export=_EXPORT.get((lat, q)))
+            for lat, meaning in LATENCIES.items() for q in PERCENTILES]
+
+
+def _declare(columns: Iterable[Column]) -> dict[str, Column]:
+    out: dict[str, Column] = {}
+    for c in columns:
+        assert c.name not in out, c.name
+        out[c.name] = c
+    return out
+
+
+#: runs.parquet: one row per measured cycle (a failed cell: one row with its error).
+RUNS = _declare([
+    Column("schema_version", _I, ST, "", "version of this contract"),
+    Column("cell_id", _S, K, "", "hash of what the cell measures", FIRST),
+    Column("cycle", _I, K, "", "cycle number from 0 (null in a failed cell's row)"),
+    Column("model", _S, K, "", "model name from the study", FIRST),
+    Column("backend", _S, K, "", "backend name", FIRST),
+    Column("device", _S, ST, "", "`cpu` or `cuda`", FIRST),
+    Column("device_name", _S, ST, "", "CPU or GPU model", FIRST),
+    Column("status", _S, ST, "", "`ok` or `failed`"),
+    Column("error", _S, ST, "", "why the cell failed", join("; ")),
+    Column("warnings", pa.list_(_S), ST, "", "validity flags", UNION),
+    *_energy("gpu"), *_energy("cpu"), *_energy("dram"),
+    Column("total_energy_j", _F, M, "J", "sum of the domains measured (null when any failed in "
+           "the window: see `warnings`)", MEAN, True, True, **_E),
+    Column("energy_source", _S, ST, "", "the domains' sources joined with `+`", join("+")),
+    Column("idle_power_w", _F, M, "W", "power with the model loaded and idle (baseline)", MEAN,
+           True, True, label="idle (W)", digits=2, report=8, **_E),
+    Column("net_energy_j", _F, M, "J", "`total_energy_j − idle_power_w × duration_s`", MEAN, True,
+           **_E),
+    Column("duration_s", _F, M, "s", "cycle window length", MEAN, True, True,
+           export="duration_seconds"),
+    Column("steady_state_duration_s", _F, M, "s", "length of the steady-state window by "
+           "`steady_state_rule` (null when there is none or it is empty)", MEAN, True, True,
+           export="steady_state_duration_seconds"),
+    Column("steady_state_energy_j", _F, M, "J", "energy of the steady-state window", MEAN, True,
+           True, export="total_energy_joules", **_E),
+    Column("steady_state_output_tokens", _I, M, "tokens", "output tokens in the steady-state "
+           "window", MEAN),
+    Column("cycle_start_s", _F, M, "s", "the cycle's start on the `timeseries.parquet` clock "
+           "(seconds from the start of model load)"),
+    Column("steady_state_start_s", _F, M, "s", "steady-state window start, seconds from the cycle "
+           "start (the clock of `requests.parquet`); null when never"),
+    Column("steady_state_end_s", _F, M, "s", "steady-state window end, same clock"),
+    Column("steady_state_rule", _S, ST, "", "`mlenergy` (ML.ENERGY's RequestTracker rule: opens "
+           "when `max_num_seqs` requests have their first token, closes when N − `max_num_seqs` − 1 "
+           "have finished) or `batch-full` (docs/methodology.md)", FIRST),
+    Column("avg_batch_size", _F, M, "requests", "time average of the running requests over the "
+           "steady window (ML.ENERGY's average batch); null without a window (older results: "
+           "the summary derives it from request times)", MEAN, True, True, label="avg batch",
+           digits=2, report=10, export="avg_batch_size"),
+    Column("mlenergy_flags", pa.list_(_S), ST, "", "ML.ENERGY's per-run checks that failed in "
+           "this cycle (`steady_state_duration`, `batch_size_saturation`, `metrics_valid`, "
+           "`power_range`, `temperature_range`, `output_length`, `request_success`)", UNION),
+    Column("mlenergy_valid", _B, ST, "", "true when none of ML.ENERGY's error-level checks failed",
+           ALL),
+    Column("input_tokens", _I, M, "tokens", "prompt tokens of the cycle's successful requests",
+           MEAN),
+    Column("output_tokens", _I, M, "tokens", "output tokens of the cycle's successful requests",
+           MEAN, export="total_output_tokens"),
+    Column("requests", _I, M, "", "requests sent in the cycle", MEAN, export="num_requests"),
+    Column("energy_per_output_token_j", _F, M, "J", "`total_energy_j ÷ output_tokens`",
+           ratio("total_energy_j", "output_tokens"), True, True, label="J/token", digits=4,
+           report=1, compare=True, export="energy_per_token_joules", export_window="cycle", **_E),
+    Column("energy_per_request_j", _F, M, "J", "`total_energy_j ÷ requests`",
+           ratio("total_energy_j", "requests"), True, True, label="J/request", report=9,
+           compare=True, **_E),
+    Column("output_tokens_per_s", _F, M, "tokens/s", "`output_tokens ÷ duration_s`",
+           ratio("output_tokens", "duration_s"), True, True, label="tokens/s", digits=1,
+           report=2, compare=True, export="output_throughput_tokens_per_sec",
+           export_window="cycle"),
+    Column("avg_power_w", _F, M, "W", "`total_energy_j ÷ duration_s`",
+           ratio("total_energy_j", "duration_s"), True, True, label="power (W)", digits=2,
+           report=7, compare=True, export="avg_power_watts", export_window="cycle", **_E),
+    *_percentiles(),
+    Column("flops_per_token", _F, M, "FLOP", "analytic forward FLOPs the engine needs for the "
+           "cycle, per output token (prefill included; LM head once per output token; MoE: "
+           "activated experts only; causal attention)", weighted("output_tokens")),
+    Column("achieved_tflops", _F, M, "TFLOP/s", "the cycle's FLOPs ÷ `duration_s`",
+           weighted("duration_s"), True, True, label="TFLOP/s", digits=4, basis="flops",
+           report=11),
+    Column("mfu", _F, M, "", "`achieved_tflops` ÷ the device's peak where known",
+           weighted("duration_s"), True, True, basis="flops"),
+    Column("peak_memory_mb", _F, M, "MiB", "peak resident memory (CPU) or device memory (GPU) "
+           "in the cycle", MAX),
+    Column("load_duration_s", _F, ST, "s", "model load time, measured apart from inference",
+           FIRST),
+    Column("load_energy_j", _F, ST, "J", "model load energy", FIRST, basis="energy"),
+    Column("warmup_runs", _I, ST, "", "warmup runs before the cycles", FIRST),
+    Column("idle_baseline", _S, ST, "", "`measured`, `cached` (re-validated cache hit) or "
+           "`disabled` (docs/methodology.md)", FIRST),
+    Column("gpu_power_integral_j", _F, M, "J", "GPU energy from integrated NVML power samples: "
+           "the cross-check of `nvml-counter` (null without NVML)", MEAN, basis="energy"),
+    Column("preflight_temperature_c", _F, ST, "°C", "hottest job GPU before loading (null "
+           "without NVML)", FIRST),
+    *(Column(name, dtype, M, unit, text, agg, interval, optional="server backends")
+      for name, dtype, unit, text, agg, interval in (
+          ("server_metric_samples", _I, "", "`/metrics` scrapes inside the cycle", SUM, False),
+          ("server_avg_batch_size", _F, "requests", "mean of the server's running-requests "
+           "gauge over the cycle's scrapes", MEAN, True),
+          ("server_max_batch_size", _F, "requests", "max of the running-requests gauge", MAX,
+           False),
+          ("server_kv_cache_usage_pct_mean", _F, "%", "mean KV-cache use over the scrapes", MEAN,
+           True),
+          ("server_kv_cache_usage_pct_max", _F, "%", "max KV-cache use", MAX, False))),
+])
+
+#: Per-cycle metrics the summary derives (from runs and requests) before aggregating.
+DERIVED = _declare([
+    Column("steady_state_energy_per_output_token_j", _F, M, "J", "`steady_state_energy_j ÷ "
+           "steady_state_output_tokens` (ML.ENERGY's headline)",
+           ratio("steady_state_energy_j", "steady_state_output_tokens"), True, True,
+           export="energy_per_token_joules", export_window="steady_state", **_E),
+    Column("steady_state_avg_power_w", _F, M, "W", "`steady_state_energy_j ÷ "
+           "steady_state_duration_s`", ratio("steady_state_energy_j", "steady_state_duration_s"),
+           True, True, export="avg_power_watts", export_window="steady_state", **_E),
+    Column("steady_state_output_tokens_per_s", _F, M, "tokens/s", "`steady_state_output_tokens ÷ "
+           "steady_state_duration_s`",
+           ratio("steady_state_output_tokens", "steady_state_duration_s"), True, True,
+           export="output_throughput_tokens_per_sec", export_window="steady_state"),
+])
+
+#: requests.parquet: one row per request per cycle.
+REQUESTS = _declare(Column(n, t, Kind.REQUEST, u, d) for n, t, u, d in (
+    ("schema_version", _I, "", "version of this contract"),
+    ("cell_id", _S, "", "the cell"), ("cycle", _I, "", "the cycle"),
+    ("request_id", _I, "", "index of the prompt in the workload"),
+    ("input_tokens", _I, "tokens", "prompt length"), ("output_tokens", _I, "tokens", "tokens returned"),
+    ("arrival_s", _F, "s", "sent, seconds from the cycle start"),
+    ("first_token_s", _F, "s", "first token received, same clock"),
+    ("finish_s", _F, "s", "last token received, same clock"),
+    ("ttft_ms", _F, "ms", "time to first token"),
+    ("tpot_ms", _F, "ms", "time per output token after the first"),
+    ("e2e_ms", _F, "ms", "end-to-end latency"),
+    ("itl_ms", pa.list_(_F), "ms", "every inter-token gap"),
+    ("energy_j", _F, "J", "the cycle's energy split over requests by the tokens each processed in "
+     "each interval; sums to `total_energy_j`"),
+    ("success", _B, "", "the request returned what was asked"),
+))
+
+#: timeseries.parquet: background telemetry, one row per device per tick.
+TIMESERIES = _declare(Column(n, t, Kind.TIMESERIES, u, d, optional=o) for n, t, u, d, o in (
+    ("schema_version", _I, "", "version of this contract", None),
+    ("cell_id", _S, "", "the cell", None),
+    ("t_s", _F, "s", "seconds from the start of model load", None),
+    ("device", _S, "", "`cpu`, `gpu0`, ..., or `server` for rows scraped from a server", None),
+    ("power_w", _F, "W", "power", None), ("power_source", _S, "", "source of `power_w`", None),
+    ("temperature_c", _F, "°C", "temperature", None),
+    ("utilization_pct", _F, "%", "utilisation", None), ("memory_mb", _F, "MiB", "memory used", None),
+    ("sm_clock_mhz", _F, "MHz", "SM clock", None),
+    ("phase", _S, "", "`load`, `idle`, `warmup`, `cycleN`, `between`", None),
+    ("throttle_reasons", _I, "", "NVML clock-event reason bits (null off NVIDIA)", None),
+    ("requests_running", _F, "requests", "server gauge: requests running", "server backends"),
+    ("requests_waiting", _F, "requests", "server gauge: requests waiting", "server backends"),
+    ("kv_cache_usage_pct", _F, "%", "server gauge: KV-cache use", "server backends"),
+))
+
+#: Columns only summary.parquet has (besides the aggregated ones and their statistics).
+SUMMARY = _declare(Column(n, t, Kind.SUMMARY, u, d) for n, t, u, d in (
+    ("cycles", _I, "", "successful cycles aggregated"),
+    ("ci_note", _S, "", "why there is no interval (fewer than 2 cycles)"),
+    ("energy_kwh_per_1k_tokens", _F, "kWh", "`energy_per_output_token_j` × 1000 ÷ 3.6e6 (and "
+     "its `_ci95_low`/`_ci95_high`)"),
+    ("co2e_g_per_1k_tokens", _F, "g", "kWh × PUE × grid intensity (and interval bounds)"),
+    ("cost_per_1k_tokens", _F, "currency", "kWh × PUE × price (and interval bounds)"),
+    ("grid_intensity_g_per_kwh", _F, "g/kWh", "factor used (`carbon:`)"),
+    ("pue", _F, "", "factor used"), ("price_per_kwh", _F, "currency/kWh", "factor used"),
+    ("currency", _S, "", "ISO 4217 code of the price"),
+))
+
+#: Statistics the summary adds per aggregated metric (suffix → meaning).
+INTERVAL_SUFFIXES = {"_std": "standard deviation of the per-cycle values",
+                     "_ci95_low": "95% interval, low bound", "_ci95_high": "95% interval, high bound"}
+BOOTSTRAP_SUFFIXES = {"_pooled": "percentile over all successful requests of the cell",
+                      "_boot95_low": "95% bootstrap interval over requests, low bound",
+                      "_boot95_high": "95% bootstrap interval over requests, high bound"}
+STAT_SUFFIXES = (*INTERVAL_SUFFIXES, *BOOTSTRAP_SUFFIXES)
+
+
+def arrow_columns(columns: dict[str, Column]) -> dict[str, pa.DataType]:
+    """Name → Arrow type of the columns every file of that kind has (not the optional ones)."""
+    return {n: c.dtype for n, c in columns.items() if c.optional is None and c.dtype is not None}
+
+
+def aggregated() -> list[Column]:
+    """Per-cycle metrics in the summary, in summary order (runs, then derived)."""
+    return [c for c in (*RUNS.values(), *DERIVED.values()) if c.kind is M and c.agg is not None]
+
+
+def column(name: str) -> Column | None:
+    """The declaration of a runs, derived or summary column (None when undeclared)."""
+    return RUNS.get(name) or DERIVED.get(name) or SUMMARY.get(name)
+
+
+def report_columns() -> list[Column]:
+    return sorted((c for c in (*RUNS.values(), *DERIVED.values()) if c.report is not None),
+                  key=lambda c: c.report)
+
+
+def compare_metrics() -> tuple[str, ...]:
+    return tuple(c.name for c in aggregated() if c.compare)
+
+
+def export_columns() -> dict[str, dict[str | None, str]]:
+    """ML.ENERGY field → {energy window (None: either) → summary column}."""
+    out: dict[str, dict[str | None, str]] = {}
+    for c in (*RUNS.values(), *DERIVED.values()):
+        if c.export:
+            out.setdefault(c.export, {})[c.export_window] = c.name
+    return out
+
+
+@lru_cache(maxsize=1)
+def setting_names() -> tuple[str, ...]:
+    """Every backend configuration field (except `enabled`): the columns that are settings.
+    Read from the study configuration's backend classes."""
+    from llm_energy.study.config import BackendsConfig
+
+    names: list[str] = []
+    for field in BackendsConfig.model_fields.values():
+        for cls in (field.annotation, *get_args(field.annotation)):
+            for name in getattr(cls, "model_fields", {}):
+                if name != "enabled" and name not in names:
+                    names.append(name)
+    return tuple(names)
+
+
+def is_setting(name: str) -> bool:
+    return name in setting_names()
+
+
+def present_settings(frame: Any) -> list[str]:
+    """Setting columns of a table (runs or summary) with a value in at least one row, in the
+    table's order."""
+    return [c for c in frame.columns if is_setting(c) and frame[c].notna().any()]
