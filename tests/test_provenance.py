@@ -9,11 +9,11 @@ import sys
 import types
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, VLLM_PYTHON
 
 from llm_energy.analysis.stale import measured_packages
 from llm_energy.execution import runner
-from llm_energy.measure import provenance
+from llm_energy.measure import fingerprint, provenance
 
 
 class _FakeNvml(types.ModuleType):
@@ -114,14 +114,102 @@ def test_without_nvml_there_are_no_gpus(monkeypatch):
     assert provenance.gpu_info() == {"gpus": [], "driver_version": None, "cuda_driver_version": None}
 
 
-def test_code_fingerprint_follows_the_sources(tmp_path, monkeypatch):
+def _package_copy(tmp_path):
     copy = tmp_path / "llm_energy"
-    shutil.copytree(provenance._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "_PACKAGE_ROOT", copy)
-    before = provenance.code_fingerprint()
+    shutil.copytree(fingerprint._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_code_fingerprint_follows_the_measured_code_only(tmp_path):
+    copy = _package_copy(tmp_path)
+    before = fingerprint.code_fingerprint(copy)
     assert before == provenance.code_fingerprint() and len(before) == 16
-    (copy / "measure" / "metrics.py").write_text((copy / "measure" / "metrics.py").read_text() + "\n# changed\n")
-    assert provenance.code_fingerprint() != before
+    # Comments, docstrings, blank lines, quotes and line breaks: the same code.
+    (copy / "__init__.py").write_text((copy / "__init__.py").read_text() + "# a comment\n")
+    _edit(copy / "measure" / "metrics.py", "\n\n", "\n\n# a new comment\n\n\n")
+    _edit(copy / "measure" / "rows.py", '"""', '"""A longer docstring.\n\n')
+    _edit(copy / "telemetry" / "sampler.py", "):\n", "):  # trailing comment\n")
+    _edit(copy / "measure" / "protocol.py", "(self, ", "(\n        self,\n        ")
+    _edit(copy / "measure" / "child.py", '__name__ == "__main__"', "__name__ == '__main__'")
+    assert fingerprint.code_fingerprint(copy) == before
+    # Code outside the measured subpackages (the CLI, the study, analysis): not a change.
+    _edit(copy / "cli.py", "def ", "def _unused():\n    return 1\n\n\ndef ")
+    _edit(copy / "analysis" / "summary.py", "def ", "def _unused():\n    return 1\n\n\ndef ")
+    assert fingerprint.code_fingerprint(copy) == before
+    # A change of code that runs in a measurement: a new fingerprint.
+    _edit(copy / "measure" / "metrics.py", "\ndef ", "\nCHANGED = 1\n\n\ndef ")
+    assert fingerprint.code_fingerprint(copy) != before
+
+
+def test_a_docstring_added_to_a_function_is_not_a_change():
+    plain = "def f(x):\n    return x\n"
+    documented = 'def f(x):\n    """Return x.\n\n    More."""\n    return x\n'
+    joined = "def f(x):\n    'Return' ' x.'\n    return x\n"
+    tokens = list(fingerprint.normalized_tokens(plain))
+    assert list(fingerprint.normalized_tokens(documented)) == tokens
+    assert list(fingerprint.normalized_tokens(joined)) == tokens
+    # A string that is not a docstring is code.
+    assert list(fingerprint.normalized_tokens("def f(x):\n    y = 'a'\n    return x\n")) != tokens
+
+
+#: Source with what tokenizes differently across Python versions: f-strings (split into
+#: several tokens since 3.12), nested and multi-line ones, implicit concatenation, a
+#: docstring, comments, line continuations.
+TRICKY = '''"""Module docstring."""
+import os  # comment
+
+X = f"{os.sep!r:>{4}} and {{braces}}" f'{1 + 2}' "plain"
+Y = f"""multi
+{X}
+line"""
+Z = (1 +
+     2) \\
+    + 3
+
+
+class A:
+    """Doc."""
+
+    def f(self, v: int = 0) -> str:
+        return f"{v=}" + rf"\\d{v}"
+'''
+
+
+def _interpreters():
+    found = {"venv": sys.executable}
+    if VLLM_PYTHON.exists():
+        found["vllm"] = str(VLLM_PYTHON)
+    for name in ("python3.10", "python3.12", "python3.13"):
+        path = shutil.which(name)
+        if path and subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+            found[name] = path
+    return found
+
+
+def test_code_fingerprint_is_the_same_in_every_environment(tmp_path):
+    """The pipeline's `.venv` and the vLLM environment (and any other Python found) agree,
+    on the real package and on source that tokenizes differently across versions."""
+    (tmp_path / "measure").mkdir()
+    (tmp_path / "measure" / "tricky.py").write_text(TRICKY)
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('fp', sys.argv[1])\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "print(sys.version_info[:2], m.code_fingerprint(), m.code_fingerprint(sys.argv[2]))")
+    source = str(ROOT / "src" / "llm_energy" / "measure" / "fingerprint.py")
+    results = {}
+    for name, python in _interpreters().items():
+        out = subprocess.run([python, "-c", code, source, str(tmp_path)], capture_output=True,
+                             text=True, timeout=120, check=True).stdout.split(") ")[1].split()
+        results[name] = tuple(out)
+    assert "vllm" in results or not VLLM_PYTHON.parent.parent.exists()
+    assert len(set(results.values())) == 1, results
+    assert results["venv"][0] == provenance.code_fingerprint()
 
 
 def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
