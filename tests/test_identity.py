@@ -8,7 +8,7 @@ from typing import Annotated
 
 import pytest
 from conftest import ROOT, small_study
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm_energy.study import config as c
 from llm_energy.study import identity as ident
@@ -69,7 +69,7 @@ def test_every_operational_key_is_documented_and_the_expected_ones():
     readme = (ROOT / "config" / "README.md").read_text()
     section = readme.split("## What makes a cell", 1)[1].split("\n## ", 1)[0]
     listed = dict(re.findall(r"^\| `([a-z_.]+)` \| (measured|operational|analysis-only) \|",
-                             section, re.M))
+                             section, re.MULTILINE))
     assert {k: r for k, r in listed.items() if r != c.MEASURED} == {
         k: r for k, r in roles().items() if r != c.MEASURED}
 
@@ -107,8 +107,13 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
     study = validate_study(small_study())
     cells, _ = expand(study)
 
+    class Gpu(c._Strict):
+        power_limit_w: float | None = None
+        sm_clock_mhz: int | None = None
+
     class Measurement2(c.MeasurementConfig):
         min_window_s: float = Field(1.0, gt=0)
+        gpu: Gpu = Gpu()
 
     class Transformers2(c.TransformersConfig):
         num_beams: Annotated[list[int], Field(min_length=1)] = [1]
@@ -116,9 +121,10 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
     monkeypatch.setattr(ident, "MeasurementConfig", Measurement2)
     monkeypatch.setattr(ident, "_backend_class", lambda name: Transformers2)
 
-    def grown(cell, min_window_s=1.0, num_beams=1):
+    def grown(cell, min_window_s=1.0, num_beams=1, power_limit_w=None):
         config = copy.deepcopy(cell.config)
         config["measurement"]["min_window_s"] = min_window_s
+        config["measurement"]["gpu"] = {"power_limit_w": power_limit_w, "sm_clock_mhz": None}
         config["settings"]["num_beams"] = num_beams
         return config
 
@@ -126,12 +132,14 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
     assert identity(grown(cells[0])) == identity(cells[0].config)
     assert cell_hash(grown(cells[0], min_window_s=5.0)) != cells[0].cell_id
     assert cell_hash(grown(cells[0], num_beams=4)) != cells[0].cell_id
+    limited = identity(grown(cells[0], power_limit_w=300.0))
+    assert limited["measurement"]["gpu"] == {"power_limit_w": 300.0}  # defaults left out
 
 
 def test_a_new_analysis_section_in_a_cell_changes_no_id(monkeypatch):
     """An `slo:` section (analysis-only) stays out of the hash even if copied into a cell."""
     class Slo(BaseModel):
-        model_config = {"json_schema_extra": {c.ROLE_KEY: c.ANALYSIS_ONLY}}
+        model_config = ConfigDict(json_schema_extra={c.ROLE_KEY: c.ANALYSIS_ONLY})
         ttft_s: float = 1.0
 
     class Study2(c.StudyConfig):

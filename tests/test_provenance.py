@@ -221,3 +221,23 @@ def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
     assert prov["status"] == "failed" and prov["slurm_job_id"] == "77"
     assert prov["code_fingerprint"] == provenance.code_fingerprint()
     assert prov["cell_config"] == cell and prov["git"]["commit"]
+
+
+def test_the_fingerprint_covers_what_the_measured_code_imports():
+    """Every llm_energy module the measured code imports is fingerprinted, or left out on
+    purpose (`NOT_FINGERPRINTED`, with the reason): a new import forces that decision."""
+    import ast
+
+    root = fingerprint._PACKAGE_ROOT
+    outside = set()
+    for sub in fingerprint.MEASURED_CODE:
+        for path in (root / sub).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                         else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "llm_energy" and parts[1] not in fingerprint.MEASURED_CODE:
+                        outside.add(name)
+    assert outside == set(fingerprint.NOT_FINGERPRINTED)

@@ -170,7 +170,7 @@ class _Key:
 
 @functools.cache
 def _keys(model: type[BaseModel]) -> dict[str, _Key]:
-    """Config key (alias) -> what `identity` needs of it; once per class."""
+    """Field name (as `model_dump` writes it) -> what `identity` needs of it; once per class."""
     out = {}
     for name, field in model.model_fields.items():
         default = _NO_DEFAULT
@@ -178,8 +178,7 @@ def _keys(model: type[BaseModel]) -> dict[str, _Key]:
             default = field.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
                 default = default.model_dump(mode="json")
-        out[field.alias or name] = _Key(role_of(model, name), _section_class(field.annotation),
-                                        default)
+        out[name] = _Key(role_of(model, name), _section_class(field.annotation), default)
     return out
 
 
@@ -206,10 +205,13 @@ def _measured(values: Mapping[str, Any], model: type[BaseModel] | None,
             if name in pinned:
                 out[name] = pinned[name]
             continue
+        new = name not in release_1
+        if new and _at_default(key, value):
+            continue
         if key.section is not None and isinstance(value, Mapping):
             value = _measured(value, key.section, release_1.get(name), {})
-        if name not in release_1 and _at_default(key, value):
-            continue
+            if new and not value:      # a new section with only defaulted keys
+                continue
         out[name] = value
     return out
 
