@@ -231,6 +231,17 @@ def test_code_fingerprint_is_the_same_in_other_python_versions(tricky_root):
         assert _fingerprints_in(python, tricky_root) == here, python
 
 
+def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    cell = {"cell_id": "0123456789ab", "model": {"name": "tiny"}, "backend": "transformers",
+            "settings": {"batch_size": 2}, "measurement": {"device": "cpu"}}
+    runner.write_failed_cell(cell, tmp_path, "RuntimeError: boom")
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["slurm_job_id"] == "77"
+    assert prov["code_fingerprint"] == provenance.code_fingerprint()
+    assert prov["cell_config"] == cell and prov["git"]["commit"]
+
+
 def test_the_fingerprint_covers_what_the_measured_code_imports():
     """Every llm_energy module the measured code imports is fingerprinted, or left out on
     purpose (`NOT_FINGERPRINTED`, with the reason): a new import forces that decision."""
