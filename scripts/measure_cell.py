@@ -11,20 +11,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
 from llm_energy.execution.runner import run_cell  # noqa: E402
+from llm_energy.study.plan import cell_to_measure  # noqa: E402
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def main(smk=None):
-    if smk is not None:
-        cell, model_path, out = dict(smk.params.cell), smk.params.model_path, Path(smk.output.runs).parent
-    else:
+    if smk is None:
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("cell_json")
         parser.add_argument("model_path")
         parser.add_argument("out_dir")
         args = parser.parse_args()
         cell, model_path, out = json.loads(Path(args.cell_json).read_text()), args.model_path, Path(args.out_dir)
+    else:
+        model_path, out = smk.params.model_path, Path(smk.output.runs).parent
     with logged(smk) as log:
-        status = run_cell(cell, model_path, out, log=log, project_dir=Path(__file__).resolve().parent.parent)
+        if smk is not None:
+            # The param is what the cell measures; the full configuration, operational
+            # settings included, comes from the study as it is now.
+            cell = cell_to_measure(smk.params.cell["cell_id"], smk.config, str(PROJECT_DIR))
+        status = run_cell(cell, model_path, out, log=log, project_dir=PROJECT_DIR)
         print(f"cell {cell['cell_id']}: {status}", file=log)
 
 

@@ -1,7 +1,8 @@
 from conftest import small_study
 
 from llm_energy.study.config import validate_study
-from llm_energy.study.matrix import cell_id_of, expand, matrix_csv
+from llm_energy.study.identity import cell_hash
+from llm_energy.study.matrix import expand, matrix_csv
 
 
 def test_cells_cross_every_axis_and_ids_are_stable():
@@ -18,8 +19,8 @@ def test_cells_cross_every_axis_and_ids_are_stable():
 
 def test_any_change_makes_a_new_id():
     base = {"a": 1, "b": {"c": [1, 2]}}
-    assert cell_id_of(base) == cell_id_of({"b": {"c": [1, 2]}, "a": 1})
-    assert cell_id_of(base) != cell_id_of({"a": 1, "b": {"c": [2, 1]}})
+    assert cell_hash(base) == cell_hash({"b": {"c": [1, 2]}, "a": 1})
+    assert cell_hash(base) != cell_hash({"a": 1, "b": {"c": [2, 1]}})
 
 
 def test_impossible_combinations_are_pruned_with_reason():

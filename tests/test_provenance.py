@@ -3,17 +3,18 @@ dirty flag, host, CPU and GPU models, driver and CUDA versions, Slurm job id. Th
 fake NVML module (this machine has none); everything else is read for real."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import types
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, VLLM_PYTHON
 
 from llm_energy.analysis.stale import measured_packages
 from llm_energy.execution import runner
-from llm_energy.measure import provenance
+from llm_energy.measure import fingerprint, provenance
 
 
 class _FakeNvml(types.ModuleType):
@@ -114,14 +115,120 @@ def test_without_nvml_there_are_no_gpus(monkeypatch):
     assert provenance.gpu_info() == {"gpus": [], "driver_version": None, "cuda_driver_version": None}
 
 
-def test_code_fingerprint_follows_the_sources(tmp_path, monkeypatch):
+def _package_copy(tmp_path):
     copy = tmp_path / "llm_energy"
-    shutil.copytree(provenance._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "_PACKAGE_ROOT", copy)
-    before = provenance.code_fingerprint()
+    shutil.copytree(fingerprint._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_code_fingerprint_follows_the_measured_code_only(tmp_path):
+    copy = _package_copy(tmp_path)
+    before = fingerprint.code_fingerprint(copy)
     assert before == provenance.code_fingerprint() and len(before) == 16
-    (copy / "measure" / "metrics.py").write_text((copy / "measure" / "metrics.py").read_text() + "\n# changed\n")
-    assert provenance.code_fingerprint() != before
+    # Comments, docstrings, blank lines, quotes and line breaks: the same code.
+    (copy / "__init__.py").write_text((copy / "__init__.py").read_text() + "# a comment\n")
+    _edit(copy / "measure" / "metrics.py", "\n\n", "\n\n# a new comment\n\n\n")
+    _edit(copy / "measure" / "rows.py", '"""', '"""A longer docstring.\n\n')
+    _edit(copy / "telemetry" / "sampler.py", "):\n", "):  # trailing comment\n")
+    _edit(copy / "measure" / "protocol.py", "(self, ", "(\n        self,\n        ")
+    _edit(copy / "measure" / "child.py", '__name__ == "__main__"', "__name__ == '__main__'")
+    assert fingerprint.code_fingerprint(copy) == before
+    # Code outside the measured subpackages (the CLI, the study, analysis): not a change.
+    _edit(copy / "cli.py", "def ", "def _unused():\n    return 1\n\n\ndef ")
+    _edit(copy / "analysis" / "summary.py", "def ", "def _unused():\n    return 1\n\n\ndef ")
+    assert fingerprint.code_fingerprint(copy) == before
+    # A change of code that runs in a measurement: a new fingerprint.
+    _edit(copy / "measure" / "metrics.py", "\ndef ", "\nCHANGED = 1\n\n\ndef ")
+    assert fingerprint.code_fingerprint(copy) != before
+
+
+def test_a_docstring_added_to_a_function_is_not_a_change():
+    plain = "def f(x):\n    return x\n"
+    documented = 'def f(x):\n    """Return x.\n\n    More."""\n    return x\n'
+    joined = "def f(x):\n    'Return' ' x.'\n    return x\n"
+    tokens = list(fingerprint.normalized_tokens(plain))
+    assert list(fingerprint.normalized_tokens(documented)) == tokens
+    assert list(fingerprint.normalized_tokens(joined)) == tokens
+    # A string that is not a docstring is code.
+    assert list(fingerprint.normalized_tokens("def f(x):\n    y = 'a'\n    return x\n")) != tokens
+
+
+#: Source with what tokenizes differently across Python versions: f-strings (split into
+#: several tokens since 3.12), nested and multi-line ones, implicit concatenation, a
+#: docstring, comments, line continuations.
+TRICKY = '''"""Module docstring."""
+import os  # comment
+
+X = f"{os.sep!r:>{4}} and {{braces}}" f'{1 + 2}' "plain"
+Y = f"""multi
+{X}
+line"""
+Z = (1 +
+     2) \\
+    + 3
+
+
+class A:
+    """Doc."""
+
+    def f(self, v: int = 0) -> str:
+        return f"{v=}" + rf"\\d{v}"
+'''
+
+
+def _fingerprints_in(python: str, tricky_root) -> tuple[str, str]:
+    """(fingerprint of this checkout's package, of `tricky_root`) computed by `python` from
+    the source file alone (no llm_energy install, no third-party package needed)."""
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('fp', sys.argv[1])\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "print(m.code_fingerprint(), m.code_fingerprint(sys.argv[2]))")
+    source = str(ROOT / "src" / "llm_energy" / "measure" / "fingerprint.py")
+    out = subprocess.run([python, "-c", code, source, str(tricky_root)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    return out[0], out[1]
+
+
+@pytest.fixture
+def tricky_root(tmp_path):
+    (tmp_path / "measure").mkdir()
+    (tmp_path / "measure" / "tricky.py").write_text(TRICKY)
+    return tmp_path
+
+
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no vLLM environment (make venv-vllm)")
+def test_code_fingerprint_is_the_same_in_the_vllm_environment(tricky_root):
+    """The pipeline's `.venv` (this interpreter) and `.venvs/vllm` agree, on the real
+    package and on source that tokenizes differently across Python versions."""
+    here = _fingerprints_in(sys.executable, tricky_root)
+    assert here[0] == provenance.code_fingerprint()
+    assert _fingerprints_in(str(VLLM_PYTHON), tricky_root) == here
+
+
+def _other_pythons() -> list[str]:
+    """Other interpreters to compare: python3.10 ... python3.14 on PATH that run, and any
+    listed in $LLM_ENERGY_TEST_PYTHONS (os.pathsep-separated)."""
+    found = [p for p in os.environ.get("LLM_ENERGY_TEST_PYTHONS", "").split(os.pathsep) if p]
+    for minor in range(10, 15):
+        path = shutil.which(f"python3.{minor}")
+        if path and subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+            found.append(path)
+    return found
+
+
+def test_code_fingerprint_is_the_same_in_other_python_versions(tricky_root):
+    others = _other_pythons()
+    if not others:
+        pytest.skip("no other Python found (set LLM_ENERGY_TEST_PYTHONS)")
+    here = _fingerprints_in(sys.executable, tricky_root)
+    for python in others:
+        assert _fingerprints_in(python, tricky_root) == here, python
 
 
 def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
@@ -133,3 +240,23 @@ def test_a_failed_cell_still_names_its_job_and_code(tmp_path, monkeypatch):
     assert prov["status"] == "failed" and prov["slurm_job_id"] == "77"
     assert prov["code_fingerprint"] == provenance.code_fingerprint()
     assert prov["cell_config"] == cell and prov["git"]["commit"]
+
+
+def test_the_fingerprint_covers_what_the_measured_code_imports():
+    """Every llm_energy module the measured code imports is fingerprinted, or left out on
+    purpose (`NOT_FINGERPRINTED`, with the reason): a new import forces that decision."""
+    import ast
+
+    root = fingerprint._PACKAGE_ROOT
+    outside = set()
+    for sub in fingerprint.MEASURED_CODE:
+        for path in (root / sub).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                         else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "llm_energy" and parts[1] not in fingerprint.MEASURED_CODE:
+                        outside.add(name)
+    assert outside == set(fingerprint.NOT_FINGERPRINTED)

@@ -205,3 +205,69 @@ def test_stale_names_the_package_that_changed(two_backends, env, tmp_path):
     assert re.search(r"torch \S+ -> 3\.0\.0", lines["transformers"])
     # The vLLM cell is listed only if the code changed under this test (shared checkout).
     assert "vllm" not in lines or "torch" not in lines["vllm"]
+
+
+# ---------------------------------------------------------------- what is not a rerun
+
+
+def _operational_keys() -> list[str]:
+    from llm_energy.study.config import OPERATIONAL
+    from llm_energy.study.identity import roles
+
+    return sorted(k for k, role in roles().items() if role == OPERATIONAL)
+
+
+_NEW_VALUES = {"measurement.timeout_s": 600, "measurement.retries": 2,
+               "measurement.idle_cache_dir": "elsewhere/idle-cache",
+               "measurement.idle_cache_ttl_s": 0, "measurement.idle_revalidate_s": 0.5,
+               "measurement.idle_drift_tolerance": 0.3, "workload.request_timeout_s": 30}
+
+
+@pytest.mark.parametrize("key", _operational_keys())
+def test_operational_setting_reruns_nothing(two_backends, env, tmp_path, key):
+    """Job limits, retries and idle-cache housekeeping are no part of a cell: editing one
+    in a finished study leaves nothing to do."""
+    workdir, _, study, _, _ = two_backends
+    changed = json.loads(json.dumps(study))
+    section, name = key.split(".")
+    changed.setdefault(section, {})[name] = _NEW_VALUES[key]
+    assert dry_run_jobs(workdir, write_config(tmp_path, changed)) == {}
+
+
+def test_carbon_factors_rerun_the_aggregation_not_a_measurement(two_backends, env, tmp_path):
+    workdir, _, study, _, _ = two_backends
+    config = write_config(tmp_path, {**study, "carbon": {"pue": 1.2, "price_per_kwh": 0.3}})
+    jobs = dry_run_jobs(workdir, config)
+    assert "measure" not in jobs and "matrix" not in jobs and jobs.get("aggregate") == 1
+
+
+def _package_copy(root: Path) -> Path:
+    """A copy of the llm_energy sources to edit, used through PYTHONPATH."""
+    shutil.copytree(ROOT / "src" / "llm_energy", root / "llm_energy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return root / "llm_energy"
+
+
+def test_a_comment_makes_no_cell_stale_a_code_change_does(two_backends, env, tmp_path):
+    """README's stale -> --forcerun recipe must not re-measure a study for a comment fix."""
+    workdir, _, _, _, cells = two_backends
+    recorded = {json.loads((d / "provenance.json").read_text())["code_fingerprint"]
+                for d in cells.values()}
+    package = _package_copy(tmp_path)
+    if {code_fingerprint(package)} != recorded:
+        pytest.skip("src/llm_energy changed since the study ran (shared checkout)")
+    stale_env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def stale() -> str:
+        return subprocess.run([LLM_ENERGY, "stale", "--project-dir", str(ROOT)], cwd=workdir,
+                              env=stale_env, capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+
+    init = package / "__init__.py"
+    init.write_text(init.read_text() + "# a one-line comment\n")
+    metrics = package / "measure" / "metrics.py"
+    metrics.write_text(metrics.read_text().replace('"""', '"""Reworded.\n\n', 1))
+    assert stale() == ""
+    metrics.write_text(metrics.read_text() + "\nCHANGED = True\n")
+    listing = stale()
+    assert listing.count("\n") == 2 and listing.count("code ") == 2

@@ -1,12 +1,14 @@
-# One job per cell. The cell's full resolved configuration is a param, and so are the package
-# versions of its backend's environment: Snakemake reruns exactly the cells whose
-# configuration or backend software changed. The code of src/llm_energy is not tracked by
-# Snakemake; it is recorded per cell in provenance.json (`llm-energy stale` lists the cells
+# One job per cell. What the cell measures (`llm_energy.study.identity`) is a param, and so
+# are the package versions of its backend's environment: Snakemake reruns exactly the cells
+# whose measured configuration or backend software changed. Operational settings (timeout,
+# retries, idle cache) are no param: the script reads them from the study when it runs, so
+# changing them reruns nothing. The code of src/llm_energy is not tracked by Snakemake; its
+# fingerprint is recorded per cell in provenance.json (`llm-energy stale` lists the cells
 # measured with other code; README "Reruns").
 
 
 def _cell(wildcards):
-    return PLAN.cell_params(wildcards.cell_id)
+    return PLAN.cell_identity(wildcards.cell_id)
 
 
 rule measure:

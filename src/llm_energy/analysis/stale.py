@@ -1,11 +1,12 @@
 """What makes a finished cell stale beyond its configuration: the software it ran with and
 the measurement code.
 
-Snakemake reruns a cell when its configuration (a param) or its backend's package versions
-(also a param, `software_versions`) change. It does not track the code of imported packages,
+Snakemake reruns a cell when its measured configuration (a param) or its backend's package
+versions (also a param, `software`) change. It does not track the code of imported packages,
 so a change to `src/llm_energy` never reruns anything by itself: each cell's
-`provenance.json` records the `code_fingerprint` and the package versions it was measured
-with, and `llm-energy stale` lists the cells whose record differs from the current code and
+`provenance.json` records the `code_fingerprint` (the measured code only, without comments,
+docstrings and formatting: `measure/fingerprint.py`) and the package versions it was
+measured with, and `llm-energy stale` lists the cells whose record differs from the current code and
 environments, so they can be rerun deliberately:
 
     snakemake --forcerun $(llm-energy stale --paths)

@@ -5,7 +5,6 @@ environment never reach provenance files or logs."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -16,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llm_energy.analysis.stale import BACKEND_PACKAGES, COMMON_PACKAGES
+from llm_energy.measure.fingerprint import code_fingerprint
+
+__all__ = ["code_fingerprint", "collect", "git_state", "gpu_info", "package_versions"]
 
 # Every package whose version `llm-energy stale` compares (stale.py), and the data stack.
 PACKAGES = tuple(dict.fromkeys(
@@ -38,15 +40,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def code_fingerprint() -> str:
-    """Hash of the llm_energy package sources: what Snakemake does not track."""
-    digest = hashlib.sha256()
-    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
-        digest.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _git(*args: str) -> str | None:

@@ -29,12 +29,33 @@ EnergySourceName = Literal["auto", "nvml-counter", "amdsmi", "nvml-power", "rapl
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
+#: Key of the field (or section) metadata that says what a config value is for; read by
+#: `llm_energy.study.identity.role_of`, the one place that decides. Unmarked: measured.
+ROLE_KEY = "identity"
+#: Changes what a cell measures: part of the cell id and of the measure rule's params.
+MEASURED = "measured"
+#: A job limit or housekeeping setting: neither hashed nor a rerun trigger.
+OPERATIONAL = "operational"
+#: Applied after measuring (aggregation, figures): never re-measures a cell.
+ANALYSIS_ONLY = "analysis-only"
+
+_OPERATIONAL = {ROLE_KEY: OPERATIONAL}
+
+#: A hub repository id as the hub accepts it (huggingface_hub's `validate_repo_id`):
+#: `name` or `namespace/name`, each of ASCII letters, digits, `-`, `_`, `.`, at most 96
+#: characters, not starting or ending with `-` or `.`; no `--` or `..`; not ending in `.git`.
+_HUB_PART = r"(?![-.])[A-Za-z0-9_.-]{1,96}(?<![-.])"
+HUB_ID_PATTERN = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
+
+
 class ConfigError(ValueError):
     """A study configuration is invalid; `str()` is one line naming the key and the fix."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float of the config is finite (`.inf` would hang an idle
+    # window or overflow a job's time limit; `.nan` compares false with every bound).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _as_list(value: Any) -> Any:
@@ -85,6 +106,16 @@ class ModelConfig(_Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of 'demo', 'path' or 'hub_id'")
         return self
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and (not HUB_ID_PATTERN.match(value) or "--" in value
+                                  or ".." in value or value.endswith(".git")):
+            raise ValueError("not a hub repository id: give 'org/name' (or 'name'): ASCII "
+                             "letters, digits, '-', '_', '.', at most 96 each, no leading or "
+                             "trailing '-'/'.', no '--' or '..'")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -220,7 +251,7 @@ class BackendsConfig(_Strict):
 class WorkloadConfig(_Strict):
     """The same prompts, truncation and output length for every backend."""
 
-    num_prompts: int = Field(16, gt=0, description="requests per cycle")
+    num_prompts: int = Field(16, gt=0, le=1_000_000, description="requests per cycle")
     input_tokens: int = Field(64, gt=0, description="prompt length after truncation, tokens")
     output_tokens: int = Field(32, gt=0, description="max_new_tokens with EOS ignored")
     seed: int = 0
@@ -232,7 +263,8 @@ class WorkloadConfig(_Strict):
         None, gt=0, description="closed loop: requests in flight; default: all at once")
     request_rate_per_s: float | None = Field(
         None, gt=0, description="poisson: mean arrival rate, requests per second")
-    request_timeout_s: float = Field(600.0, gt=0, description="per-request HTTP limit, seconds")
+    request_timeout_s: float = Field(600.0, gt=0, description="per-request HTTP limit, seconds",
+                                     json_schema_extra=_OPERATIONAL)
 
     @model_validator(mode="after")
     def _arrival_needs_rate(self) -> WorkloadConfig:
@@ -245,8 +277,8 @@ class WorkloadConfig(_Strict):
 
 
 class WarmupConfig(_Strict):
-    min_runs: int = Field(1, ge=0)
-    max_runs: int = Field(5, ge=0)
+    min_runs: int = Field(1, ge=0, le=1000)
+    max_runs: int = Field(5, ge=0, le=1000)
     cv_threshold: float = Field(0.05, gt=0)
 
     @model_validator(mode="after")
@@ -256,9 +288,15 @@ class WarmupConfig(_Strict):
         return self
 
 
+#: Sanity bounds: a cell limit beyond a week, or more retries than this, is a typo (each
+#: attempt may use the whole `timeout_s`, and a scheduler is asked for all of them at once).
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_RETRIES = 10
+
+
 class MeasurementConfig(_Strict):
     device: Device = "cpu"
-    cycles: int = Field(3, gt=0)
+    cycles: int = Field(3, gt=0, le=1000)
     warmup: WarmupConfig = WarmupConfig()
     idle_duration_s: float = Field(2.0, ge=0)
     cooldown_s: float = Field(0.0, ge=0)
@@ -267,23 +305,30 @@ class MeasurementConfig(_Strict):
     cpu_power_per_core_w: float = Field(
         10.0, gt=0, description="per-core power of the 'estimate' CPU model at 100% use"
     )
-    threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
+    threads: int | None = Field(None, gt=0, le=1024,
+                                description="torch threads; default: all cores")
     steady_state_rule: Literal["mlenergy", "batch-full"] = Field(
         "mlenergy", description="steady-state window: ML.ENERGY's RequestTracker rule (opens when "
         "max_num_seqs requests have their first token, closes when N - max_num_seqs - 1 have "
         "finished) or 'batch-full' (while the running requests fill the batch limit)")
-    gpus_per_cell: int = Field(1, gt=0, description="GPUs each cell requests on a cuda device")
-    timeout_s: float = Field(1800.0, gt=0, description="per-cell wall-clock limit")
-    retries: int = Field(0, ge=0, description="extra attempts for a failed cell")
+    gpus_per_cell: int = Field(1, gt=0, le=64,
+                               description="GPUs each cell requests on a cuda device")
+    timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S, json_schema_extra=_OPERATIONAL,
+                             description="per-cell wall-clock limit, seconds")
+    retries: int = Field(0, ge=0, le=MAX_RETRIES, json_schema_extra=_OPERATIONAL,
+                         description="extra attempts for a failed cell")
     idle_cache_ttl_s: float = Field(
-        3600.0, ge=0, description="reuse an idle baseline of this host+device for this long; 0: off")
+        3600.0, ge=0, json_schema_extra=_OPERATIONAL,
+        description="reuse an idle baseline of this host+device for this long; 0: off")
     idle_cache_dir: str = Field(
-        "results/.idle-cache", min_length=1,
+        "results/.idle-cache", min_length=1, json_schema_extra=_OPERATIONAL,
         description="where cached idle baselines live (relative to the working directory)")
     idle_revalidate_s: float = Field(
-        1.0, gt=0, description="short idle window that re-checks a cached baseline, seconds")
+        1.0, gt=0, json_schema_extra=_OPERATIONAL,
+        description="short idle window that re-checks a cached baseline, seconds")
     idle_drift_tolerance: float = Field(
-        0.10, gt=0, description="relative drift from the cached idle power that forces a re-measure")
+        0.10, gt=0, json_schema_extra=_OPERATIONAL,
+        description="relative drift from the cached idle power that forces a re-measure")
     temperature_drift_c: float = Field(
         10.0, gt=0, description="device temperature change within a cycle, or across cycle starts, "
         "that is flagged")
@@ -293,6 +338,8 @@ class CarbonConfig(_Strict):
     """Factors that turn measured energy into emissions and cost (applied in aggregation, so
     changing them never re-measures a cell). Defaults are round public figures: replace them
     with your site's (sources in config/README.md)."""
+
+    model_config = ConfigDict(json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
 
     grid_intensity_g_per_kwh: float = Field(
         480.0, ge=0, description="grid carbon intensity, g CO2e per kWh (world 2023, Ember)")
@@ -305,7 +352,8 @@ class CarbonConfig(_Strict):
 
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
-    name: str = Field("study", pattern=_NAME_PATTERN)
+    # A label of the study's outputs (report title, export task), in no cell.
+    name: str = Field("study", pattern=_NAME_PATTERN, json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     backends: BackendsConfig
     workload: WorkloadConfig = WorkloadConfig()

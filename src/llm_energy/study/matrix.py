@@ -1,23 +1,20 @@
 """Expand a study into cells: models × backends × each backend's axes, crossed.
 
-A cell's id is a short hash of its canonical resolved configuration, so the same
-configuration always lands in the same place and any change makes a new cell.
+A cell's id is a short hash of what it measures (`identity.cell_hash`), so the same
+measured configuration always lands in the same place and a change makes a new cell.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm_energy.backends import is_server
 from llm_energy.study.config import StudyConfig
-
-CELL_ID_LENGTH = 12
+from llm_energy.study.identity import cell_hash
 
 
 @dataclass(frozen=True)
@@ -39,14 +36,6 @@ class PrunedCell:
     backend: str
     settings: dict[str, Any]
     reason: str
-
-
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def cell_id_of(config: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:CELL_ID_LENGTH]
 
 
 def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> str | None:
@@ -96,7 +85,7 @@ def expand(study: StudyConfig) -> tuple[list[Cell], list[PrunedCell]]:
                     "settings": settings,
                     **shared,
                 }
-                cells.append(Cell(cell_id_of(config), model.name, backend, settings, config))
+                cells.append(Cell(cell_hash(config), model.name, backend, settings, config))
     return cells, pruned
 
 

@@ -18,6 +18,7 @@ from llm_energy.study.config import (
     load_study,
     validate_study,
 )
+from llm_energy.study.identity import identity
 from llm_energy.study.matrix import Cell, PrunedCell, expand, matrix_csv
 
 DEFAULT_CONFIG = "config/config.yaml"
@@ -72,8 +73,16 @@ class Plan:
         return demo.model_dump(mode="json")
 
     def cell_params(self, cell_id: str) -> dict[str, Any]:
+        """Everything the measurement needs: the cell's resolved configuration (measured and
+        operational settings, defaults filled in) and its id."""
         cell = self.cells[cell_id]
         return {**cell.config, "cell_id": cell.cell_id}
+
+    def cell_identity(self, cell_id: str) -> dict[str, Any]:
+        """The measure rule's `cell` param, i.e. its rerun trigger: what the cell measures
+        (`identity.identity`), without operational settings, and its id."""
+        cell = self.cells[cell_id]
+        return {**identity(cell.config), "cell_id": cell.cell_id}
 
     def software(self, backend: str) -> dict[str, Any]:
         """The measure rule's `software` param: package versions of the backend's
@@ -144,6 +153,17 @@ def plan_from_config(config: dict[str, Any], project_dir: str = ".") -> Plan:
     study = validate_study(config) if config else load_study(DEFAULT_CONFIG)
     cells, pruned = expand(study)
     return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir))
+
+
+def cell_to_measure(cell_id: str, config: dict[str, Any], project_dir: str = ".") -> dict[str, Any]:
+    """For the measure rule's script: the cell's full configuration (`Plan.cell_params`),
+    taken from the study as it is now (Snakemake's `config`), so operational settings
+    (`measurement.timeout_s`, `retries`, ...) apply without being a param."""
+    plan = plan_from_config(config, project_dir)
+    if cell_id not in plan.cells:
+        raise ConfigError(f"cell {cell_id} is not in the study any more (was the config "
+                          "changed while Snakemake ran?)")
+    return plan.cell_params(cell_id)
 
 
 def plan_or_exit(config: dict[str, Any], project_dir: str = ".") -> Plan:
