@@ -130,6 +130,14 @@ class GpuSettings:
         return [k for k, v in (("power_limit", self.power_limit_w), ("sm_clock", self.sm_clock),
                                ("memory_clock", self.memory_clock)) if v is not None]
 
+    def columns(self) -> dict[str, Any]:
+        """The asked values as run-row setting columns (only those set): power W, clocks
+        as '1410' or '1200-1410' MHz."""
+        return {k: v for k, v in (("gpu_power_limit_w", self.power_limit_w),
+                                  ("gpu_sm_clock_mhz", self.sm_clock and str(self.sm_clock)),
+                                  ("gpu_memory_clock_mhz",
+                                   self.memory_clock and str(self.memory_clock))) if v is not None}
+
     def describe(self) -> str:
         parts = [*([f"power limit {self.power_limit_w:g} W"] if self.power_limit_w is not None else []),
                  *([f"SM clock {self.sm_clock} MHz"] if self.sm_clock else []),

@@ -1,0 +1,248 @@
+"""GPU power limit and clock axes end to end without a GPU: config keys, matrix crossing and
+pruning, unchanged cell ids when unset, the gpu_control resource, the protocol phase (apply,
+per-cycle read-back, restore when the backend fails), the runner resetting what a timed-out
+child left, and the example study. Zeus is replaced by tests/fake_zeus.py."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT, small_study
+from fake_zeus import DEFAULT_MW, FakeZeusGPUs
+
+from llm_energy.execution import runner
+from llm_energy.measure.gpu_settings import GpuSettingsPhase
+from llm_energy.study.config import ConfigError, validate_study
+from llm_energy.study.matrix import expand
+from llm_energy.study.plan import plan_from_config
+from llm_energy.telemetry import gpu_control as gc
+
+TESTS = Path(__file__).parent
+
+
+def gpu_study(device="cuda", **measurement):
+    study = small_study(backends={"transformers": {"batch_size": [2, 4], "dtype": ["float32"]}})
+    study["measurement"] = {**study["measurement"], "device": device, **measurement}
+    return study
+
+
+# ---------------------------------------------------------------- config and matrix
+
+
+def test_axes_accept_a_scalar_a_list_and_ranges():
+    m = validate_study(gpu_study(gpu_power_limit_w=300, gpu_sm_clock_mhz=[1410, [990, 1980]],
+                                 gpu_memory_clock_mhz=2619)).measurement
+    assert m.gpu_axes() == {"gpu_power_limit_w": [300.0], "gpu_sm_clock_mhz": [1410, [990, 1980]],
+                            "gpu_memory_clock_mhz": [2619]}
+    assert validate_study(gpu_study()).measurement.gpu_axes() == {}
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("gpu_power_limit_w", -5, "gpu_power_limit_w"),
+    ("gpu_sm_clock_mhz", [[1980, 990]], "min must not exceed max"),
+    ("gpu_sm_clock_mhz", [[1, 2, 3]], "gpu_sm_clock_mhz"),
+    ("gpu_memory_clock_mhz", "fast", "gpu_memory_clock_mhz"),
+])
+def test_bad_axis_values_are_refused_naming_the_key(key, value, words):
+    with pytest.raises(ConfigError, match=words):
+        validate_study(gpu_study(**{key: value}))
+
+
+def test_power_caps_cross_batch_sizes_and_enter_the_cell_identity():
+    cells, pruned = expand(validate_study(gpu_study(gpu_power_limit_w=[300, 500],
+                                                    gpu_sm_clock_mhz=[[990, 1410]])))
+    assert not pruned and len(cells) == 4
+    combos = {(c.settings["batch_size"], c.config["measurement"]["gpu_power_limit_w"]) for c in cells}
+    assert combos == {(2, 300.0), (2, 500.0), (4, 300.0), (4, 500.0)}
+    assert all(c.config["measurement"]["gpu_sm_clock_mhz"] == [990, 1410] for c in cells)
+    assert len({c.cell_id for c in cells}) == 4
+    assert cells[0].measurement_axes.keys() == {"gpu_power_limit_w", "gpu_sm_clock_mhz"}
+
+
+def test_unset_axes_leave_cell_ids_unchanged():
+    """No GPU key enters the configuration of a study that does not set them, so its cells
+    hash as before this feature; setting one (even a single value) makes new cells."""
+    plain, _ = expand(validate_study(gpu_study()))
+    assert all(not any(k.startswith("gpu_") and k != "gpus_per_cell"
+                       for k in c.config["measurement"]) for c in plain)
+    capped, _ = expand(validate_study(gpu_study(gpu_power_limit_w=300)))
+    assert {c.cell_id for c in plain}.isdisjoint({c.cell_id for c in capped})
+
+
+def test_axes_are_pruned_on_cpu_with_the_reason_in_matrix_csv():
+    plan = plan_from_config(gpu_study(device="cpu", gpu_power_limit_w=[300, 500]))
+    assert not plan.cells and len(plan.pruned) == 4
+    rows = list(csv.DictReader(io.StringIO(plan.matrix_csv())))
+    assert {r["gpu_power_limit_w"] for r in rows} == {"300.0", "500.0"}
+    assert all(r["status"] == "pruned" and "need an NVIDIA GPU (measurement.device: cuda)"
+               in r["reason"] for r in rows)
+
+
+def test_matrix_csv_writes_a_clock_range_as_one_field():
+    rows = list(csv.DictReader(io.StringIO(
+        plan_from_config(gpu_study(gpu_sm_clock_mhz=[[990, 1410]])).matrix_csv())))
+    assert {r["gpu_sm_clock_mhz"] for r in rows} == {"990-1410"}
+
+
+def test_only_cells_that_change_a_gpu_take_the_gpu_control_resource():
+    capped = plan_from_config(gpu_study(gpu_power_limit_w=300))
+    plain = plan_from_config(gpu_study())
+    assert {capped.gpu_control(c) for c in capped.cells} == {1}
+    assert {plain.gpu_control(c) for c in plain.cells} == {0}
+
+
+def test_example_study_validates_with_the_cli():
+    path = ROOT / "config" / "examples" / "h100-power-caps.yaml"
+    proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "validate", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan = plan_from_config(__import__("yaml").safe_load(path.read_text()))
+    caps = {c.config["measurement"]["gpu_power_limit_w"] for c in plan.cells.values()}
+    batches = {c.settings["max_num_seqs"] for c in plan.cells.values()}
+    assert len(caps) >= 3 and len(batches) >= 2 and len(plan.cells) == len(caps) * len(batches)
+
+
+# ---------------------------------------------------------------- protocol phase
+
+
+class Phase(GpuSettingsPhase):
+    def __init__(self, tmp_path, **measurement):
+        self.measurement = {"device": "cuda", "gpu_state_dir": str(tmp_path / "state"), **measurement}
+        self.device = "cuda"
+        self.detection = SimpleNamespace(gpus=[SimpleNamespace(ident="GPU-fake-0")])
+        self.log = lambda _m: None
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    gpus = FakeZeusGPUs(tmp_path / "gpus.json")
+    monkeypatch.setattr(gc, "zeus_gpus", lambda: gpus)
+    monkeypatch.setattr(gc, "gpu_idents", lambda g, nvml=None: ["GPU-fake-0"])
+    monkeypatch.setattr(gc, "_pynvml", lambda: gpus)  # the read-only clock getters
+    return gpus
+
+
+def test_phase_applies_reads_back_per_cycle_and_restores(tmp_path, fake):
+    phase = Phase(tmp_path, gpu_power_limit_w=350.0, gpu_sm_clock_mhz=[990, 1410])
+    warnings: list[str] = []
+    phase._apply_gpu_settings(warnings)
+    assert fake.gpu(0)["limit_mw"] == 350_000 and fake.gpu(0)["sm_lock"] == [990, 1410]
+    samples = [SimpleNamespace(t_s=t, device="gpu0", sm_clock_mhz=1410.0, memory_clock_mhz=2619.0,
+                               throttle_reasons=0x04) for t in (1.0, 1.5, 2.0)]
+    cycle_warnings: list[str] = []
+    columns = phase._gpu_cycle_columns(samples, 1.0, 2.0, cycle_warnings)
+    assert columns == {"gpu_power_limit_w": 350.0, "gpu_sm_clock_mhz": "990-1410",
+                       "gpu_power_limit_read_w": 350.0, "gpu_sm_clock_read_mhz": 1410.0,
+                       "gpu_memory_clock_read_mhz": 2619.0, "gpu_throttle_reasons": ["sw power cap"],
+                       "gpu_settings_mismatch": False}
+    assert cycle_warnings == []
+    # the GPU stops enforcing the cap mid-cell: flagged in that cycle
+    state = fake.load()
+    state["gpus"][0]["enforce_offset_w"] = 100.0
+    fake.save(state)
+    columns = phase._gpu_cycle_columns(samples, 1.0, 2.0, cycle_warnings)
+    assert columns["gpu_settings_mismatch"] is True
+    assert cycle_warnings == ["GPU setting not in effect: gpu0: power limit read back 450 W, asked 350 W"]
+    assert phase._restore_gpu_settings() == []
+    assert fake.is_default()
+
+
+def test_phase_on_a_plain_gpu_cell_records_without_changing(tmp_path, fake):
+    phase = Phase(tmp_path)
+    phase._apply_gpu_settings([])
+    columns = phase._gpu_cycle_columns([], 0.0, 1.0, [])
+    assert columns["gpu_power_limit_read_w"] == DEFAULT_MW / 1000
+    assert columns["gpu_settings_mismatch"] is None and "gpu_power_limit_w" not in columns
+    assert not any(c.startswith(("set_", "reset_")) for c in fake.calls())
+    phase._restore_gpu_settings()
+
+
+def test_plain_gpu_cell_without_zeus_only_loses_the_read_back(tmp_path, monkeypatch):
+    def broken():
+        raise gc.GpuControlError("cannot open the GPUs through Zeus (NVML): no driver")
+    monkeypatch.setattr(gc, "zeus_gpus", broken)
+    warnings: list[str] = []
+    Phase(tmp_path)._apply_gpu_settings(warnings)
+    assert warnings == ["GPU settings not read back: cannot open the GPUs through Zeus (NVML): no driver"]
+    with pytest.raises(gc.GpuControlError, match="no driver"):
+        Phase(tmp_path, gpu_power_limit_w=300.0)._apply_gpu_settings([])
+
+
+def test_phase_refuses_when_zeus_sees_other_gpus_than_the_cell_meters(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(gc, "gpu_idents", lambda g, nvml=None: ["GPU-other"])
+    with pytest.raises(gc.GpuControlError, match="CUDA_VISIBLE_DEVICES to NVML indices"):
+        Phase(tmp_path, gpu_power_limit_w=300.0)._apply_gpu_settings([])
+    assert fake.is_default()
+
+
+def test_cell_runner_restores_when_the_backend_fails_after_the_cap_is_set(tmp_path, fake, monkeypatch):
+    from llm_energy.measure.protocol import CellRunner
+    from llm_energy.telemetry.meters import Detection
+    from llm_energy.telemetry.meters.estimate import EstimateMeter
+
+    cells, _ = expand(validate_study(gpu_study(gpu_power_limit_w=250)))
+    config = {**cells[0].config, "cell_id": cells[0].cell_id}
+    config["measurement"] = {**config["measurement"], "gpu_state_dir": str(tmp_path / "state"),
+                             "threads": None}
+    cell = CellRunner(config, "unused", log=lambda _m: None, meter=EstimateMeter(10.0))
+    cell.detection = Detection(cell.meter, gpus=[SimpleNamespace(ident="GPU-fake-0", label="gpu0")])
+    seen = {}
+
+    class Failing:
+        def load(self):
+            seen["limit_mw"] = fake.gpu(0)["limit_mw"]
+            raise RuntimeError("CUDA error: out of memory")
+
+        def close(self):
+            pass
+    monkeypatch.setattr(cell, "_make_backend", lambda: Failing())
+    monkeypatch.setattr(cell, "_preflight", lambda: [])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cell.run()
+    assert seen["limit_mw"] == 250_000  # applied before the model loads
+    assert fake.is_default() and not list((tmp_path / "state").glob("*.json"))
+
+
+# ---------------------------------------------------------------- runner
+
+
+HANGING_CHILD = """#!{python}
+import sys, time
+sys.path[:0] = [{tests!r}, {src!r}]
+from fake_zeus import FakeZeusGPUs
+from llm_energy.telemetry.gpu_control import GpuControl, GpuSettings
+fake = FakeZeusGPUs({state!r})
+GpuControl(fake, ["GPU-fake-0"], GpuSettings(250.0), {state_dir!r}, nvml=fake).apply()
+time.sleep(120)  # hangs until the runner's timeout kills it (SIGTERM, then SIGKILL)
+"""
+
+
+def test_runner_resets_the_gpu_after_a_timed_out_child_and_records_the_axes(tmp_path, fake, monkeypatch):
+    child = tmp_path / "python"
+    child.write_text(HANGING_CHILD.format(python=sys.executable, tests=str(TESTS),
+                                          src=str(ROOT / "src"), state=str(fake.path),
+                                          state_dir=str(tmp_path / "state")))
+    child.chmod(0o755)
+    monkeypatch.setenv("LLM_ENERGY_PYTHON_TRANSFORMERS", str(child))
+    monkeypatch.setattr(runner, "_KILL_GRACE_S", 1.0)
+    plan = plan_from_config(gpu_study(gpu_power_limit_w=250))
+    cell = plan.cell_params(next(iter(plan.cells)))
+    cell["measurement"] = {**cell["measurement"], "timeout_s": 3.0,
+                           "gpu_state_dir": str(tmp_path / "state")}
+    out = tmp_path / "cell"
+    with open(tmp_path / "log.txt", "w") as log:
+        status = runner.run_cell(cell, "unused", out, log=log, project_dir=ROOT)
+    assert status == "failed"
+    assert fake.is_default(), (tmp_path / "log.txt").read_text()
+    assert "restoring defaults left by process" in (tmp_path / "log.txt").read_text()
+    (row,) = pq.read_table(out / "runs.parquet").to_pylist()
+    assert row["error"].startswith("timeout") and row["gpu_power_limit_w"] == 250.0
