@@ -10,6 +10,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -249,3 +250,38 @@ def test_runner_resets_the_gpu_after_a_timed_out_child_and_records_the_axes(tmp_
     assert "restoring defaults left by process" in (tmp_path / "log.txt").read_text()
     (row,) = pq.read_table(out / "runs.parquet").to_pylist()
     assert row["error"].startswith("timeout") and row["gpu_power_limit_w"] == 250.0
+
+
+def test_plain_cell_refuses_to_measure_a_gpu_left_capped_when_zeus_is_unavailable(tmp_path, fake,
+                                                                                monkeypatch):
+    gc.GpuControl(fake, ["GPU-fake-0"], gc.GpuSettings(250.0), tmp_path / "state",
+                  log=lambda _m: None).apply()  # ... and the cell crashes
+    def broken():
+        raise gc.GpuControlError("cannot open the GPUs through Zeus (NVML): no driver")
+    monkeypatch.setattr(gc, "zeus_gpus", broken)
+    with pytest.raises(gc.GpuControlError, match="settings left by an earlier cell"):
+        Phase(tmp_path)._apply_gpu_settings([])
+
+
+def test_runner_restore_never_undoes_a_cell_that_took_the_gpu_meanwhile(tmp_path, fake):
+    """Child A died with a cap. Before A's runner restores, cell B takes the GPU's lock,
+    restores A's marker itself, sets its own cap (and here crashes, leaving its own marker):
+    A's runner waits for the lock, sees no marker of A any more, and leaves B's cap alone."""
+    import threading
+
+    state = tmp_path / "state"
+    gc.GpuControl(fake, ["GPU-fake-0"], gc.GpuSettings(250.0), state, log=lambda _m: None).apply()
+    a_pid = os.getpid()
+    marker = state / "GPU-fake-0.json"
+    b_lock = gc.GpuLocks(state, ["GPU-fake-0"], exclusive=True).__enter__()
+    result: list[list[str]] = []
+    runner_a = threading.Thread(target=lambda: result.append(gc.restore_after_child(
+        {"device": "cuda", "gpu_state_dir": str(state)}, a_pid, log=lambda _m: None)))
+    runner_a.start()
+    time.sleep(0.5)  # A's runner saw A's marker and waits for the lock
+    assert runner_a.is_alive() and fake.gpu(0)["limit_mw"] == 250_000
+    fake.set_power_management_limit(0, 400_000)  # B: restored A's marker, set its own cap
+    marker.write_text(marker.read_text().replace(f'"pid": {a_pid}', '"pid": 1'))
+    b_lock.__exit__()
+    runner_a.join(timeout=30)
+    assert result == [[]] and fake.gpu(0)["limit_mw"] == 400_000

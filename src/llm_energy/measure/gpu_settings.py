@@ -33,6 +33,9 @@ class GpuSettingsPhase:
         except gc.GpuControlError as exc:
             if not settings.empty:
                 raise
+            if gc.pending_markers(state_dir, idents):
+                raise gc.GpuControlError(f"a GPU still has settings left by an earlier cell "
+                                         f"(markers in {state_dir}) and cannot be reset: {exc}") from exc
             warnings.append(f"GPU settings not read back: {exc}")
             return
         if not settings.empty and sorted(zeus_idents) != sorted(idents):

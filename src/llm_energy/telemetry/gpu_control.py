@@ -45,11 +45,12 @@ from llm_energy.telemetry.gpu_readback import (  # noqa: F401 - re-exported
     reason_names,
     run_columns,
 )
-from llm_energy.telemetry.gpu_state import (  # noqa: F401 - re-exported
+from llm_energy.telemetry.gpu_state import (
     GpuControlError,
     GpuLocks,
     _marker,
     _reset,
+    pending_markers,
     restore_from_markers,
 )
 
@@ -325,17 +326,18 @@ def restore_after_child(measurement: Mapping[str, Any], pid: int,
     if measurement.get("device") != "cuda":
         return []
     state = Path(measurement.get("gpu_state_dir", DEFAULT_STATE_DIR))
-    left = []
-    for path in state.glob("*.json"):
-        try:
-            if json.loads(path.read_text()).get("pid") == pid:
-                left.append(path)
-        except (OSError, ValueError):
-            continue
+    left = pending_markers(state, pid=pid)
     if not left:
         return []
     try:
-        gpus = zeus_gpus()
-        return restore_from_markers(state, gpus, gpu_idents(gpus), pid=pid, log=log)
+        # Under the GPUs' exclusive locks, so that a cell that took the GPU meanwhile (and
+        # restored this marker itself) is never undone; then only markers still naming `pid`.
+        with GpuLocks(state, [p.stem for p in left], exclusive=True):
+            if not pending_markers(state, pid=pid):
+                return []
+            gpus = zeus_gpus()
+            return restore_from_markers(state, gpus, gpu_idents(gpus), pid=pid, log=log)
     except GpuControlError as exc:
+        if not pending_markers(state, pid=pid):  # the next cell restored them
+            return []
         return [f"cannot restore the GPU settings of process {pid}: {exc}"]
