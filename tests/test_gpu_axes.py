@@ -285,3 +285,30 @@ def test_runner_restore_never_undoes_a_cell_that_took_the_gpu_meanwhile(tmp_path
     b_lock.__exit__()
     runner_a.join(timeout=30)
     assert result == [[]] and fake.gpu(0)["limit_mw"] == 400_000
+
+
+def test_summary_keeps_the_axes_as_settings_and_aggregates_the_read_back():
+    import pandas as pd
+
+    from llm_energy.analysis.summary import summarise
+
+    def row(cell, cycle, limit, read, mismatch, reasons):
+        return {"cell_id": cell, "cycle": cycle, "model": "m", "backend": "vllm",
+                "max_num_seqs": 64, "gpu_power_limit_w": limit, "device": "cuda",
+                "status": "ok", "error": None, "warnings": [], "total_energy_j": 100.0,
+                "output_tokens": 50, "duration_s": 2.0, "requests": 5,
+                "gpu_power_limit_read_w": read, "gpu_settings_mismatch": mismatch,
+                "gpu_throttle_reasons": reasons}
+    runs = pd.DataFrame([row("a", 0, 300.0, 300.0, False, ["sw power cap"]),
+                         row("a", 1, 300.0, 300.0, False, []),
+                         row("b", 0, 500.0, 500.0, False, []),
+                         row("b", 1, 500.0, 450.0, True, ["sw thermal"])])
+    summary = summarise(runs, resamples=10).set_index("cell_id")
+    assert summary.loc["a", "gpu_power_limit_w"] == 300.0 and summary.loc["b", "gpu_power_limit_w"] == 500.0
+    assert summary.loc["b", "gpu_power_limit_read_w"] == 475.0
+    assert summary.loc["a", "gpu_settings_mismatch"] == 0 and summary.loc["b", "gpu_settings_mismatch"] == 1
+    assert list(summary.loc["a", "gpu_throttle_reasons"]) == ["sw power cap"]
+    ours = ["gpu_power_limit_w", "gpu_power_limit_read_w", "gpu_settings_mismatch",
+            "gpu_throttle_reasons"]
+    plain = summarise(runs.drop(columns=ours), resamples=10)  # a study without the axes, on CPU
+    assert not set(ours) & set(plain.columns)
