@@ -19,6 +19,7 @@ import pytest
 from fake_zeus import DEFAULT_MW, FakeZeusGPUs
 
 from llm_energy.telemetry import gpu_control as gc
+from llm_energy.telemetry import gpu_state
 from llm_energy.telemetry.gpu_control import (
     ClockRange,
     GpuControl,
@@ -268,3 +269,14 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     start = time.monotonic()
     with GpuLocks(tmp_path, ["GPU-a"], exclusive=True, wait_s=5):
         assert time.monotonic() - start < 5
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_note(tmp_path, monkeypatch):
+    import errno
+
+    def no_flock(*_a):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(gpu_state.fcntl, "flock", no_flock)
+    with GpuLocks(tmp_path, ["GPU-a"], exclusive=True) as locks:
+        assert len(locks.notes) == 1 and "not locked" in locks.notes[0]
+        assert "No locks available" in locks.notes[0]

@@ -27,6 +27,7 @@ class GpuSettingsPhase:
         state_dir = self.measurement.get("gpu_state_dir", gc.DEFAULT_STATE_DIR)  # type: ignore[attr-defined]
         idents = [g.ident for g in self.detection.gpus]  # type: ignore[attr-defined]
         self._gpu_locks = gc.GpuLocks(state_dir, idents, exclusive=not settings.empty).__enter__()
+        warnings.extend(self._gpu_locks.notes)
         try:
             gpus = gc.zeus_gpus()
             zeus_idents = gc.gpu_idents(gpus)

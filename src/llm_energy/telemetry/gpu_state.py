@@ -83,13 +83,16 @@ def _reset(gpus: Any, index: int, knobs: Sequence[str]) -> list[str]:
 
 class GpuLocks:
     """flock on `<state_dir>/<ident>.lock` per GPU: exclusive for a cell that changes the GPU,
-    shared for one that only measures it. Released when the process ends, however it ends."""
+    shared for one that only measures it. Released when the process ends, however it ends.
+    On a file system without flock (e.g. Lustre mounted without `flock`) the cell runs
+    unlocked and `notes` says so (the scheduler's `gpu_control` resource still applies)."""
 
     def __init__(self, state_dir: str | os.PathLike, idents: Sequence[str], exclusive: bool,
                  wait_s: float = 60.0, poll_s: float = 0.5) -> None:
         self.state_dir, self.idents, self.exclusive = Path(state_dir), list(idents), exclusive
         self.wait_s, self.poll_s = wait_s, poll_s
         self._files: list[Any] = []
+        self.notes: list[str] = []
 
     def __enter__(self) -> Self:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,11 @@ class GpuLocks:
                                 "change (run them one at a time: the workflow's gpu_control "
                                 "resource)") from None
                         time.sleep(self.poll_s)
+                    except OSError as exc:  # ENOLCK/ENOSYS/EINVAL: no flock on this file system
+                        self.notes.append(f"GPU {ident} not locked: flock on {self.state_dir} "
+                                          f"failed ({exc}); only the gpu_control resource keeps "
+                                          "two cells from changing one GPU at once")
+                        break
         except BaseException:
             self.__exit__()
             raise
