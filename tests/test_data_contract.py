@@ -41,7 +41,7 @@ def test_settings_and_declared_columns_are_disjoint():
     declared = {*schema.RUNS, *schema.DERIVED, *schema.SUMMARY}
     assert not declared & set(schema.setting_names())
     assert {"batch_size", "max_num_seqs", "dtype"} <= set(schema.setting_names())
-    assert all(name.startswith("server_") for name, c in schema.RUNS.items() if c.optional)
+    assert all(name.startswith(("server_", "gpu_")) for name, c in schema.RUNS.items() if c.optional)
 
 
 def test_views_derive_from_the_registry():

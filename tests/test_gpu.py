@@ -99,3 +99,29 @@ def test_health_queries_answer_on_a_real_gpu(nvml, monkeypatch):
     assert all(t is not None and 5 < t < 110 for t in temps.values()), temps
     assert isinstance(throttle_reasons(nvml, d.gpus[0].handle), int)
     assert isinstance(other_processes(nvml, d.gpus, set()), list)
+
+
+def test_gpu_control_reads_limits_and_settings_without_changing_them(nvml, monkeypatch):
+    """Read only, through the GPU-control code path (Zeus's device layer + NVML getters): the
+    power-limit constraints, the enforced limit, supported clocks, current clocks and clock-
+    event reasons. No setter or reset is called: a lent GPU's settings must not change."""
+    from llm_energy.telemetry import gpu_control as gc
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    gpus = gc.zeus_gpus()
+    settings = gc.GpuSettings(power_limit_w=1.0, sm_clock=gc.ClockRange(1, 1),
+                              memory_clock=None)
+    limits = gc.device_limits(gpus, 0, settings)
+    (reading,) = gc.read_back(gpus)[:1]
+    print(f"\n{gc.gpu_idents(gpus)[0]}: power limit {limits.power_limit_w} W, enforced "
+          f"{reading['power_limit_w']} W; SM clocks {limits.sm_clock_mhz} MHz, memory clocks "
+          f"{limits.memory_clock_mhz} MHz; now SM {reading['sm_clock_mhz']} MHz, memory "
+          f"{reading['memory_clock_mhz']} MHz, clock events "
+          f"{gc.reason_names(reading['throttle_reasons'])}")
+    low, high = limits.power_limit_w
+    assert 0 < low <= reading["power_limit_w"] <= high
+    assert limits.sm_clock_mhz is not None and limits.memory_clock_mhz is not None
+    assert reading["sm_clock_mhz"] is not None and reading["memory_clock_mhz"] is not None
+    assert isinstance(reading["throttle_reasons"], int)
+    # an out-of-range value is refused by the check, before anything could be set
+    assert any("allowed range" in line for line in gc.check(settings, limits, "gpu0"))

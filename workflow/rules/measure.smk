@@ -31,6 +31,8 @@ rule measure:
     # default-resources cpus_per_task would otherwise win over threads.
     resources:
         gpu=PLAN.gpus(),
+        # 1 for cells that change GPU power limit/clocks: `--resources gpu_control=N` caps them.
+        gpu_control=lambda wc: PLAN.gpu_control(wc.cell_id),
         runtime=PLAN.runtime_min(),
         mem_mb=lambda wc: PLAN.mem_mb(wc.model, wc.backend),
         cpus_per_task=lambda wc, threads: threads,

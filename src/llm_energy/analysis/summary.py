@@ -189,7 +189,8 @@ def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
     out: dict[str, object] = {"cell_id": cells, "model": firsts["model"],
                               "backend": firsts["backend"], **{c: firsts[c] for c in settings}}
     for col in schema.RUNS.values():
-        if col.kind is schema.Kind.METRIC or col.name in out:
+        if col.kind is schema.Kind.METRIC or col.name in out \
+                or (col.optional and col.name not in runs):
             continue
         if col.name == "status":
             out["status"] = np.where(all_ok, "ok", "failed")

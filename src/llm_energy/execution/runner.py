@@ -28,6 +28,7 @@ from llm_energy.execution.processes import kill_processes, stop_process_group
 from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 from llm_energy.results import io as results
+from llm_energy.telemetry import gpu_control
 
 SRC_DIR = Path(__file__).resolve().parents[2]
 _KILL_GRACE_S = 10.0
@@ -123,8 +124,9 @@ def measurement_environment(backend: str) -> dict[str, str]:
 
 
 def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s: float,
-             log: TextIO, backend: str = "") -> str | None:
-    """One try; returns None on success or the error line."""
+             log: TextIO, backend: str = "", measurement: dict[str, Any] | None = None) -> str | None:
+    """One try; returns None on success or the error line. GPU settings the child changed
+    and could not restore itself (killed, timed out, crashed) are reset here."""
     env = measurement_environment(backend)
     _become_subreaper()
     children_before = {p.pid for p in psutil.Process().children()}
@@ -153,6 +155,10 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
         # (direct children that were not there before), with their descendants.
         adopted = [p for p in psutil.Process().children() if p.pid not in children_before]
         _kill_strays([*adopted, *(d for p in adopted for d in _descendants(p.pid))])
+        # The child is gone: reset the GPU power limit/clocks it left (its markers name them).
+        for line in gpu_control.restore_after_child(measurement or {}, process.pid,
+                                                    log=lambda m: print(m, file=log, flush=True)):
+            print(f"WARNING: {line}", file=log, flush=True)
     if code == 0 and (out / "runs.parquet").exists():
         return None
     error_file = out / ERROR_FILE
@@ -191,7 +197,7 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
         if attempt > 1:
             clear_cell_outputs(out)
         error = _attempt(python, cell_file, model_path, out, measurement["timeout_s"], log,
-                         cell_config["backend"])
+                         cell_config["backend"], measurement)
         if error is None:
             (out / ERROR_FILE).unlink(missing_ok=True)
             return "ok"
@@ -204,6 +210,7 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
 def write_failed_cell(cell_config: dict[str, Any], out: Path, error: str) -> None:
     row = {"cell_id": cell_config["cell_id"], "cycle": None, "model": cell_config["model"]["name"],
            "backend": cell_config["backend"], **cell_config["settings"],
+           **gpu_control.GpuSettings.from_measurement(cell_config["measurement"]).columns(),
            "device": cell_config["measurement"]["device"], "status": "failed", "error": error,
            "warnings": []}
     results.write_cell(out, [row], [], [], {

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llm_energy.backends import Backend, backend_class
+from llm_energy.measure.gpu_settings import GpuSettingsPhase
 from llm_energy.measure.idle_cache import (
     IdleCache,
     IdleEntry,
@@ -33,7 +34,7 @@ class CellOutput:
     energy_sources: dict[str, str] = field(default_factory=dict)
 
 
-class CellRunner(ValidityChecks, RowBuilder):
+class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
     def __init__(self, cell_config: dict[str, Any], model_path: str, log: Log = print,
                  meter: Meter | None = None) -> None:
         self.config = cell_config
@@ -159,6 +160,9 @@ class CellRunner(ValidityChecks, RowBuilder):
         self.idle_baseline = "disabled"
         backend = self._make_backend()
         try:
+            # GPU power limit / clocks: checked and applied before the model loads; restored in
+            # the `finally` below (by the runner or the next cell if this process dies).
+            self._apply_gpu_settings(base_warnings)
             self.log(f"[{self.cell_id}] loading model with {self.config['backend']}")
             t0 = time.perf_counter()
             self.meter.begin_window("load")
@@ -204,6 +208,7 @@ class CellRunner(ValidityChecks, RowBuilder):
                 run.update(columns)
                 run.update(backend.cycle_columns(start_s, end_s))
                 run["warnings"].extend(backend.cycle_warnings(cycle, start_s, end_s))
+                run.update(self._gpu_cycle_columns(sampler.samples, start_s, end_s, run["warnings"]))
                 run.update(load_duration_s=load.duration_s, load_energy_j=load_window.total_energy_j,
                            warmup_runs=warmup_runs, device_name=self._device_name(),
                            # On the timeseries clock (origin: start of load), for plots.
@@ -216,6 +221,11 @@ class CellRunner(ValidityChecks, RowBuilder):
                          f"{_fmt(run['energy_per_output_token_j'])} J/token ({run['energy_source']})")
         finally:
             samples = sampler.stop()
-            backend.close()
+            try:
+                backend.close()
+            finally:
+                restore_warnings = self._restore_gpu_settings()
+        for run in out.runs:
+            run["warnings"].extend(restore_warnings)
         out.timeseries = self._timeseries_rows([*samples, *backend.telemetry()], phases)
         return out

@@ -52,9 +52,11 @@ def _table(columns: Iterable[Column], summary: bool) -> str:
 
 
 def _settings() -> str:
-    from llm_energy.study.config import BackendsConfig
+    from llm_energy.study.config import GPU_AXES, BackendsConfig
 
-    lines = ["| backend | setting columns |", "|---|---|"]
+    lines = ["| backend | setting columns |", "|---|---|",
+             f"| every backend, when the study sets them (`measurement`) | "
+             f"{', '.join(f'`{k}`' for k in GPU_AXES)} |"]
     for name, field in BackendsConfig.model_fields.items():
         classes = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
                    if hasattr(a, "model_fields")]

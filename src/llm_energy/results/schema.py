@@ -234,6 +234,21 @@ RUNS = _declare([
            "the cross-check of `nvml-counter` (null without NVML)", MEAN, basis="energy"),
     Column("preflight_temperature_c", _F, ST, "°C", "hottest job GPU before loading (null "
            "without NVML)", FIRST),
+    # GPU settings read back each cycle on `cuda` (telemetry/gpu_control.py, docs/methodology.md).
+    *(Column(name, dtype, kind, unit, text, agg, optional="GPU cells (cuda)")
+      for name, dtype, kind, unit, text, agg in (
+          ("gpu_power_limit_read_w", _F, M, "W", "power limit the GPU enforces (Zeus "
+           "`get_power_management_limit`), mean over the cell's GPUs", MEAN),
+          ("gpu_sm_clock_read_mhz", _F, M, "MHz", "median SM clock of the cycle's samples, mean "
+           "over the cell's GPUs", MEAN),
+          ("gpu_memory_clock_read_mhz", _F, M, "MHz", "median memory clock of the cycle's "
+           "samples, mean over the cell's GPUs", MEAN),
+          ("gpu_throttle_reasons", pa.list_(_S), ST, "", "NVML clock-event reasons seen in the "
+           "cycle (`sw power cap`, `hw slowdown`, `sw thermal`, ...)", UNION),
+          ("gpu_settings_mismatch", _B, M, "", "true when a read-back value differs from what "
+           "the cell asked (power limit by > 1 W, a clock outside the locked range ± 15 MHz; "
+           "each case a line in `warnings`); null when nothing was asked. Summary: 1 when any "
+           "cycle differed", MAX))),
     *(Column(name, dtype, M, unit, text, agg, interval, optional="server backends")
       for name, dtype, unit, text, agg, interval in (
           ("server_metric_samples", _I, "", "`/metrics` scrapes inside the cycle", SUM, False),
@@ -289,6 +304,7 @@ TIMESERIES = _declare(Column(n, t, Kind.TIMESERIES, u, d, optional=o) for n, t, 
     ("temperature_c", _F, "°C", "temperature", None),
     ("utilization_pct", _F, "%", "utilisation", None), ("memory_mb", _F, "MiB", "memory used", None),
     ("sm_clock_mhz", _F, "MHz", "SM clock", None),
+    ("memory_clock_mhz", _F, "MHz", "memory clock", None),
     ("phase", _S, "", "`load`, `idle`, `warmup`, `cycleN`, `between`", None),
     ("throttle_reasons", _I, "", "NVML clock-event reason bits (null off NVIDIA)", None),
     ("requests_running", _F, "requests", "server gauge: requests running", "server backends"),
@@ -353,11 +369,11 @@ def export_columns() -> dict[str, dict[str | None, str]]:
 
 @lru_cache(maxsize=1)
 def setting_names() -> tuple[str, ...]:
-    """Every backend configuration field (except `enabled`): the columns that are settings.
-    Read from the study configuration's backend classes."""
-    from llm_energy.study.config import BackendsConfig
+    """Every backend configuration field (except `enabled`), and the measurement axes (GPU
+    power limit and clocks): the columns that are settings. Read from the study configuration."""
+    from llm_energy.study.config import GPU_AXES, BackendsConfig
 
-    names: list[str] = []
+    names: list[str] = list(GPU_AXES)
     for field in BackendsConfig.model_fields.values():
         for cls in (field.annotation, *get_args(field.annotation)):
             for name in getattr(cls, "model_fields", {}):

@@ -294,8 +294,24 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_RETRIES = 10
 
 
+#: A locked clock in MHz: one value, or [min, max].
+ClockSetting = Annotated[int, Field(gt=0)] | Annotated[
+    list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)]
+#: Measurement keys that are sweep axes (crossed with the backends' axes in the matrix).
+GPU_AXES = ("gpu_power_limit_w", "gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
+
+
 class MeasurementConfig(_Strict):
     device: Device = "cpu"
+    gpu_power_limit_w: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] | None = \
+        Field(None, description="axis: GPU power limit per GPU, W (device: cuda; set through Zeus, "
+              "read back, restored after the cell); unset: the node's setting")
+    gpu_sm_clock_mhz: Annotated[list[ClockSetting], Field(min_length=1)] | None = Field(
+        None, description="axis: locked graphics (SM) clock, MHz: each value one locked clock "
+        "or [min, max]; unset: not locked")
+    gpu_memory_clock_mhz: Annotated[list[ClockSetting], Field(min_length=1)] | None = Field(
+        None, description="axis: locked memory clock, MHz: each value one locked clock or "
+        "[min, max]; unset: not locked")
     cycles: int = Field(3, gt=0, le=1000)
     warmup: WarmupConfig = WarmupConfig()
     idle_duration_s: float = Field(2.0, ge=0)
@@ -332,6 +348,23 @@ class MeasurementConfig(_Strict):
     temperature_drift_c: float = Field(
         10.0, gt=0, description="device temperature change within a cycle, or across cycle starts, "
         "that is flagged")
+
+    @field_validator(*GPU_AXES, mode="before")
+    @classmethod
+    def _gpu_scalar_to_axis(cls, value: Any) -> Any:
+        return value if value is None else _as_list(value)
+
+    @field_validator("gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
+    @classmethod
+    def _clock_ranges_ordered(cls, value: list[Any] | None) -> list[Any] | None:
+        for item in value or []:
+            if isinstance(item, list) and item[0] > item[1]:
+                raise ValueError(f"clock range {item}: min must not exceed max")
+        return value
+
+    def gpu_axes(self) -> dict[str, list[Any]]:
+        """The GPU axes that are set: key -> values (an unset key is no axis)."""
+        return {k: list(getattr(self, k)) for k in GPU_AXES if getattr(self, k) is not None}
 
 
 class CarbonConfig(_Strict):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_energy.backends import is_server
-from llm_energy.study.config import StudyConfig
+from llm_energy.study.config import GPU_AXES, StudyConfig
 from llm_energy.study.identity import cell_hash
 
 
@@ -24,6 +24,8 @@ class Cell:
     backend: str
     settings: dict[str, Any]
     config: dict[str, Any] = field(repr=False)
+    #: Values of the measurement axes (GPU power limit, clocks) this cell has; {} when unset.
+    measurement_axes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -36,6 +38,7 @@ class PrunedCell:
     backend: str
     settings: dict[str, Any]
     reason: str
+    measurement_axes: dict[str, Any] = field(default_factory=dict)
 
 
 def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> str | None:
@@ -60,12 +63,26 @@ def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> 
     return None
 
 
+def gpu_axis_values(study: StudyConfig) -> list[dict[str, Any]]:
+    """One dict per combination of the GPU axes that are set ([{}] when none is): unset
+    keys stay out of the cell's configuration, so studies without them keep their cell ids."""
+    axes = study.measurement.gpu_axes()
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def gpu_prune_reason(study: StudyConfig, gpu_values: dict[str, Any]) -> str | None:
+    if gpu_values and study.measurement.device != "cuda":
+        return (f"GPU power limit and clocks ({', '.join(gpu_values)}) need an NVIDIA GPU "
+                f"(measurement.device: cuda), not '{study.measurement.device}'")
+    return None
+
+
 def expand(study: StudyConfig) -> tuple[list[Cell], list[PrunedCell]]:
     cells: list[Cell] = []
     pruned: list[PrunedCell] = []
     shared = {
         "workload": study.workload.model_dump(mode="json"),
-        "measurement": study.measurement.model_dump(mode="json"),
+        "measurement": study.measurement.model_dump(mode="json", exclude=set(GPU_AXES)),
     }
     for model in study.models:
         model_config = model.model_dump(mode="json", exclude_none=True)
@@ -75,30 +92,42 @@ def expand(study: StudyConfig) -> tuple[list[Cell], list[PrunedCell]]:
             names = list(axes)
             for values in itertools.product(*(axes[n] for n in names)):
                 settings = {**dict(zip(names, values)), **fixed}
-                reason = prune_reason(backend, settings, study)
-                if reason:
-                    pruned.append(PrunedCell(model.name, backend, settings, reason))
-                    continue
-                config = {
-                    "model": model_config,
-                    "backend": backend,
-                    "settings": settings,
-                    **shared,
-                }
-                cells.append(Cell(cell_hash(config), model.name, backend, settings, config))
+                for gpu_values in gpu_axis_values(study):
+                    reason = prune_reason(backend, settings, study) \
+                        or gpu_prune_reason(study, gpu_values)
+                    if reason:
+                        pruned.append(PrunedCell(model.name, backend, settings, reason, gpu_values))
+                        continue
+                    config = {
+                        "model": model_config,
+                        "backend": backend,
+                        "settings": settings,
+                        **shared,
+                        "measurement": {**shared["measurement"], **gpu_values},
+                    }
+                    cells.append(Cell(cell_hash(config), model.name, backend, settings, config,
+                                      gpu_values))
     return cells, pruned
 
 
 def matrix_csv(cells: list[Cell], pruned: list[PrunedCell]) -> str:
     """One row per cell, planned or pruned, for `results/matrix.csv`."""
     axis_names = sorted({k for c in [*cells, *pruned] for k in c.settings})
+    gpu_names = [k for k in GPU_AXES if any(k in c.measurement_axes for c in [*cells, *pruned])]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["cell_id", "model", "backend", *axis_names, "status", "reason", "path"])
+    writer.writerow(["cell_id", "model", "backend", *axis_names, *gpu_names, "status", "reason", "path"])
+
+    def values(c: Cell | PrunedCell) -> list[Any]:
+        return [*(c.settings.get(a, "") for a in axis_names),
+                *(_csv_value(c.measurement_axes.get(a, "")) for a in gpu_names)]
     for cell in cells:
-        writer.writerow([cell.cell_id, cell.model, cell.backend,
-                         *(cell.settings.get(a, "") for a in axis_names), "planned", "", cell.path])
+        writer.writerow([cell.cell_id, cell.model, cell.backend, *values(cell), "planned", "", cell.path])
     for p in pruned:
-        writer.writerow(["", p.model, p.backend,
-                         *(p.settings.get(a, "") for a in axis_names), "pruned", p.reason, ""])
+        writer.writerow(["", p.model, p.backend, *values(p), "pruned", p.reason, ""])
     return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    """A clock range [min, max] as 'min-max' (one CSV field)."""
+    return "-".join(str(v) for v in value) if isinstance(value, list) else value

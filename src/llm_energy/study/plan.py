@@ -121,6 +121,13 @@ class Plan:
         measurement = self.study.measurement
         return measurement.gpus_per_cell if measurement.device == "cuda" else 0
 
+    def gpu_control(self, cell_id: str) -> int:
+        """The measure rule's `gpu_control` resource: 1 for a cell that changes its GPUs'
+        power limit or clocks, else 0. Limit it on one machine (`--resources gpu_control=1`,
+        or the number of GPUs when each cell has its own) so that two cells never change
+        one GPU at once; the cells also lock their GPUs (telemetry/gpu_control.py)."""
+        return 1 if self.cells[cell_id].measurement_axes else 0
+
     def runtime_min(self) -> int:
         """Slurm `-t` for a measurement job: every attempt may use the full timeout, plus
         5 minutes for start-up and writing results."""

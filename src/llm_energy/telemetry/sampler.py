@@ -30,6 +30,8 @@ class Sample:
     sm_clock_mhz: float | None
     #: NVML clock-event reason bits (see meters.nvml.THROTTLE_REASONS); None off NVIDIA.
     throttle_reasons: int | None = None
+    #: Memory clock, MHz (NVML); None off NVIDIA.
+    memory_clock_mhz: float | None = None
 
 
 class CpuProbe:
@@ -84,9 +86,10 @@ class NvmlProbe:
         util = self._read(lambda: nvml.nvmlDeviceGetUtilizationRates(h).gpu)
         mem = self._read(lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20)
         clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM))
+        mem_clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM))
         return Sample(t_s, self.device, None if power_mw is None else power_mw / 1000.0,
                       "nvml-power" if power_mw is not None else None, temp, util, mem, clock,
-                      throttle_reasons(nvml, h))
+                      throttle_reasons(nvml, h), mem_clock)
 
 
 class Sampler:
