@@ -9,15 +9,8 @@ import pytest
 from fakes.openai_server import FakeServer
 
 from llm_energy.backends.openai_server import OpenAIServerBackend
-from llm_energy.loadgen.client import (
-    Endpoint,
-    LoadSpec,
-    MetricsScraper,
-    parse_prometheus,
-    poisson_offsets_s,
-    run_load,
-    server_cycle_columns,
-)
+from llm_energy.loadgen.client import Endpoint, LoadSpec, poisson_offsets_s, run_load
+from llm_energy.loadgen.prometheus import MetricsScraper, parse_prometheus, server_cycle_columns
 
 PROMPTS = [[10 + i, 11, 12, 13] for i in range(6)]
 
@@ -39,6 +32,7 @@ def test_closed_loop_keeps_concurrency_and_counts_tokens_exactly():
         assert body["prompt"] == prompt  # token ids, not text
         assert body["max_tokens"] == body["min_tokens"] == 5 and body["ignore_eos"] is True
         assert body["stream"] is True and body["temperature"] == 0.0
+        assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     # Closed loop: the third request is sent only when one of the first two has finished.
     third = result.records[2].arrival_s
     assert third >= min(result.records[0].finish_s, result.records[1].finish_s)
@@ -88,14 +82,21 @@ def test_http_errors_become_failed_requests_and_a_failed_generate():
 
 def test_server_without_token_ids_counts_from_usage():
     """A server without vLLM's extensions packs two tokens per text chunk: the count comes
-    from its usage chunk, the times are per chunk."""
+    from its usage chunk, one time per token (the chunk's last, the others spread over the gap
+    before it, in the first chunk its own time), marked not observed."""
     with FakeServer(ids=False, tokens_per_chunk=2) as server:
         result = run_load(Endpoint(server.base_url, "fake-model", extensions=False),
                           PROMPTS[:2], 6, LoadSpec())
-        assert "min_tokens" not in server.requests[0]["body"]
+        body = server.requests[0]["body"]
+        assert "min_tokens" not in body and "continuous_usage_stats" not in body["stream_options"]
     for record in result.records:
         assert record.success and record.output_tokens == 6
-        assert len(record.token_times_s) == 3 and record.output_token_ids is None
+        assert len(record.token_times_s) == 6 and record.output_token_ids is None
+        assert record.token_time_observed == [False, True] * 3
+        times = record.token_times_s
+        assert times[0] == times[1] < times[2] < times[3] < times[4] < times[5]
+        assert times[3] - times[2] == pytest.approx(times[2] - times[1])
+        assert "3 streamed chunk(s) (3 with text) but the server reports 6 tokens" in record.count_note
 
 
 def test_prometheus_parsing_sums_engines_and_ignores_other_metrics():
@@ -148,10 +149,13 @@ def test_openai_backend_reports_missing_key_and_unreachable_server(monkeypatch):
 
 
 def test_scraper_gaps_do_not_raise():
-    scraper = MetricsScraper("http://127.0.0.1:9/metrics", 0.01).start()
     import time
 
-    time.sleep(0.1)
+    scraper = MetricsScraper("http://127.0.0.1:9/metrics", 0.01).start()
+    # Wait for the first failed scrape (the thread imports httpx first: slow on a busy host).
+    deadline = time.monotonic() + 20.0
+    while scraper.errors < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert scraper.stop() == [] and scraper.errors >= 1
 
 
@@ -264,7 +268,7 @@ def test_openai_server_cell_through_snakemake(tmp_path):
 
 
 def test_a_cycle_the_server_was_too_busy_to_report_is_flagged():
-    from llm_energy.loadgen.client import ServerSample, scrape_coverage_warning
+    from llm_energy.loadgen.prometheus import ServerSample, scrape_coverage_warning
 
     def scrapes(times):
         return [ServerSample(t, "server", 2.0, 0.0, 10.0) for t in times]

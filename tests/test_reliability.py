@@ -333,3 +333,28 @@ def test_self_threaded_backends_do_not_inherit_scheduler_thread_counts(monkeypat
     assert "OPENBLAS_NUM_THREADS" not in measurement_environment("vllm")
     assert "OMP_NUM_THREADS" not in measurement_environment("vllm")
     assert measurement_environment("transformers")["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_cell_whose_requests_all_fail_is_failed_with_their_reason(faults, tmp_path,
+                                                                    demo_model_dir):
+    """Every request stops short (as at a context limit) without any exception: the cell is
+    `failed` with the backend's reason, the workflow's exit check lists it, and the report
+    counts it as failed."""
+    import pandas as pd
+
+    from llm_energy.analysis.report import render
+    from llm_energy.analysis.summary import aggregate
+
+    faults({5: "short@generate"})
+    cell, out = cell_config(5), tmp_path / "cell"
+    status, _, rows = run(cell, out, str(demo_model_dir))
+    error = assert_failed_cell(out, rows, cell)
+    assert status == "failed"
+    assert error == ("RuntimeError: every request of the warmup failed (4): transformers "
+                     "returned 4 tokens, expected 8 (injected context limit)")
+    runs_file = str(out / "runs.parquet")
+    assert f"{runs_file}: {error}" in runner.failure_message([runs_file])
+    summary = aggregate([runs_file]).summary
+    assert list(summary["status"]) == ["failed"]
+    html = render(summary, pd.DataFrame({"status": []}), [], {}, [], "study")
+    assert "1 cell(s) measured, 1 failed" in html and error in html

@@ -67,7 +67,7 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
             # Per-request energy splits the cycle's energy exactly.
             assert sum(q["energy_j"] for q in mine) == pytest.approx(run["total_energy_j"], rel=1e-6)
             for q in mine:
-                assert q["success"] and q["output_tokens"] == OUTPUT_TOKENS
+                assert q["success"] and q["error"] is None and q["output_tokens"] == OUTPUT_TOKENS
                 assert len(q["itl_ms"]) == OUTPUT_TOKENS - 1
                 assert 0 <= q["arrival_s"] <= q["first_token_s"] <= q["finish_s"]
                 assert q["ttft_ms"] > 0 and q["e2e_ms"] >= q["ttft_ms"]

@@ -14,7 +14,9 @@ normally. Faults:
              sleeps forever;
 - orphan:    starts a grandchild in a session of its own (as the vLLM server backend does),
              records its pid in $LLM_ENERGY_TEST_FAULT_DIR/orphan-<pid>.json, then SIGKILLs itself;
-- fail-once: raises on the first attempt (leaves a marker in the fault dir), then runs normally.
+- fail-once: raises on the first attempt (leaves a marker in the fault dir), then runs normally;
+- short:     (@generate) every request stops at half the asked length, as at a context limit:
+             the backend's own length check fails each record; nothing raises.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from llm_energy.backends.base import fail_short_records
 from llm_energy.backends.transformers_backend import TransformersBackend
 
 
@@ -95,6 +98,10 @@ class FaultyBackend(TransformersBackend):
         return super().load()
 
     def generate(self, prompts, max_new_tokens):
+        if _faults().get(str(self.settings.get("batch_size"))) == "short@generate":
+            records = super().generate(prompts, max(1, max_new_tokens // 2))
+            fail_short_records(records, max_new_tokens, "transformers", " (injected context limit)")
+            return records
         if not getattr(self, "_generated", False):
             self._generated = True
             self._fault("generate")

@@ -24,6 +24,13 @@ class RequestRecord:
     success: bool = True
     error: str | None = None
     output_token_ids: list[int] | None = None
+    #: Per token: False when its arrival was not observed on its own (it came in one streamed
+    #: chunk with the token after it, so its time is the chunk's or interpolated; see
+    #: `llm_energy.loadgen.stream`). None: every time was observed (one token per event).
+    token_time_observed: list[bool] | None = None
+    #: Set when the streamed token count disagreed with the server's final `usage` (the
+    #: usage count is then used and the times spread); flagged per cycle.
+    count_note: str | None = None
 
     @property
     def first_token_s(self) -> float | None:
@@ -32,6 +39,16 @@ class RequestRecord:
     @property
     def finish_s(self) -> float | None:
         return self.token_times_s[-1] if self.token_times_s else None
+
+
+def fail_short_records(records: list[RequestRecord], expected: int, who: str,
+                       detail: str = "") -> None:
+    """Mark every successful record that has other than `expected` output tokens as failed,
+    with the reason (e.g. a context limit that stopped generation early)."""
+    for r in records:
+        if r.success and r.output_tokens != expected:
+            r.success = False
+            r.error = f"{who} returned {r.output_tokens} tokens, expected {expected}{detail}"
 
 
 @dataclass

@@ -46,7 +46,7 @@ class OpenAIServerBackend(Backend):
         return 1.0 / float((self.measurement or {}).get("sampler_hz", 10.0))
 
     def _start_scraper(self, metrics_url: str) -> None:
-        from llm_energy.loadgen.client import MetricsScraper
+        from llm_energy.loadgen.prometheus import MetricsScraper
 
         self._scraper = MetricsScraper(metrics_url, self._scrape_period_s()).start()
 
@@ -56,14 +56,14 @@ class OpenAIServerBackend(Backend):
     def cycle_columns(self, start_s: float, end_s: float) -> dict[str, Any]:
         if self._scraper is None:
             return {}
-        from llm_energy.loadgen.client import server_cycle_columns
+        from llm_energy.loadgen.prometheus import server_cycle_columns
 
         return server_cycle_columns(self._scraper.samples, start_s, end_s)
 
     def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
         if self._scraper is None:
             return []
-        from llm_energy.loadgen.client import scrape_coverage_warning
+        from llm_energy.loadgen.prometheus import scrape_coverage_warning
 
         warning = scrape_coverage_warning(self._scraper.samples, cycle, start_s, end_s,
                                           self._scrape_period_s())
@@ -84,7 +84,8 @@ class OpenAIServerBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"the openai-server backend needs httpx ({exc}): "
                                      "run `make venv`") from None
-        from llm_energy.loadgen.client import Endpoint, is_loopback, parse_prometheus
+        from llm_energy.loadgen.client import Endpoint, is_loopback
+        from llm_energy.loadgen.prometheus import parse_prometheus
 
         start = time.perf_counter()
         base_url = str(self.settings["base_url"])

@@ -23,6 +23,7 @@ from llm_energy.backends.base import (
     BackendUnavailable,
     LoadInfo,
     RequestRecord,
+    fail_short_records,
 )
 
 _DEFAULTS: dict[str, Any] = {
@@ -135,11 +136,7 @@ class TensorrtLlmBackend(Backend):
         params = trtllm_arguments(self._trtllm, self.model_path, self.settings, self.device,
                                   max_new_tokens).sampling_params
         records = asyncio.run(self._stream_all(prompts, params))
-        for record in records:
-            if record.success and record.output_tokens != max_new_tokens:
-                record.success = False
-                record.error = (f"tensorrt-llm returned {record.output_tokens} tokens, "
-                                f"expected {max_new_tokens}")
+        fail_short_records(records, max_new_tokens, "tensorrt-llm")
         return records
 
     async def _stream_all(self, prompts: list[list[int]], params: Any) -> list[RequestRecord]:

@@ -12,6 +12,7 @@ from llm_energy.backends.base import (
     BackendUnavailable,
     LoadInfo,
     RequestRecord,
+    fail_short_records,
 )
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -148,6 +149,7 @@ class TransformersBackend(Backend):
                         output_token_ids=new_tokens[offset],
                     )
                 )
+        fail_short_records(records, max_new_tokens, "transformers")
         return records
 
     def close(self) -> None:

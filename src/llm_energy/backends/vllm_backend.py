@@ -29,6 +29,7 @@ from llm_energy.backends.base import (
     BackendUnavailable,
     LoadInfo,
     RequestRecord,
+    fail_short_records,
 )
 
 # On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
@@ -313,17 +314,13 @@ class VllmBackend(Backend):
 
         for record in records:
             record.output_tokens = len(record.output_token_ids or ())
-            problem = None
-            if record.output_tokens != max_new_tokens:
-                problem = (f"vllm returned {record.output_tokens} tokens, expected "
-                           f"{max_new_tokens} (prompt {record.input_tokens} tokens, "
-                           f"max_model_len {self.kwargs['max_model_len']})")
-            elif len(record.token_times_s) != record.output_tokens:
-                problem = (f"{len(record.token_times_s)} token timestamps for "
-                           f"{record.output_tokens} tokens")
-            if problem:
+            fail_short_records([record], max_new_tokens, "vllm",
+                               f" (prompt {record.input_tokens} tokens, max_model_len "
+                               f"{self.kwargs['max_model_len']})")
+            if record.success and len(record.token_times_s) != record.output_tokens:
                 record.success = False
-                record.error = problem
+                record.error = (f"{len(record.token_times_s)} token timestamps for "
+                                f"{record.output_tokens} tokens")
         return records
 
     @staticmethod

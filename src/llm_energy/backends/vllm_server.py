@@ -137,7 +137,9 @@ class VllmServerBackend(OpenAIServerBackend):
             extra={"engine_kwargs": dict(self.kwargs), "server_command": list(self.command),
                    "server_pid": self.process.pid,
                    "load_includes": "server process start, vLLM import, engine construction",
-                   "token_timestamps": "client receipt time of each streamed chunk"},
+                   "token_timestamps": "client receipt time of each streamed chunk "
+                                       "(several tokens in one chunk: spread over the gap "
+                                       "before it)"},
         )
 
     def _wait_healthy(self, url: str) -> None:

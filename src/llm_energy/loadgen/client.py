@@ -5,36 +5,33 @@ as one finishes) or a Poisson process at `request_rate_per_s` (exponential gaps 
 generator, so every cell of a study sees the same schedule). Prompts are sent as token-id
 lists, the same ids every backend gets, with exactly `max_tokens` out: vLLM's request
 extensions `min_tokens` and `ignore_eos` make the length exact, `return_token_ids` makes every
-streamed chunk carry its token ids, so tokens are counted, not guessed from text.
+streamed chunk carry its token ids and `continuous_usage_stats` its running token count, so
+tokens are counted from what the server says, never guessed from text (`loadgen.stream`).
 
 Each streamed chunk is stamped with `time.perf_counter()` when its line is read, the clock the
 protocol uses for energy windows. Only asyncio and httpx (in every environment of this
-project) are used.
-
-`MetricsScraper` polls a Prometheus `/metrics` endpoint in a background thread (requests
-running and waiting, KV-cache use) for the time series.
+project) are used. A server's `/metrics` is scraped by `loadgen.prometheus`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import random
-import re
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from llm_energy.backends.base import RequestRecord
+from llm_energy.loadgen.stream import (
+    ServerError,
+    StreamedResponse,
+    parse_event,
+    token_arrivals,
+)
 
 _CONNECT_TIMEOUT_S = 10.0
-
-
-class ServerError(RuntimeError):
-    """The server answered, with an error (HTTP status or an error event in the stream)."""
 
 
 @dataclass(frozen=True)
@@ -128,57 +125,9 @@ def completion_payload(endpoint: Endpoint, prompt_ids: list[int], max_tokens: in
     if endpoint.extensions:
         payload.update(min_tokens=max_tokens, ignore_eos=True, return_token_ids=True,
                        skip_special_tokens=False)
+        # Every chunk's cumulative token count: exact counts even without token ids.
+        payload["stream_options"]["continuous_usage_stats"] = True
     return payload
-
-
-@dataclass
-class _Stream:
-    """What one streamed response said, chunk by chunk."""
-
-    token_times_s: list[float] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    ids_streamed: bool = True
-    prompt_token_ids: list[int] | None = None
-    usage_completion_tokens: int | None = None
-    finish_reason: str | None = None
-
-
-def chunk_tokens(choice: dict[str, Any]) -> tuple[int, list[int] | None]:
-    """Tokens in one streamed choice: from its token ids (vLLM `return_token_ids`), else its
-    logprobs' tokens, else one per non-empty text delta (servers that stream token by token).
-    Returns (count, ids or None)."""
-    ids = choice.get("token_ids")
-    if isinstance(ids, list):
-        return len(ids), [int(i) for i in ids]
-    logprobs = choice.get("logprobs")
-    if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):
-        return len(logprobs["tokens"]), None
-    return (1 if choice.get("text") else 0), None
-
-
-def parse_event(data: str, stream: _Stream, now_s: float) -> bool:
-    """Apply one SSE `data:` payload; False at `[DONE]`."""
-    if data == "[DONE]":
-        return False
-    event = json.loads(data)
-    if "error" in event and not event.get("choices"):
-        error = event["error"]
-        raise ServerError(error.get("message", str(error)) if isinstance(error, dict) else str(error))
-    for choice in event.get("choices") or []:
-        if choice.get("prompt_token_ids") is not None and stream.prompt_token_ids is None:
-            stream.prompt_token_ids = [int(i) for i in choice["prompt_token_ids"]]
-        count, ids = chunk_tokens(choice)
-        if ids is None:
-            stream.ids_streamed = stream.ids_streamed and count == 0
-        else:
-            stream.token_ids.extend(ids)
-        stream.token_times_s.extend([now_s] * count)
-        if choice.get("finish_reason"):
-            stream.finish_reason = choice["finish_reason"]
-    usage = event.get("usage")
-    if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-        stream.usage_completion_tokens = int(usage["completion_tokens"])
-    return True
 
 
 @dataclass
@@ -189,10 +138,10 @@ class LoadResult:
     end_s: float
 
 
-async def _one_request(client: Any, endpoint: Endpoint, index: int, prompt: list[int],
-                       max_tokens: int, record: RequestRecord) -> None:
+async def _one_request(client: Any, endpoint: Endpoint, prompt: list[int], max_tokens: int,
+                       record: RequestRecord) -> None:
     clock = time.perf_counter
-    stream = _Stream()
+    stream = StreamedResponse()
     record.arrival_s = clock()
     try:
         async with client.stream("POST", endpoint.completions_url,
@@ -210,28 +159,33 @@ async def _one_request(client: Any, endpoint: Endpoint, index: int, prompt: list
         record.success = False
         text = str(exc) if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}"
         record.error = text.strip()[:500]
-    record.token_times_s = stream.token_times_s
-    record.output_token_ids = stream.token_ids if stream.ids_streamed else None
-    counted = len(stream.token_times_s)
-    record.output_tokens = counted
+    finish_record(record, stream, prompt, max_tokens if endpoint.extensions else None)
+
+
+def finish_record(record: RequestRecord, stream: StreamedResponse, prompt: list[int],
+                  exact_tokens: int | None) -> None:
+    """Fill `record` from what the stream said; a request the stream contradicts (prompt ids
+    not the ones sent, ids against usage) or that returned other than `exact_tokens` tokens
+    (when the server was asked for exactly that many) fails with the reason."""
+    arrivals = token_arrivals(stream)
+    record.token_times_s = arrivals.times_s
+    record.token_time_observed = None if all(arrivals.observed) else arrivals.observed
+    record.output_token_ids = arrivals.token_ids
+    record.output_tokens = len(arrivals.times_s)
+    record.count_note = arrivals.note
     if not record.success:
         return
+    problem = None
     if stream.prompt_token_ids is not None and stream.prompt_token_ids != list(prompt):
-        record.success = False
-        record.error = (f"the server's prompt token ids differ from the ones sent "
-                        f"({len(stream.prompt_token_ids)} vs {len(prompt)} tokens)")
-    elif stream.usage_completion_tokens is not None and stream.usage_completion_tokens != counted:
-        # A server that packs several tokens into one text chunk: its own count is exact, the
-        # chunk times are then per chunk, not per token.
-        record.output_tokens = stream.usage_completion_tokens
-        if stream.ids_streamed:
-            record.success = False
-            record.error = (f"streamed {counted} token ids but the server reports "
-                            f"{stream.usage_completion_tokens} completion tokens")
-    if record.success and endpoint.extensions and record.output_tokens != max_tokens:
-        record.success = False
-        record.error = (f"server returned {record.output_tokens} tokens, expected {max_tokens} "
-                        f"(finish_reason {stream.finish_reason!r})")
+        problem = (f"the server's prompt token ids differ from the ones sent "
+                   f"({len(stream.prompt_token_ids)} vs {len(prompt)} tokens)")
+    elif arrivals.error is not None:
+        problem = arrivals.error
+    elif exact_tokens is not None and record.output_tokens != exact_tokens:
+        problem = (f"server returned {record.output_tokens} tokens, expected {exact_tokens} "
+                   f"(finish_reason {stream.finish_reason!r})")
+    if problem is not None:
+        record.success, record.error = False, problem
 
 
 async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
@@ -264,8 +218,7 @@ async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
                 in_flight += 1
                 max_in_flight = max(max_in_flight, in_flight)
                 try:
-                    await _one_request(client, endpoint, index, prompts[index], max_tokens,
-                                       records[index])
+                    await _one_request(client, endpoint, prompts[index], max_tokens, records[index])
                 finally:
                     in_flight -= 1
 
@@ -280,138 +233,3 @@ def run_load(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
              spec: LoadSpec) -> LoadResult:
     """Send every prompt, wait for every response; one record per prompt, in prompt order."""
     return asyncio.run(_run(endpoint, prompts, max_tokens, spec))
-
-
-# ---------------------------------------------------------------- Prometheus
-
-
-#: Metric names per server family -> our column. Values are summed over label sets (engines).
-PROMETHEUS_METRICS = {
-    "vllm:num_requests_running": "requests_running",
-    "vllm:num_requests_waiting": "requests_waiting",
-    "vllm:kv_cache_usage_perc": "kv_cache_usage_frac",
-    "sglang:num_running_reqs": "requests_running",
-    "sglang:num_queue_reqs": "requests_waiting",
-    "sglang:token_usage": "kv_cache_usage_frac",
-}
-
-
-_SAMPLE_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{[^}]*\})?\s+(\S+)")
-
-
-def parse_prometheus(text: str, names: dict[str, str] = PROMETHEUS_METRICS) -> dict[str, float]:
-    """The wanted gauges from Prometheus text exposition, summed over label sets."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE_LINE.match(line)
-        if match is None:
-            continue  # comments (# HELP, # TYPE), blank lines
-        column = names.get(match.group(1))
-        if column is None:
-            continue
-        try:
-            value = float(match.group(2))
-        except ValueError:
-            continue
-        values[column] = values.get(column, 0.0) + value
-    return values
-
-
-@dataclass
-class ServerSample:
-    """One scrape of a server's /metrics (a timeseries.parquet row with device 'server')."""
-
-    t_s: float
-    device: str
-    requests_running: float | None
-    requests_waiting: float | None
-    kv_cache_usage_pct: float | None
-
-
-class MetricsScraper:
-    """Polls `url` every `period_s` in a daemon thread; keeps one `ServerSample` per scrape.
-    A failed scrape is a gap, not an error (the server may be busy or going away)."""
-
-    def __init__(self, url: str, period_s: float) -> None:
-        self.url = url
-        self.period_s = period_s
-        self.samples: list[ServerSample] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="llm-energy-metrics", daemon=True)
-
-    def scrape_once(self, client: Any) -> ServerSample | None:
-        response = client.get(self.url)
-        if response.status_code != 200:
-            return None
-        values = parse_prometheus(response.text)
-        if not values:
-            return None
-        frac = values.get("kv_cache_usage_frac")
-        return ServerSample(time.perf_counter(), "server", values.get("requests_running"),
-                            values.get("requests_waiting"), None if frac is None else 100.0 * frac)
-
-    def _run(self) -> None:
-        import httpx
-
-        with httpx.Client(timeout=max(self.period_s, 1.0), trust_env=not is_loopback(self.url)) as client:
-            next_t = time.perf_counter()
-            while not self._stop.is_set():
-                try:
-                    sample = self.scrape_once(client)
-                    if sample is not None:
-                        self.samples.append(sample)
-                    else:
-                        self.errors += 1
-                except Exception:  # noqa: BLE001 - a gap, flagged by its absence
-                    self.errors += 1
-                next_t += self.period_s
-                delay = next_t - time.perf_counter()
-                if delay < 0:
-                    next_t, delay = time.perf_counter(), 0.0
-                self._stop.wait(delay)
-
-    def start(self) -> MetricsScraper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[ServerSample]:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-        return self.samples
-
-
-#: Share of the expected scrapes a cycle must get before its server_* columns are trusted.
-SCRAPE_COVERAGE_MIN = 0.5
-
-
-def scrape_coverage_warning(samples: list[ServerSample], cycle: int, start_s: float,
-                            end_s: float, period_s: float) -> str | None:
-    """A flag when the server answered `/metrics` far less often than asked during a cycle:
-    a server too busy to report (e.g. sharing 2 CPU cores with its engine) answers late, so
-    its few answers describe the moments it was free, not the cycle."""
-    expected = (end_s - start_s) / period_s
-    if expected < 2:
-        return None  # a cycle this short cannot be covered at this rate; nothing to judge
-    got = sum(1 for s in samples if start_s <= s.t_s <= end_s)
-    if got >= SCRAPE_COVERAGE_MIN * expected:
-        return None
-    return (f"server /metrics answered {got} time(s) in cycle {cycle} against ~{expected:.0f} "
-            f"asked ({1 / period_s:g} Hz): the server was too busy to report, so the server_* "
-            "columns of this cycle describe only the moments it answered")
-
-
-def server_cycle_columns(samples: list[ServerSample], start_s: float, end_s: float) -> dict[str, Any]:
-    """Per-cycle summary of scraped server metrics: mean requests running (the average batch
-    size the engine saw) and KV-cache use, over the scrapes inside the cycle."""
-    inside = [s for s in samples if start_s <= s.t_s <= end_s]
-    running = [s.requests_running for s in inside if s.requests_running is not None]
-    kv = [s.kv_cache_usage_pct for s in inside if s.kv_cache_usage_pct is not None]
-    return {
-        "server_metric_samples": len(inside),
-        "server_avg_batch_size": sum(running) / len(running) if running else None,
-        "server_max_batch_size": max(running) if running else None,
-        "server_kv_cache_usage_pct_mean": sum(kv) / len(kv) if kv else None,
-        "server_kv_cache_usage_pct_max": max(kv) if kv else None,
-    }

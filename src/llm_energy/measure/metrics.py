@@ -36,10 +36,12 @@ def itl_ms(r: RequestRecord) -> list[float]:
 
 
 def tpot_ms(r: RequestRecord) -> float | None:
-    """Time per output token after the first (decode speed seen by one user)."""
-    if len(r.token_times_s) < 2:
+    """Time per output token after the first (decode speed seen by one user):
+    (E2E - TTFT) / (n - 1) with n the real output token count, whatever the timestamps."""
+    n = max(r.output_tokens, len(r.token_times_s))
+    if len(r.token_times_s) < 2 or n < 2:
         return None
-    return (r.token_times_s[-1] - r.token_times_s[0]) * 1000.0 / (len(r.token_times_s) - 1)
+    return (r.token_times_s[-1] - r.token_times_s[0]) * 1000.0 / (n - 1)
 
 
 @dataclass

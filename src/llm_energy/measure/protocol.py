@@ -19,6 +19,7 @@ from llm_energy.measure.idle_cache import (
     drifted,
     host_name,
 )
+from llm_energy.measure.request_checks import raise_if_all_failed
 from llm_energy.measure.rows import RowBuilder, _fmt, batch_limit
 from llm_energy.measure.validity import ValidityChecks
 from llm_energy.telemetry.meters import Detection, EstimateMeter, Meter, detect
@@ -128,7 +129,8 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         durations: list[float] = []
         while len(durations) < cfg["max_runs"]:
             start = time.perf_counter()
-            backend.generate(warm_prompts, self.workload["output_tokens"])
+            raise_if_all_failed(backend.generate(warm_prompts, self.workload["output_tokens"]),
+                                "the warmup")
             backend.synchronize()
             durations.append(time.perf_counter() - start)
             recent = durations[-3:]
@@ -194,6 +196,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                 start_s = time.perf_counter()
                 sampler.sample_now(start_s)
                 records = backend.generate(prompts, self.workload["output_tokens"])
+                raise_if_all_failed(records, f"cycle {cycle}")  # a failed cell, with the reason
                 backend.synchronize()
                 end_s = time.perf_counter()
                 sampler.sample_now(end_s)

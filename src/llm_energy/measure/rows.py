@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_energy.backends import RequestRecord, is_server
-from llm_energy.measure import metrics, mlenergy
+from llm_energy.measure import metrics, mlenergy, request_checks
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 from llm_energy.results.schema import percentile_column
 from llm_energy.telemetry.meters import WindowEnergy
@@ -90,12 +90,14 @@ class RowBuilder:
                 "finish_s": None if r.finish_s is None else r.finish_s - start_s,
                 "ttft_ms": metrics.ttft_ms(r), "tpot_ms": metrics.tpot_ms(r),
                 "e2e_ms": metrics.e2e_ms(r), "itl_ms": metrics.itl_ms(r),
-                "energy_j": energy, "success": r.success,
+                "energy_j": energy, "success": r.success, "error": r.error,
             })
         ok = [r for r in records if r.success]
         output_tokens = sum(r.output_tokens for r in ok)
         input_tokens = sum(r.input_tokens for r in ok)
-        expected = self.workload["output_tokens"] * len(records)
+        warnings.extend(filter(None, [request_checks.failure_warning(cycle, records)]))
+        warnings.extend(request_checks.arrival_warnings(cycle, ok))
+        expected = self.workload["output_tokens"] * len(ok)
         if output_tokens != expected:
             warnings.append(f"{output_tokens} output tokens instead of {expected}")
         limit = batch_limit(self.config["backend"], self.settings, self.workload)
@@ -131,15 +133,18 @@ class RowBuilder:
             # Relative to the cycle start, like the request times in requests.parquet.
             "steady_state_start_s": None if steady is None else steady.start_s - start_s,
             "steady_state_end_s": None if steady is None else steady.end_s - start_s,
-            "input_tokens": input_tokens, "output_tokens": output_tokens, "requests": len(records),
+            "input_tokens": input_tokens, "output_tokens": output_tokens,
+            # Successful requests, like the tokens: the metrics cover those (success_rate).
+            "requests": len(ok),
             "energy_per_output_token_j": None if total_j is None or not output_tokens else total_j / output_tokens,
-            "energy_per_request_j": None if total_j is None or not records else total_j / len(records),
+            "energy_per_request_j": None if total_j is None or not ok else total_j / len(ok),
             "output_tokens_per_s": output_tokens / duration_s,
             "avg_power_w": None if total_j is None else total_j / duration_s,
             "flops_per_token": cycle_flops / output_tokens if cycle_flops and output_tokens else None,
             "achieved_tflops": None if achieved is None else achieved / 1e12,
             "mfu": None if achieved is None or peak is None else achieved / peak,
             "peak_memory_mb": max(memories) if memories else None,
+            "success_rate": request_checks.success_rate(records),
             "warnings": warnings,
         }
         checks = mlenergy.failed_checks(
@@ -160,13 +165,6 @@ class RowBuilder:
         row["mlenergy_valid"] = not any(c.severity == "error" for c in checks)
         warnings.extend(c.warning() for c in checks)
         gaps_ms = [x for r in ok for x in metrics.itl_ms(r)]
-        bundled = sum(1 for gap in gaps_ms if gap == 0.0)
-        if bundled:
-            warnings.append(
-                f"{bundled} of {len(gaps_ms)} inter-token gaps in cycle {cycle} are 0 ms: tokens "
-                "arrived several to a streamed chunk, which client timing cannot separate; the "
-                "ITL percentiles include these zeros, TPOT and end-to-end latency do not depend "
-                "on them")
         for name, values in (("ttft", [metrics.ttft_ms(r) for r in ok]),
                              ("itl", gaps_ms),
                              ("tpot", [metrics.tpot_ms(r) for r in ok]),

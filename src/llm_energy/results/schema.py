@@ -199,7 +199,11 @@ RUNS = _declare([
            MEAN),
     Column("output_tokens", _I, M, "tokens", "output tokens of the cycle's successful requests",
            MEAN, export="total_output_tokens"),
-    Column("requests", _I, M, "", "requests sent in the cycle", MEAN, export="num_requests"),
+    Column("requests", _I, M, "", "successful requests of the cycle (the metrics cover those)",
+           MEAN, export="num_requests"),
+    Column("success_rate", _F, M, "", "share of the cycle's requests that succeeded (0–1); when "
+           "any failed, `warnings` says so with the most common reason, and each request's "
+           "`error` is in `requests.parquet`", MEAN),
     Column("energy_per_output_token_j", _F, M, "J", "`total_energy_j ÷ output_tokens`",
            ratio("total_energy_j", "output_tokens"), True, True, label="J/token", digits=4,
            report=1, compare=True, export="energy_per_token_joules", export_window="cycle", **_E),
@@ -286,12 +290,15 @@ REQUESTS = _declare(Column(n, t, Kind.REQUEST, u, d) for n, t, u, d in (
     ("first_token_s", _F, "s", "first token received, same clock"),
     ("finish_s", _F, "s", "last token received, same clock"),
     ("ttft_ms", _F, "ms", "time to first token"),
-    ("tpot_ms", _F, "ms", "time per output token after the first"),
+    ("tpot_ms", _F, "ms", "time per output token after the first: (E2E − TTFT) ÷ (n − 1), n the "
+     "output tokens counted from what the server says (docs/methodology.md#token-arrivals)"),
     ("e2e_ms", _F, "ms", "end-to-end latency"),
-    ("itl_ms", pa.list_(_F), "ms", "every inter-token gap"),
+    ("itl_ms", pa.list_(_F), "ms", "every inter-token gap (n − 1 of them)"),
     ("energy_j", _F, "J", "the cycle's energy split over requests by the tokens each processed in "
      "each interval; sums to `total_energy_j`"),
     ("success", _B, "", "the request returned what was asked"),
+    ("error", _S, "", "why the request failed (e.g. `server returned 16 tokens, expected 32 "
+     "(finish_reason 'length')`); null on success"),
 ))
 
 #: timeseries.parquet: background telemetry, one row per device per tick.

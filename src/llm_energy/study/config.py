@@ -222,7 +222,8 @@ class OpenAIServerConfig(_BackendAxes):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="NAME of the environment variable holding the API key (never the key)")
     server_extensions: bool = Field(
-        True, description="send vLLM's min_tokens/ignore_eos/return_token_ids request fields")
+        True, description="send vLLM's min_tokens/ignore_eos/return_token_ids request fields "
+                         "and ask for per-chunk usage (continuous_usage_stats)")
 
 
 class BackendsConfig(_Strict):
