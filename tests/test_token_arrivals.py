@@ -33,27 +33,33 @@ class ConstantMeter(Meter):
         return {"cpu": time.perf_counter()}
 
 
-def runner(tmp_path, output_tokens: int, num_prompts: int = 1, extensions: bool = True):
+def runner(tmp_path, output_tokens: int, num_prompts: int = 1, extensions: bool = True,
+           **measurement):
     study = small_study(
         backends={"openai-server": {"base_url": "http://127.0.0.1:9/v1",
                                     "server_extensions": extensions}},
         workload={"num_prompts": num_prompts, "input_tokens": 4,
                   "output_tokens": output_tokens, "concurrency": 1})
-    study["measurement"]["idle_cache_dir"] = str(tmp_path / "idle")
+    study["measurement"].update(idle_cache_dir=str(tmp_path / "idle"), **measurement)
     cells, _ = expand(validate_study(study))
     return CellRunner({**cells[0].config, "cell_id": cells[0].cell_id}, "unused",
                       meter=ConstantMeter())
+
+
+def rows(tmp_path, result, max_tokens, extensions=True, **measurement):
+    """The protocol's rows of one cycle's load result."""
+    cell = runner(tmp_path, max_tokens, len(result.records), extensions, **measurement)
+    window = WindowEnergy(result.end_s - result.start_s, {"cpu": 5.0, "gpu": None, "dram": None},
+                          {"cpu": "rapl"})
+    return cell._cycle_rows(0, result.records, result.start_s, result.end_s, window, None, [],
+                            None)
 
 
 def cycle(tmp_path, server, prompts, max_tokens, extensions=True, concurrency=1):
     """One cycle through the load generator and the protocol's row builder."""
     result = run_load(Endpoint(server.base_url, "fake-model", extensions=extensions), prompts,
                       max_tokens, LoadSpec(concurrency=concurrency))
-    cell = runner(tmp_path, max_tokens, len(prompts), extensions)
-    window = WindowEnergy(result.end_s - result.start_s, {"cpu": 5.0, "gpu": None, "dram": None},
-                          {"cpu": "rapl"})
-    row, requests = cell._cycle_rows(0, result.records, result.start_s, result.end_s, window,
-                                     None, [], None)
+    row, requests = rows(tmp_path, result, max_tokens, extensions)
     return result.records, row, requests
 
 
@@ -67,14 +73,25 @@ MODES = {"text-and-final-usage": (False, False), "usage-per-chunk": (False, True
 def test_four_tokens_per_chunk_count_as_64_real_tokens(tmp_path, mode):
     ids, extensions = MODES[mode]
     with FakeServer(token_delay_s=0.01, tokens_per_chunk=4, ids=ids) as server:
-        (record,), row, (request,) = cycle(tmp_path, server, [[10, 11, 12, 13]], 64, extensions)
+        result = run_load(Endpoint(server.base_url, "fake-model", extensions=extensions),
+                          [[10, 11, 12, 13]], 64, LoadSpec(concurrency=1))
+    (record,) = result.records
+    row, (request,) = rows(tmp_path, result, 64, extensions)
     assert record.success, record.error
     assert record.output_tokens == 64 and len(record.token_times_s) == 64
     assert len(request["itl_ms"]) == 63
     # (E2E - TTFT) / 63 with chunks every 40 ms: 600 ms / 63 = 9.5 ms, not 40 ms.
     assert 8.0 <= row["tpot_ms_p50"] <= 12.0
     assert 8.0 <= row["itl_ms_p50"] <= 12.0
-    assert row["steady_state_output_tokens"] == 64 == row["output_tokens"]
+    assert row["output_tokens"] == 64
+    # Both window rules open the window at the first token (the first chunk, 4 tokens): the 60
+    # real tokens after it fall inside (counted per chunk it was 15), and the steady-state
+    # J/token is the cycle's (it was 3.9x with per-chunk counting).
+    for rule in ("mlenergy", "batch-full"):
+        steady, _ = rows(tmp_path, result, 64, extensions, steady_state_rule=rule)
+        assert steady["steady_state_output_tokens"] == 60, rule
+        steady_j_per_token = steady["steady_state_energy_j"] / steady["steady_state_output_tokens"]
+        assert steady_j_per_token == pytest.approx(steady["energy_per_output_token_j"], rel=0.1)
     assert any("arrived several to a streamed chunk" in w and w.startswith("48 of 64 output tokens")
                for w in row["warnings"]), row["warnings"]
     # Only the text-only server's count disagrees with the stream (16 chunks, 64 tokens).
@@ -118,6 +135,21 @@ def test_an_empty_final_chunk_without_a_token_is_not_counted():
     assert arrivals.observed == [False, True, False, False, False, True]
     assert "3 streamed chunk(s) (2 with text) but the server reports 6 tokens" in arrivals.note
     assert share_tokens(6, [4, 8, 0]) == [2, 4, 0] and share_tokens(1, [3, 1]) == [1, 0]
+
+
+def test_per_chunk_usage_counts_and_is_checked_against_the_final_usage():
+    chunks = [Chunk(1.0, 1, usage_tokens=1), Chunk(1.3, 3, usage_tokens=4)]
+    arrivals = token_arrivals(StreamedResponse(chunks, usage_tokens=4))
+    assert arrivals.count_source == "usage-per-chunk" and arrivals.note is None
+    assert arrivals.times_s == pytest.approx([1.0, 1.1, 1.2, 1.3])
+    chunks.append(Chunk(1.4, 0))  # finish_reason only: no usage, no text, no token
+    assert token_arrivals(StreamedResponse(chunks, usage_tokens=4)).times_s == arrivals.times_s
+    chunks.append(Chunk(1.5, 2))  # text without usage: per-chunk usage is incomplete
+    assert token_arrivals(StreamedResponse(chunks, usage_tokens=5)).count_source != "usage-per-chunk"
+    chunks[-1].usage_tokens = 4
+    arrivals = token_arrivals(StreamedResponse(chunks, usage_tokens=5))
+    assert arrivals.note == ("per-chunk usage adds up to 4 tokens but the server's final usage "
+                             "says 5: the per-chunk count is used")
 
 
 def test_token_ids_that_contradict_usage_fail_the_request():

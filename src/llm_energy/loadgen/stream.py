@@ -140,12 +140,18 @@ def _counts(stream: StreamedResponse) -> tuple[list[int], str, str | None, str |
         if final is not None and final != sum(counts):
             error = f"streamed {sum(counts)} tokens ({source}) but the server reports {final}"
         return counts, source, None, error
-    if chunks and all(c.usage_tokens is not None for c in chunks):
+    if any(c.usage_tokens is not None for c in chunks) and all(
+            c.usage_tokens is not None or c.text_chars == 0 for c in chunks):
         counts, previous = [], 0
-        for c in chunks:
-            counts.append(max(int(c.usage_tokens or 0) - previous, 0))
-            previous = max(previous, int(c.usage_tokens or 0))
-        return counts, "usage-per-chunk", None, None
+        for c in chunks:  # a chunk without usage or text (finish_reason only) carries none
+            current = previous if c.usage_tokens is None else int(c.usage_tokens)
+            counts.append(max(current - previous, 0))
+            previous = max(previous, current)
+        note = None
+        if final is not None and final != previous:
+            note = (f"per-chunk usage adds up to {previous} tokens but the server's final usage "
+                    f"says {final}: the per-chunk count is used")
+        return counts, "usage-per-chunk", note, None
     with_text = [1 if c.text_chars else 0 for c in chunks]
     if final is None:
         return with_text, "text-chunks", ("no token ids and no usage from the server: one token "
