@@ -14,7 +14,12 @@ from fakes.openai_server import FakeServer
 
 from llm_energy.backends.base import RequestRecord
 from llm_energy.loadgen.client import Endpoint, LoadSpec, run_load
-from llm_energy.loadgen.stream import Chunk, StreamedResponse, share_tokens, token_arrivals
+from llm_energy.loadgen.stream import (
+    Chunk,
+    StreamedResponse,
+    share_tokens,
+    token_arrivals,
+)
 from llm_energy.measure import metrics
 from llm_energy.measure.protocol import CellRunner
 from llm_energy.measure.request_checks import BURST_GAP_MS, raise_if_all_failed
@@ -95,7 +100,7 @@ def test_four_tokens_per_chunk_count_as_64_real_tokens(tmp_path, mode):
     assert any("arrived several to a streamed chunk" in w and w.startswith("48 of 64 output tokens")
                for w in row["warnings"]), row["warnings"]
     # Only the text-only server's count disagrees with the stream (16 chunks, 64 tokens).
-    assert any("counted from text chunks without per-token data" in w and
+    assert any("whose streamed token count is not confirmed by the server" in w and
                "16 streamed chunk(s) (16 with text) but the server reports 64 tokens" in w
                for w in row["warnings"]) == (
         mode == "text-and-final-usage")

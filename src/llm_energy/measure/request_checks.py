@@ -80,8 +80,8 @@ def arrival_warnings(cycle: int, records: Sequence[RequestRecord]) -> list[str]:
             "end-to-end latency use the real token count")
     notes = [r.count_note for r in records if r.count_note]
     if notes:
-        warnings.append(f"{len(notes)} request(s) in cycle {cycle} counted from text chunks "
-                        f"without per-token data from the server: {notes[0]}")
+        warnings.append(f"{len(notes)} request(s) in cycle {cycle} whose streamed token count "
+                        f"is not confirmed by the server: {notes[0]}")
     gaps = [observed_gaps_ms(r) for r in records]
     short = [sum(g < BURST_GAP_MS for g in request_gaps) for request_gaps in gaps]
     if sum(short):
