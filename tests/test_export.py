@@ -1,19 +1,22 @@
-"""The ML.ENERGY export: the leaderboard's field names, values equal to the summary's."""
+"""The ML.ENERGY export: the leaderboard app's layout and types, values equal to the summary's,
+only stable configurations in the app files."""
 
 import json
 
 import pandas as pd
 import pytest
+from test_mlenergy_app_schema import check_app_files
 
-from llm_energy.analysis.export import MLENERGY_FIELDS, to_mlenergy, write_mlenergy
+from llm_energy.analysis.export import APP_FIELDS, SIDECAR, to_mlenergy, write_mlenergy
+from llm_energy.models.facts import ModelFacts
 
 # The fields the issue and the ML.ENERGY leaderboard (scripts/build_data.py) name.
 REQUIRED = ("energy_per_token_joules", "energy_per_request_joules", "avg_power_watts",
             "median_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms",
             "output_throughput_tokens_per_sec", "avg_batch_size", "max_num_seqs", "gpu_model",
-            "num_gpus", "model_id", "nickname", "max_num_batched_tokens")
+            "num_gpus", "model_id", "nickname", "avg_output_len", "tensor_parallel")
 
-# Leaderboard field → summary column it must equal.
+# Field (top level, or in the `llm_energy` object) → summary column it must equal.
 EQUAL = {"median_itl_ms": "itl_ms_p50",
          "p90_itl_ms": "itl_ms_p90", "p95_itl_ms": "itl_ms_p95", "p99_itl_ms": "itl_ms_p99",
          "avg_batch_size": "avg_batch_size", "total_energy_joules": "steady_state_energy_j",
@@ -26,32 +29,50 @@ WINDOWED = {
     "output_throughput_tokens_per_sec": {"steady_state": "steady_state_output_tokens_per_s",
                                          "cycle": "output_tokens_per_s"},
 }
+FACTS = {"llama": ModelFacts(8_030_000_000, 8_030_000_000, "Dense Transformer"),
+         "org/moe": ModelFacts(30_000_000_000, 3_000_000_000, "MoE")}
+
+
+def field(config: dict, name: str):
+    return config[name] if name in config else config["llm_energy"][name]
+
+
+def check_equal(config: dict, row: pd.Series) -> None:
+    for name, column in EQUAL.items():
+        want = row[column]
+        assert field(config, name) == (None if pd.isna(want) else pytest.approx(want)), name
 
 
 def check_windowed(config: dict, row: pd.Series) -> None:
     """Energy per token, power and throughput from the same window, equal to the summary's,
     so that J/token = W ÷ (tokens/s) within 0.1%."""
     window = config["llm_energy"]["energy_window"]
-    for field, columns in WINDOWED.items():
-        assert config[field] == pytest.approx(row[columns[window]]), field
+    for name, columns in WINDOWED.items():
+        assert config[name] == pytest.approx(row[columns[window]]), name
     ratio = config["avg_power_watts"] / config["output_throughput_tokens_per_sec"]
     assert abs(ratio - config["energy_per_token_joules"]) <= 1e-3 * ratio
 
 
 def summary_table() -> pd.DataFrame:
     base = {"backend": "vllm", "dtype": "bfloat16", "status": "ok", "cycles": 3, "error": None,
-            "output_tokens": 640.0, "requests": 8.0, "duration_s": 20.0}
+            "output_tokens": 640.0, "requests": 8.0, "duration_s": 40.0}
+    gpu = {**base, "cell_id": "aaaaaaaaaaa1", "model": "llama", "max_num_seqs": 8,
+           "tensor_parallel_size": 2, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
+           "energy_source": "nvml-counter", "gpu_energy_j": 500.0,
+           "energy_per_output_token_j": 0.8, "steady_state_energy_per_output_token_j": 0.7,
+           "steady_state_energy_per_output_token_j_ci95_low": 0.65,
+           "steady_state_energy_per_output_token_j_ci95_high": 0.75,
+           "steady_state_energy_j": 420.0, "steady_state_duration_s": 25.0, "avg_power_w": 310.0,
+           "steady_state_avg_power_w": 16.8, "steady_state_output_tokens_per_s": 24.0,
+           "itl_ms_p50": 20.0, "itl_ms_p90": 25.0, "itl_ms_p95": 28.0, "itl_ms_p99": 40.0,
+           "output_tokens_per_s": 32.0, "avg_batch_size": 7.5}
     rows = [
-        {**base, "cell_id": "aaaaaaaaaaa1", "model": "llama", "max_num_seqs": 8,
-         "tensor_parallel_size": 2, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
-         "energy_source": "nvml-counter", "gpu_energy_j": 500.0,
-         "energy_per_output_token_j": 0.8, "steady_state_energy_per_output_token_j": 0.7,
-         "steady_state_energy_per_output_token_j_ci95_low": 0.65,
-         "steady_state_energy_per_output_token_j_ci95_high": 0.75,
-         "steady_state_energy_j": 420.0, "steady_state_duration_s": 25.0, "avg_power_w": 310.0,
-         "steady_state_avg_power_w": 16.8, "steady_state_output_tokens_per_s": 24.0,
-         "itl_ms_p50": 20.0, "itl_ms_p90": 25.0, "itl_ms_p95": 28.0, "itl_ms_p99": 40.0,
-         "output_tokens_per_s": 32.0, "avg_batch_size": 7.5},
+        gpu,
+        # CPU cell with a long steady state and estimated energy: stable, shown as a CPU.
+        {**gpu, "cell_id": "aaaaaaaaaaa4", "model": "org/moe", "backend": "transformers",
+         "max_num_seqs": None, "batch_size": 4, "tensor_parallel_size": None, "device": "cpu",
+         "device_name": "AMD EPYC 7B13", "energy_source": "estimate", "gpu_energy_j": None,
+         "cpu_energy_j": 90.0, "dtype": "float32", "avg_batch_size": 3.9},
         # CPU cell that never reached a steady state: whole-cycle energy, not stable.
         {**base, "cell_id": "aaaaaaaaaaa2", "model": "llama", "backend": "transformers",
          "batch_size": 4, "device": "cpu", "device_name": "Some CPU", "energy_source": "estimate",
@@ -66,53 +87,111 @@ def summary_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_fields_and_values_equal_the_summary(tmp_path):
+LENGTHS = {"aaaaaaaaaaa1": [70, 80, 90, 100, 60, 80, 80, 80],
+           "aaaaaaaaaaa4": [1, 200, 80, 80, 80, 80, 79, 40],
+           "aaaaaaaaaaa2": [80] * 8}
+
+
+def export(tmp_path, summary=None, facts=FACTS, lengths=LENGTHS, task="study"):
+    paths = write_mlenergy(summary_table() if summary is None else summary, tmp_path, task,
+                           facts, lengths)
+    return {str(p.relative_to(tmp_path)): json.loads(p.read_text()) for p in paths}
+
+
+def test_app_layout_types_and_values(tmp_path):
     summary = summary_table()
-    paths = write_mlenergy(summary, tmp_path, "study")
-    assert [p.name for p in paths] == ["index.json", "study.json"]
-    index = json.loads(paths[0].read_text())
-    doc = json.loads(paths[1].read_text())
-    assert index["tasks"] == ["study"] and set(index["models"]) == {"llama"}
-    assert doc["task"] == "study"
+    files = export(tmp_path, summary)
+    assert set(files) == {"index.json", "tasks/study.json", "models/llama__study.json",
+                          "models/org__moe__study.json", SIDECAR}
+    check_app_files(tmp_path)  # the app's types and loader paths
+    index, doc = files["index.json"], files["tasks/study.json"]
+    assert index["tasks"] == ["study"]
+    assert index["architectures"] == {"llm": ["study"], "mllm": [], "diffusion": []}
+    assert index["models"]["org/moe"] == {
+        "nickname": "org/moe", "total_params_billions": 30.0, "activated_params_billions": 3.0,
+        "architecture": "MoE", "weight_precision": "float32"}
     configs = {c["llm_energy"]["cell_id"]: c for c in doc["configurations"]}
-    assert set(configs) == {"aaaaaaaaaaa1", "aaaaaaaaaaa2"}
-    assert doc["excluded"] == [{"cell_id": "aaaaaaaaaaa3", "model": "llama", "backend": "vllm",
-                                "reason": "CUDA out of memory"}]
+    # Only stable, successful cells reach the app.
+    assert set(configs) == {"aaaaaaaaaaa1", "aaaaaaaaaaa4"}
     for cell_id, config in configs.items():
-        assert set(REQUIRED) <= set(config)
-        assert list(config)[:len(MLENERGY_FIELDS)] == list(MLENERGY_FIELDS)
+        assert list(config)[:len(APP_FIELDS)] == list(APP_FIELDS)
+        assert set(config) == {*APP_FIELDS, "llm_energy"}  # extras only in the namespace
         row = summary.set_index("cell_id").loc[cell_id]
-        for field, column in EQUAL.items():
-            want = row[column]
-            assert config[field] == (None if pd.isna(want) else pytest.approx(want)), field
-        assert config["model_id"] == "llama"
+        check_equal(config, row)
         check_windowed(config, row)
-    gpu, cpu = configs["aaaaaaaaaaa1"], configs["aaaaaaaaaaa2"]
-    # ML.ENERGY's energy per token is the steady state's; per request = that × mean output.
-    assert gpu["energy_per_token_joules"] == pytest.approx(0.7)
-    assert gpu["energy_per_request_joules"] == pytest.approx(0.7 * 640 / 8)
-    assert gpu["llm_energy"]["energy_window"] == "steady_state"
-    assert gpu["llm_energy"]["energy_per_token_joules_ci95"] == [0.65, 0.75]
+        assert config["llm_energy"]["energy_window"] == "steady_state"
+        assert config["avg_output_len"] == pytest.approx(80.0)
+        assert config["energy_per_request_joules"] == pytest.approx(0.7 * 80)
+        assert config["llm_energy"]["total_output_tokens"] == 640  # counts as ints
+        assert type(config["llm_energy"]["num_requests"]) is int
+    gpu, cpu = configs["aaaaaaaaaaa1"], configs["aaaaaaaaaaa4"]
     assert gpu["gpu_model"] == "NVIDIA H100 80GB HBM3" and gpu["num_gpus"] == 2
-    assert gpu["max_num_seqs"] == 8 and gpu["is_stable"] is True
-    assert gpu["llm_energy"]["energy_measured"] is True and gpu["llm_energy"]["energy_scope"] == "gpu"
-    assert cpu["energy_per_token_joules"] == pytest.approx(1.25)
-    assert cpu["llm_energy"]["energy_window"] == "cycle"
-    assert cpu["gpu_model"] is None and cpu["num_gpus"] == 0 and cpu["max_num_seqs"] == 4
-    assert cpu["is_stable"] is False
-    assert cpu["llm_energy"]["unstable_reason"] == "short_steady_state:None"
-    assert cpu["llm_energy"]["energy_measured"] is False
-    assert cpu["llm_energy"]["settings"]["batch_size"] == 4
+    assert (gpu["tensor_parallel"], gpu["expert_parallel"], gpu["data_parallel"]) == (2, 1, 1)
+    assert gpu["total_params_billions"] == pytest.approx(8.03)
+    assert gpu["architecture"] == "Dense Transformer" and gpu["weight_precision"] == "bfloat16"
+    assert gpu["llm_energy"]["energy_per_token_joules_ci95"] == [0.65, 0.75]
+    assert gpu["llm_energy"]["energy_measured"] is True
+    # Estimated CPU energy never reads as GPU energy.
+    assert cpu["gpu_model"] == "CPU: AMD EPYC 7B13 (estimated CPU energy)" and cpu["num_gpus"] == 0
+    assert cpu["max_num_seqs"] == 4 and cpu["llm_energy"]["energy_measured"] is False
+    assert cpu["activated_params_billions"] == pytest.approx(3.0)
+    # The rest is in the sidecar, with the reason and the full configuration.
+    left = {e["cell_id"]: e for e in files[SIDECAR]["left_out"]}
+    assert set(left) == {"aaaaaaaaaaa2", "aaaaaaaaaaa3"}
+    assert left["aaaaaaaaaaa3"]["reason"] == "failed: CUDA out of memory"
+    assert left["aaaaaaaaaaa2"]["reason"] == "short_steady_state:None"
+    unstable = left["aaaaaaaaaaa2"]["configuration"]
+    assert unstable["llm_energy"]["is_stable"] is False
+    assert unstable["llm_energy"]["energy_window"] == "cycle"
+    check_windowed(unstable, summary.set_index("cell_id").loc["aaaaaaaaaaa2"])
+    assert files[SIDECAR]["exported"] == 2 and files[SIDECAR]["note"] is None
+
+
+def test_model_detail_histograms(tmp_path):
+    detail = export(tmp_path)["models/org__moe__study.json"]
+    assert detail["model_id"] == "org/moe" and detail["task"] == "study"
+    dist = detail["output_length_distribution"]
+    assert len(dist["bins"]) == 51 and dist["bins"][0] == 1 and dist["bins"][-1] == 200
+    assert sum(dist["counts"]) == 8 and dist["counts"][-1] == 1
+    (config,) = detail["configurations"]
+    assert config["output_length_distribution"] == dist
+    assert config["parallelization"] == {"tensor_parallel": 1, "expert_parallel": 1,
+                                         "data_parallel": 1, "notes": ""}
+
+
+def test_gpu_energy_with_host_domains_is_labelled(tmp_path):
+    summary = summary_table()
+    summary.loc[0, "cpu_energy_j"] = 50.0
+    summary.loc[0, "energy_source"] = "nvml-counter+rapl"
+    config = export(tmp_path, summary)["tasks/study.json"]["configurations"][0]
+    assert config["gpu_model"] == "NVIDIA H100 80GB HBM3 (measured GPU+CPU energy)"
+
+
+def test_cells_without_checkpoint_facts_or_lengths_are_left_out(tmp_path):
+    files = export(tmp_path, facts={"llama": FACTS["llama"]},
+                   lengths={"aaaaaaaaaaa4": LENGTHS["aaaaaaaaaaa4"]})
+    assert files["tasks/study.json"]["configurations"] == []
+    reasons = {e["cell_id"]: e["reason"] for e in files[SIDECAR]["left_out"]}
+    assert reasons["aaaaaaaaaaa1"] == "missing:output_length_distribution"
+    assert reasons["aaaaaaaaaaa4"] == ("missing:total_params_billions; "
+                                       "missing:activated_params_billions; missing:architecture")
+    # None passed: the sidecar and the app's task title say so, and the files still load.
+    assert "no configuration passed" in files[SIDECAR]["note"]
+    assert "no configuration passed" in files["tasks/study.json"]["task_display_name"]
+    assert files["index.json"]["models"] == {}
+    check_app_files(tmp_path)
 
 
 def test_leaderboard_stability_rule_and_thresholds():
     """ml-energy/data's rule: steady state >= 20 s, energy per token > 0, batch >= 85%."""
     def stable(**values):
-        summary = summary_table()
+        summary = summary_table().iloc[:1].copy()
         for column, value in values.items():
             summary.loc[0, column] = value
-        config = to_mlenergy(summary, "t")[1]["configurations"][0]
-        return config["is_stable"], config["llm_energy"]["unstable_reason"]
+        docs = to_mlenergy(summary, "t", FACTS, LENGTHS)
+        if docs["tasks/t.json"]["configurations"]:
+            return True, None
+        return False, docs[SIDECAR]["left_out"][0]["reason"]
 
     assert stable() == (True, None)
     assert stable(steady_state_duration_s=20.0) == (True, None)
@@ -131,17 +210,17 @@ def test_unstable_batch_limit_cascades_to_larger_ones():
              "avg_batch_size": batch}
             for m, dtype, batch in ((8, "bfloat16", 7.5), (16, "bfloat16", 12.0),
                                     (32, "bfloat16", 30.0), (16, "float16", 15.0))]
-    _, doc = to_mlenergy(pd.DataFrame(rows), "t")
-    got = {c["llm_energy"]["cell_id"]: (c["is_stable"], c["llm_energy"]["unstable_reason"])
-           for c in doc["configurations"]}
-    assert got == {"c8b": (True, None), "c16b": (False, "low_batch_utilization:0.750000"),
-                   "c32b": (False, "cascade_from_unstable_batch:16"), "c16f": (True, None)}
+    lengths = {r["cell_id"]: [80] for r in rows}
+    docs = to_mlenergy(pd.DataFrame(rows), "t", FACTS, lengths)
+    assert {c["llm_energy"]["cell_id"] for c in docs["tasks/t.json"]["configurations"]} == \
+        {"c8b", "c16f"}
+    assert {e["cell_id"]: e["reason"] for e in docs[SIDECAR]["left_out"]} == \
+        {"c16b": "low_batch_utilization:0.750000", "c32b": "cascade_from_unstable_batch:16"}
 
 
 def test_study_named_index_does_not_overwrite_the_index(tmp_path):
-    paths = write_mlenergy(summary_table(), tmp_path, "index")
-    assert [p.name for p in paths] == ["index.json", "index_task.json"]
-    assert "tasks" in json.loads(paths[0].read_text())
+    files = export(tmp_path, task="index")
+    assert "tasks/index.json" in files and "tasks" in files["index.json"]
 
 
 def test_export_uses_the_summarys_ratios_of_sums():
@@ -162,8 +241,8 @@ def test_export_uses_the_summarys_ratios_of_sums():
                    steady_state_energy_j=power * duration / 2 * (1 + k))
         rows.append(row)
     summary = summarise(pd.DataFrame(rows), None)
-    _, doc = to_mlenergy(summary, "t")
-    config, row = doc["configurations"][0], summary.iloc[0]
+    docs = to_mlenergy(summary, "t")
+    config, row = docs[SIDECAR]["left_out"][0]["configuration"], summary.iloc[0]
     assert config["llm_energy"]["energy_window"] == "steady_state"
     check_windowed(config, row)
     assert config["energy_per_token_joules"] == pytest.approx((100 + 500 + 750) / 600)

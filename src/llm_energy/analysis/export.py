@@ -1,51 +1,71 @@
-"""The summary in the ML.ENERGY leaderboard's data format (`results/mlenergy/`).
+"""The summary in the ML.ENERGY leaderboard app's data layout (`<out>/mlenergy/`).
 
-The leaderboard's build script (ml-energy/leaderboard, scripts/build_data.py) writes an
-`index.json` (tasks, models) and one JSON per task with a list of `configurations`; this
-module writes the same two files, with the same field names and meanings where this pipeline
-measures the same thing:
+The app (ml-energy/leaderboard, `src/types.ts`, `src/utils/dataLoader.ts`, the model-detail and
+comparison modals) loads, under its `data/` folder:
 
-- `energy_per_token_joules`: steady-state energy per output token (ML.ENERGY's headline:
-  energy in the window where the batch is full / output tokens in it); where a cell never
-  reached a steady state, the whole-cycle figure, and `energy_window` says which.
-- `avg_power_watts`, `output_throughput_tokens_per_sec`: energy ÷ time and tokens ÷ time of the
-  same window (ratios of sums over the cycles, as in the summary), so energy per token =
-  power ÷ throughput exactly, as in ML.ENERGY's data.
-- `energy_per_request_joules`: `energy_per_token_joules` × mean output length (their rule).
-- `total_energy_joules`: the steady-state window's energy (their `steady_state_energy`).
+- `index.json`: `IndexData` (`last_updated`, `tasks`, `architectures` {llm, mllm, diffusion →
+  tasks}, `models` {model id → `ModelInfo`});
+- `tasks/<task>.json`: `TaskData` with a list of `Configuration`s;
+- `models/<model id with its first "/" as "__">__<task>.json`: `ModelDetail` (per-configuration
+  metrics, parallelism and output-length histograms: 50 bins shared by the model's configurations).
+
+This module writes those three (`write_mlenergy`) and a sidecar, `llm_energy.json`, with what the
+app cannot show. Field meanings where this pipeline measures the same thing as ML.ENERGY:
+
+- `energy_per_token_joules`, `avg_power_watts`, `output_throughput_tokens_per_sec`: the
+  steady-state window's (ML.ENERGY's), ratios of sums over the cycles, so energy per token =
+  power ÷ throughput exactly. Only cells with a steady state (stable ones) reach the app.
+- `energy_per_request_joules`: `energy_per_token_joules` × `avg_output_len` (their rule);
+  `avg_output_len`: output tokens ÷ requests.
 - `median_itl_ms`, `p90/p95/p99_itl_ms`: inter-token latency percentiles (mean over cycles).
-- `avg_batch_size`: time average of running requests over the steady window (their mean of
-  vLLM's running-requests gauge; see `measure.mlenergy.avg_batch_size`).
-- `is_stable`: their leaderboard's rule (`leaderboard_stability`).
+- `avg_batch_size`: time average of running requests over the steady window.
+- `gpu_model`: the device, named honestly: the GPU's name when its energy is GPU-only and
+  measured (as on the leaderboard); otherwise the name says the device, the domains and whether
+  the energy was measured or estimated, e.g. "CPU: AMD EPYC 7B13 (estimated CPU energy)" with
+  `num_gpus` 0, or "NVIDIA H100 80GB HBM3 (measured GPU+CPU+DRAM energy)".
+- `total_params_billions`, `activated_params_billions`, `architecture`: from the checkpoint
+  (`models.facts`); `weight_precision`: the cell's dtype.
 
-Differences that matter when comparing with the leaderboard: their energy is GPU-only, this
-pipeline's is every domain measured (`energy_scope` lists them; `energy_source` says measured
-or estimate), and their ITL percentiles come from vLLM's histograms in the steady state.
-Each configuration also carries an `llm_energy` object with the cell id, settings, sources
-and confidence intervals."""
+Left out of the app files (listed with the reason in the sidecar, with the full configuration
+where there is one): failed cells; cells that fail the leaderboard's stability rule (the app has
+no `is_stable` filter: the leaderboard ships stable runs only); cells missing a value the app's
+types require (e.g. parameter counts of a checkpoint without safetensors). Each configuration
+carries this pipeline's extra fields in one namespaced object, `llm_energy` (cell id, settings,
+energy source and scope, window, intervals, `total_energy_joules` of the steady window, ...)."""
 
 from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from llm_energy.models.facts import ModelFacts
 from llm_energy.results import schema
 
-# The leaderboard's configuration fields, in its order, then the ones this pipeline adds
-# from the ML.ENERGY dataset schema.
-MLENERGY_FIELDS = (
+# The app's `Configuration` fields (src/types.ts), in its order.
+APP_FIELDS = (
     "model_id", "nickname", "gpu_model", "num_gpus", "total_params_billions",
-    "activated_params_billions", "max_num_seqs", "max_num_batched_tokens",
-    "energy_per_token_joules", "energy_per_request_joules", "median_itl_ms",
+    "activated_params_billions", "architecture", "weight_precision", "max_num_seqs",
+    "tensor_parallel", "expert_parallel", "data_parallel", "energy_per_token_joules",
+    "energy_per_request_joules", "avg_output_len", "avg_power_watts", "median_itl_ms",
     "output_throughput_tokens_per_sec", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms",
-    "avg_batch_size", "avg_power_watts", "total_energy_joules", "total_output_tokens",
-    "num_requests", "duration_seconds", "steady_state_duration_seconds", "is_stable",
+    "avg_batch_size",
 )
+#: `ModelConfiguration` (the model-detail file) takes these from the configuration.
+DETAIL_FIELDS = (
+    "gpu_model", "num_gpus", "max_num_seqs", "energy_per_token_joules",
+    "energy_per_request_joules", "avg_output_len", "avg_power_watts", "median_itl_ms",
+    "p90_itl_ms", "p95_itl_ms", "p99_itl_ms", "output_throughput_tokens_per_sec",
+    "avg_batch_size",
+)
+SIDECAR = "llm_energy.json"
+HISTOGRAM_BINS = 50  # the leaderboard's (scripts/build_data.py)
 
 # Field → {energy window (None: either) → summary column}, from the column registry's
 # export names. Energy per token, power and throughput come from the same window, so
@@ -141,28 +161,69 @@ def leaderboard_stability(rows: pd.DataFrame, settings: list[str]) -> list[tuple
     return out
 
 
+
+def _count(value: Any) -> int | float | None:
+    """A count (a mean over cycles of integer counts): an int when whole."""
+    value = _value(value)
+    if value is None:
+        return None
+    return round(value) if float(value).is_integer() else float(value)
+
+
+def energy_scope(row: pd.Series) -> str:
+    """The energy domains measured, joined with "+": "gpu", "cpu", "gpu+cpu+dram", ..."""
+    return "+".join(d for d in ("gpu", "cpu", "dram") if _value(row.get(f"{d}_energy_j")) is not None)
+
+
+def device_label(row: pd.Series) -> str:
+    """`gpu_model`: the GPU's name where the energy is measured GPU energy only (what the
+    leaderboard's means); otherwise the device with the domains and whether the energy was
+    measured or estimated, so that CPU or estimated energy never reads as GPU energy."""
+    name = _value(row.get("device_name"))
+    cuda = row.get("device") == "cuda"
+    scope, source = energy_scope(row), str(_value(row.get("energy_source")) or "")
+    estimated = not source or "estimate" in source
+    if cuda and scope == "gpu" and not estimated:
+        return str(name or "GPU")
+    base = (str(name) if name else "GPU") if cuda else (f"CPU: {name}" if name else "CPU")
+    return f"{base} ({'estimated' if estimated else 'measured'} {scope.upper() or 'no'} energy)"
+
+
 def configuration(row: pd.Series, settings: list[str],
-                  stable_why: tuple[bool, str] | None = None) -> dict[str, Any]:
+                  stable_why: tuple[bool, str] | None = None,
+                  facts: ModelFacts | None = None) -> dict[str, Any]:
+    """One app `Configuration` (fields in `APP_FIELDS` order; None where a value is unknown)
+    and the namespaced `llm_energy` object."""
     energy, window = energy_per_token(row)
-    out_len = _value(row.get("output_tokens"))
-    n_req = _value(row.get("requests"))
+    n_req, out_tokens = _value(row.get("requests")), _value(row.get("output_tokens"))
+    avg_out = out_tokens / n_req if out_tokens is not None and n_req else None
     cuda = row.get("device") == "cuda"
     stable, why = stable_why if stable_why is not None else stability(row)
+    tp = _int(row.get("tensor_parallel_size")) or 1
     config: dict[str, Any] = {
-        "model_id": row["model"], "nickname": row["model"],
-        "gpu_model": _value(row.get("device_name")) if cuda else None,
-        "num_gpus": (_int(row.get("tensor_parallel_size")) or 1) if cuda else 0,
-        "total_params_billions": None, "activated_params_billions": None,
-        "max_num_seqs": max_num_seqs(row),
-        "max_num_batched_tokens": _int(row.get("max_num_batched_tokens")),
+        "model_id": row["model"], "nickname": row["model"], "gpu_model": device_label(row),
+        "num_gpus": tp * (_int(row.get("data_parallel_size")) or 1) if cuda else 0,
+        "total_params_billions": facts.total_params_billions if facts else None,
+        "activated_params_billions": facts.activated_params_billions if facts else None,
+        "architecture": facts.architecture if facts else None,
+        "weight_precision": _value(row.get("dtype")),
+        "max_num_seqs": max_num_seqs(row), "tensor_parallel": tp,
+        "expert_parallel": _int(row.get("expert_parallel_size")) or 1,
+        "data_parallel": _int(row.get("data_parallel_size")) or 1,
         "energy_per_token_joules": energy,
-        "energy_per_request_joules": energy * out_len / n_req
-        if energy is not None and out_len is not None and n_req else None,
+        "energy_per_request_joules": energy * avg_out
+        if energy is not None and avg_out is not None else None,
+        "avg_output_len": avg_out,
     }
+    extra: dict[str, Any] = {}
     for field in EXPORTED:
-        config[field] = _value(row.get(_window_column(field, window)))
-    config["is_stable"] = stable
-    config = {f: config.get(f) for f in MLENERGY_FIELDS}
+        value = _value(row.get(_window_column(field, window)))
+        if field in APP_FIELDS:
+            config[field] = value
+        else:
+            extra[field] = _count(value) if field in ("total_output_tokens", "num_requests") \
+                else value
+    config = {f: config.get(f) for f in APP_FIELDS}
     source = _value(row.get("energy_source"))
     config["llm_energy"] = {
         "cell_id": row["cell_id"], "backend": row["backend"],
@@ -170,9 +231,9 @@ def configuration(row: pd.Series, settings: list[str],
         "device": _value(row.get("device")), "device_name": _value(row.get("device_name")),
         "energy_window": window, "energy_source": source,
         "energy_measured": bool(source) and "estimate" not in str(source),
-        "energy_scope": "+".join(d for d in ("gpu", "cpu", "dram")
-                                 if _value(row.get(f"{d}_energy_j")) is not None),
+        "energy_scope": energy_scope(row), "is_stable": stable,
         "unstable_reason": why or None, "cycles": _int(row.get("cycles")),
+        "max_num_batched_tokens": _int(row.get("max_num_batched_tokens")), **extra,
         **{f"{field}_ci95": _ci(row, _window_column(field, window))
            for field in ("energy_per_token_joules", "median_itl_ms",
                          "output_throughput_tokens_per_sec")},
@@ -185,31 +246,102 @@ def _ci(row: pd.Series, metric: str) -> list[float] | None:
     return None if low is None or high is None else [low, high]
 
 
-def _settings(summary: pd.DataFrame) -> list[str]:
-    return schema.present_settings(summary)
+def _missing(config: dict[str, Any]) -> list[str]:
+    """App fields the types require as number/string that have no value (`max_num_seqs` may
+    be null in the app's types)."""
+    return [f for f in APP_FIELDS if config[f] is None and f != "max_num_seqs"]
 
 
-def to_mlenergy(summary: pd.DataFrame, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(index, task document). Failed cells are left out of `configurations` and listed
-    under `excluded` with their error."""
-    settings = _settings(summary)
+def histogram(lengths: Sequence[int], edges: np.ndarray) -> dict[str, list]:
+    counts, edges = np.histogram(np.asarray(lengths, dtype=float), bins=edges)
+    return {"bins": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def model_detail(model: str, task: str, configs: list[dict[str, Any]],
+                 lengths: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """The app's `ModelDetail` of one model's configurations: output-length histograms over 50
+    bins shared by the model's configurations (the leaderboard's rule), the model's over all."""
+    every = [n for c in configs for n in lengths[c["llm_energy"]["cell_id"]]]
+    edges = np.histogram_bin_edges(np.asarray(every, dtype=float), bins=HISTOGRAM_BINS)
+    first = configs[0]
+    out = []
+    for c in configs:
+        tp, ep, dp = c["tensor_parallel"], c["expert_parallel"], c["data_parallel"]
+        out.append({**{f: c[f] for f in DETAIL_FIELDS},
+                    "parallelization": {"tensor_parallel": tp, "expert_parallel": ep,
+                                        "data_parallel": dp, "notes": ""},
+                    "output_length_distribution": histogram(lengths[c["llm_energy"]["cell_id"]],
+                                                            edges),
+                    "llm_energy": c["llm_energy"]})
+    return {"model_id": model, "task": task,
+            **{f: first[f] for f in ("total_params_billions", "activated_params_billions",
+                                     "architecture", "weight_precision")},
+            "output_length_distribution": histogram(every, edges), "configurations": out}
+
+
+def task_file(task: str) -> str:
+    """The task document's path under the export folder (the app's `data/tasks/<task>.json`)."""
+    return f"tasks/{task}.json"
+
+
+def model_file(model_id: str, task: str) -> str:
+    """The model detail's path: the app replaces the first "/" of the model id with "__"."""
+    return f"models/{model_id.replace('/', '__', 1)}__{task}.json"
+
+
+def to_mlenergy(summary: pd.DataFrame, task: str,
+                facts: Mapping[str, ModelFacts | None] | None = None,
+                output_lengths: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """Relative path → JSON document: `index.json`, `tasks/<task>.json`, one
+    `models/...json` per model with an exported configuration, and the sidecar. `facts`: model
+    name → checkpoint facts; `output_lengths`: cell id → output tokens of its successful
+    requests (all cycles)."""
+    facts, output_lengths = facts or {}, output_lengths or {}
+    settings = schema.present_settings(summary)
     ok = summary[summary["status"] == "ok"] if len(summary) else summary
     stable = leaderboard_stability(ok, settings) if len(ok) else []
-    configs = [configuration(r, settings, s) for (_, r), s in zip(ok.iterrows(), stable)]
-    failed = summary[summary["status"] != "ok"] if len(summary) else summary
-    models = {}
-    for model in sorted(set(summary["model"])) if len(summary) else []:
-        rows = summary[summary["model"] == model]
-        dtypes = sorted({str(d) for d in rows.get("dtype", pd.Series(dtype=str)).dropna()})
-        models[model] = {"nickname": model, "total_params_billions": None,
-                         "activated_params_billions": None, "is_moe": None,
-                         "weight_precision": "/".join(dtypes) or None}
-    index = {"last_updated": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "tasks": [task],
-             "models": models, "generator": "llm-energy"}
-    document = {"task": task, "task_display_name": task, "configurations": configs,
-                "excluded": [{"cell_id": r["cell_id"], "model": r["model"], "backend": r["backend"],
-                              "reason": _value(r.get("error"))} for _, r in failed.iterrows()]}
-    return index, document
+    shown: list[dict[str, Any]] = []
+    left_out = [{"cell_id": r["cell_id"], "model": r["model"], "backend": r["backend"],
+                 "reason": f"failed: {_value(r.get('error'))}", "configuration": None}
+                for _, r in (summary[summary["status"] != "ok"] if len(summary) else summary).iterrows()]
+    for (_, row), status in zip(ok.iterrows(), stable):
+        config = configuration(row, settings, status, facts.get(row["model"]))
+        reasons = [] if status[0] else [status[1]]
+        reasons += [f"missing:{f}" for f in _missing(config)]
+        if not output_lengths.get(row["cell_id"]):
+            reasons.append("missing:output_length_distribution")
+        if reasons:
+            left_out.append({"cell_id": row["cell_id"], "model": row["model"],
+                             "backend": row["backend"], "reason": "; ".join(reasons),
+                             "configuration": config})
+        else:
+            shown.append(config)
+    models = sorted({c["model_id"] for c in shown})
+    note = None if shown else ("no configuration passed the leaderboard's stability rule and "
+                               "type checks: the app's task is empty; see `left_out`")
+    docs: dict[str, Any] = {
+        "index.json": {
+            "last_updated": datetime.now(UTC).strftime("%Y-%m-%d"), "tasks": [task],
+            "architectures": {"llm": [task], "mllm": [], "diffusion": []},
+            "models": {m: {"nickname": m, **{f: next(c[f] for c in shown if c["model_id"] == m)
+                                             for f in ("total_params_billions",
+                                                       "activated_params_billions",
+                                                       "architecture", "weight_precision")}}
+                       for m in models}},
+        task_file(task): {"task": task, "task_display_name": task if shown else
+                          f"{task} (no configuration passed the stability rule)",
+                          "architecture": "llm", "configurations": shown},
+    }
+    for m in models:
+        docs[model_file(m, task)] = model_detail(
+            m, task, [c for c in shown if c["model_id"] == m], output_lengths)
+    docs[SIDECAR] = {
+        "generator": "llm-energy", "task": task, "exported": len(shown), "note": note,
+        "stability_rule": f"steady state >= {MIN_STEADY_DURATION_S:g} s, energy per token > 0, "
+                          f"average batch >= {MIN_BATCH_UTILIZATION:.0%} of max_num_seqs, "
+                          "cascading to larger batch limits (ml-energy/data)",
+        "left_out": left_out}
+    return docs
 
 
 def _dump(obj: Any) -> str:
@@ -225,16 +357,21 @@ def _dump(obj: Any) -> str:
     return json.dumps(clean(obj), indent=2, default=str, allow_nan=False) + "\n"
 
 
-def task_file(task: str) -> str:
-    """The task document's file name (a study named "index" must not overwrite index.json)."""
-    return f"{task}.json" if task != "index" else "index_task.json"
-
-
-def write_mlenergy(summary: pd.DataFrame, out_dir: str | Path, task: str) -> list[Path]:
+def write_mlenergy(summary: pd.DataFrame, out_dir: str | Path, task: str,
+                   facts: Mapping[str, ModelFacts | None] | None = None,
+                   output_lengths: Mapping[str, Sequence[int]] | None = None) -> list[Path]:
+    """Write `to_mlenergy`'s documents under `out_dir`; returns their paths, index first."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index, document = to_mlenergy(summary, task)
-    paths = [out / "index.json", out / task_file(task)]
-    paths[0].write_text(_dump(index))
-    paths[1].write_text(_dump(document))
+    paths = []
+    for relative, doc in to_mlenergy(summary, task, facts, output_lengths).items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_dump(doc))
+        paths.append(path)
     return paths
+
+
+def output_lengths(requests: pd.DataFrame) -> dict[str, list[int]]:
+    """Cell id → output tokens of its successful requests (requests.parquet rows)."""
+    ok = requests[requests["success"].fillna(False).astype(bool)]
+    return {str(k): [int(n) for n in g.dropna()] for k, g in ok.groupby("cell_id")["output_tokens"]}

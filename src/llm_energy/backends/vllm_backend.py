@@ -19,7 +19,6 @@ import gc
 import itertools
 import json
 import os
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from llm_energy.backends.base import (
     RequestRecord,
     fail_short_records,
 )
+from llm_energy.models.facts import count_parameters
 
 # On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
 # refuses a fraction it cannot allocate (0.9, the GPU default, fails on small or partitioned
@@ -140,26 +140,6 @@ def cpu_kv_cache_bytes(model_path: str | os.PathLike, dtype: str, max_num_seqs: 
         return None
     tokens = max_num_seqs * -(-max_model_len // _KV_BLOCK_TOKENS) * _KV_BLOCK_TOKENS
     return max(int(tokens * per_token * CPU_KV_CACHE_MARGIN), CPU_KV_CACHE_MIN_BYTES)
-
-
-def count_parameters(model_path: str | os.PathLike) -> int | None:
-    """Parameters in the checkpoint's safetensors files (headers only); None if there are none."""
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for file in files:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= dim
-            total += count
-    return total
 
 
 def _engine_clock_usable(engine: Any) -> bool:
