@@ -10,10 +10,12 @@ import zipfile
 import pandas as pd
 import pytest
 from conftest import run_snakemake, small_study, write_config
-from test_export import EQUAL, REQUIRED, check_windowed
+from test_export import REQUIRED, check_equal, check_windowed
 from test_figures import check_figure_files
+from test_mlenergy_app_schema import check_app_files
 from test_report_browser import Chromium, needs_chromium, png_size
 
+from llm_energy.analysis.export import SIDECAR
 from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
 
 pytestmark = pytest.mark.e2e
@@ -44,22 +46,30 @@ def test_figures_all_formats(study):
 
 
 def test_export_equals_summary(study):
+    """The app's files load as the app loads them; every cell is either a stable configuration
+    in the app files or in the sidecar with its reason; values equal the summary's."""
     workdir, _ = study
     summary = pd.read_parquet(workdir / "results" / "summary.parquet").set_index("cell_id")
-    doc = json.loads((workdir / "results" / "mlenergy" / "test.json").read_text())
-    index = json.loads((workdir / "results" / "mlenergy" / "index.json").read_text())
+    data = workdir / "results" / "mlenergy"
+    check_app_files(data)
+    doc = json.loads((data / "tasks" / "test.json").read_text())
+    index = json.loads((data / "index.json").read_text())
+    sidecar = json.loads((data / SIDECAR).read_text())
     assert index["tasks"] == ["test"]
-    assert len(doc["configurations"]) == len(summary)
-    for config in doc["configurations"]:
+    configs = doc["configurations"] + [e["configuration"] for e in sidecar["left_out"]]
+    assert sorted(c["llm_energy"]["cell_id"] for c in configs) == sorted(summary.index)
+    assert sidecar["exported"] == len(doc["configurations"])
+    assert (sidecar["note"] is None) == bool(doc["configurations"])
+    for config in configs:
         row = summary.loc[config["llm_energy"]["cell_id"]]
         assert set(REQUIRED) <= set(config)
-        for field, column in EQUAL.items():
-            want = row[column]
-            assert config[field] == (None if pd.isna(want) else pytest.approx(want)), field
+        check_equal(config, row)
         check_windowed(config, row)
         assert config["max_num_seqs"] == row["batch_size"]
         assert config["llm_energy"]["energy_source"] == "estimate"
         assert config["llm_energy"]["energy_measured"] is False
+        assert config["gpu_model"].startswith("CPU") and "estimated" in config["gpu_model"]
+        assert config["total_params_billions"] > 0  # from the demo checkpoint
     # Bootstrap intervals and the batch size came from requests.parquet.
     assert (summary["itl_ms_p50_boot95_low"] <= summary["itl_ms_p50_pooled"]).all()
     assert summary["avg_batch_size"].notna().all()

@@ -330,7 +330,7 @@ def to_mlenergy(summary: pd.DataFrame, task: str,
                        for m in models}},
         task_file(task): {"task": task, "task_display_name": task if shown else
                           f"{task} (no configuration passed the stability rule)",
-                          "architecture": "llm", "configurations": shown},
+                          "configurations": shown},
     }
     for m in models:
         docs[model_file(m, task)] = model_detail(
