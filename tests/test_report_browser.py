@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llm_energy.analysis.report import EMBED_CELL_LIMIT, render
+from llm_energy.analysis.report import EMBED_CELL_LIMIT, TABLE_COLUMNS, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -205,6 +205,12 @@ def _column_values(chrome: Chromium, table: int, header: str) -> list[str]:
         return Array.from(t.tBodies[0].rows).map(function(r){{return r.cells[i].dataset.v;}});}})()""")
 
 
+def column_position(chrome: Chromium, header: str, table: int = 0) -> int:
+    """1-based position of the column headed `header` (for `th:nth-child`)."""
+    return 1 + chrome.eval(f"""Array.from(document.querySelectorAll('table.sortable')[{table}]
+        .tHead.rows[0].cells).findIndex(function(c){{return c.textContent=={json.dumps(header)};}})""")
+
+
 def _visible_cells(chrome: Chromium) -> list[str]:
     return chrome.eval("""Array.from(document.querySelectorAll('table.sortable tbody tr'))
         .filter(function(r){return r.offsetParent!==null;}).map(function(r){return r.dataset.cell;})""")
@@ -221,16 +227,24 @@ def test_report_sorts_filters_and_renders(browser, report_file, tmp_path):
     # Sort model m1's table by J/token: ascending, then descending; the failed row (no
     # value) stays last both ways.
     energies = [r[2] for r in ROWS]
-    browser.click("table.sortable th:nth-child(4)")  # backend, batch_size, dtype, J/token
-    header = browser.eval("document.querySelector('table.sortable th:nth-child(4)').textContent")
-    assert header == "J/token"
+    # Headline metrics first, before the settings, and on screen at 1400 px.
+    headers = browser.eval("Array.from(document.querySelector('table.sortable').tHead.rows[0]"
+                           ".cells).map(function(c){return c.textContent;})")
+    labels = [label for _, label, _, _ in TABLE_COLUMNS]
+    assert headers[:1 + len(labels)] == ["backend", *labels]
+    assert headers.index("J/token") < headers.index("batch_size")
+    browser.eval("window.scrollTo(0, 0)")
+    assert browser.eval("document.querySelector('table.sortable').tHead.rows[0]"
+                        f".cells[{len(labels) // 2}].getBoundingClientRect().right") <= 1400
+    j_token = column_position(browser, "J/token")
+    browser.click(f"table.sortable th:nth-child({j_token})")
     values = _column_values(browser, 0, "J/token")
     assert [float(v) for v in values[:-1]] == sorted(energies) and values[-1] == ""
-    browser.click("table.sortable th:nth-child(4)")
+    browser.click(f"table.sortable th:nth-child({j_token})")
     values = _column_values(browser, 0, "J/token")
     assert [float(v) for v in values[:-1]] == sorted(energies, reverse=True) and values[-1] == ""
     # Numbers sort as numbers (16 after 8), text as text.
-    browser.click("table.sortable th:nth-child(2)")
+    browser.click(f"table.sortable th:nth-child({column_position(browser, 'batch_size')})")
     assert [int(v) for v in _column_values(browser, 0, "batch_size")] == [1, 2, 4, 8, 16]
 
     # All configurations are shown before the filters move.

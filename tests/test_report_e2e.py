@@ -13,7 +13,7 @@ from conftest import run_snakemake, small_study, write_config
 from test_export import REQUIRED, check_equal, check_windowed
 from test_figures import check_figure_files
 from test_mlenergy_app_schema import check_app_files
-from test_report_browser import Chromium, needs_chromium, png_size
+from test_report_browser import Chromium, column_position, needs_chromium, png_size
 
 from llm_energy.analysis.export import SIDECAR
 from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
@@ -97,10 +97,11 @@ def test_report_in_browser(study, tmp_path):
         n_images = chrome.eval("Array.from(document.images).filter(function(i){"
                                "return i.complete && i.naturalWidth>0;}).length")
         assert n_images == len(FIGURES) + 2  # study figures + one power figure per cell
-        chrome.click("table.sortable th:nth-child(2)")  # batch_size
-        chrome.click("table.sortable th:nth-child(2)")
+        batch = column_position(chrome, "batch_size")
+        chrome.click(f"table.sortable th:nth-child({batch})")
+        chrome.click(f"table.sortable th:nth-child({batch})")
         order = chrome.eval("Array.from(document.querySelectorAll('table.sortable tbody tr'))"
-                            ".map(function(r){return Number(r.cells[1].dataset.v);})")
+                            f".map(function(r){{return Number(r.cells[{batch - 1}].dataset.v);}})")
         assert order == sorted(order, reverse=True) and len(order) == 2
         shot = chrome.screenshot(tmp_path / "report.png")
         assert png_size(shot)[0] >= 1000

@@ -170,21 +170,27 @@ def _row_data(r: pd.Series) -> str:
 
 def _model_table(summary: pd.DataFrame, pareto: set[str]) -> str:
     settings = _settings_columns(summary)
-    head = "".join(f'<th class="t">{_esc(c)}</th>' for c in ["backend", *settings]) + \
+    # Headline metrics first (J/token, tok/s, ... in the registry's `report` order), then the
+    # settings: the answer is on screen without scrolling right.
+    head = '<th class="t">backend</th>' + \
         "".join(f"<th>{_esc(label)}</th>" for _, label, _, _ in TABLE_COLUMNS) + \
+        "".join(f'<th class="t">{_esc(c)}</th>' for c in settings) + \
         '<th class="t">cycles</th><th class="t">energy</th><th class="t">Pareto</th><th class="t">cell</th>'
     rows = []
     for _, r in summary.iterrows():
         cells = [f'<td class="t" data-v="{_esc(r["backend"])}">{_esc(r["backend"])}</td>']
-        cells += [f'<td class="t" data-v="{_esc(r.get(c))}">{_esc(r.get(c))}</td>' for c in settings]
+        setting_cells = [f'<td class="t" data-v="{_esc(r.get(c))}">{_esc(r.get(c))}</td>'
+                         for c in settings]
         data = ""
         if r["status"] != "ok":
             # One cell per column (no colspan), so sorting by column index stays aligned.
             cells.append(f'<td class="t failed" data-v="">failed: {_esc(r.get("error"))}</td>')
-            cells += ['<td data-v=""></td>'] * (len(TABLE_COLUMNS) + 2)
+            cells += ['<td data-v=""></td>'] * (len(TABLE_COLUMNS) - 1)
+            cells += setting_cells + ['<td data-v=""></td>'] * 3
         else:
             data = " " + _row_data(r)
             cells += [_number(r, m, d, kind) for m, _, d, kind in TABLE_COLUMNS]
+            cells += setting_cells
             note = "" if r["cycles"] >= 2 else \
                 f' <span class="warn">({_esc(r.get("ci_note") or "fewer than 2 cycles: no interval")})</span>'
             cells.append(f'<td class="t" data-v="{r["cycles"]}">{r["cycles"]}{note}</td>')
