@@ -111,3 +111,25 @@ def test_slo_is_analysis_only_and_changes_no_cell_id():
 def test_bad_slo_is_refused_naming_the_key(slo, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         validate_study(STUDY | {"slo": slo})
+
+
+def test_aggregate_from_cell_files_applies_the_slo(tmp_path):
+    """Through the files the measurement writes (runs.parquet + requests.parquet): the
+    aggregation reads every request column the SLO needs (output tokens included)."""
+    from llm_energy.analysis.summary import aggregate
+    from llm_energy.results.io import write_cell
+
+    cell = "aaaaaaaaaaa1"
+    requests = [_request(cell, 0, 100, 5, 500), _request(cell, 0, 300, 5, 500)]
+    for r in requests:
+        r.update(schema_version=1, request_id=0, input_tokens=8, arrival_s=0.0, energy_j=1.0,
+                 error=None)
+    runs = _runs(cell, [12.0])
+    for row in runs:
+        row.update(requests=2, output_tokens=20)
+    write_cell(tmp_path / "c", runs, requests, [], {})
+    summary = aggregate([tmp_path / "c" / "runs.parquet"], resamples=50,
+                        slo={"ttft_ms": 200.0}).summary.iloc[0]
+    assert summary["slo_attainment"] == pytest.approx(0.5)
+    assert summary["energy_per_slo_request_j"] == pytest.approx(12.0)
+    assert summary["energy_per_slo_output_token_j"] == pytest.approx(12.0 / 10)

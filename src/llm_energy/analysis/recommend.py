@@ -42,7 +42,7 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
     (`target`, else the summary's `slo_target_attainment`; none when the study has no `slo:`)
     only those with `slo_attainment ≥ target`. The winner has the lowest `objective` (ties:
     the lower `cell_id`). Columns: `model`, workload columns, `verdict` (`ok` or
-    `no cell meets the SLO`), `cell_id`, `backend`, `settings` (text), the objective's value
+    `no cell meets the SLO`), `cell_id`, `backend`, `settings` (text: the settings that differ within the group), the objective's value
     and its `_ci95_low`/`_ci95_high`, `slo_attainment`, `output_tokens_per_s`, the fastest
     candidate-or-not cell (`fastest_cell_id`, its objective value and throughput) and
     `energy_saving_vs_fastest_pct` = (1 − winner ÷ fastest) × 100 of the objective,
@@ -61,7 +61,7 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
     if objective not in summary:
         raise ValueError(f"the summary has no column {objective!r}")
     keys = ["model", *workload_columns(summary)]
-    settings = schema.present_settings(summary)
+    present = schema.present_settings(summary)
     rows = []
     for key, group in summary.groupby(keys, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -81,6 +81,8 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
             rows.append(out)
             continue
         best = meets.iloc[0]
+        # The settings that tell the group's cells apart (all of them when none differ).
+        settings = [n for n in present if group[n].astype(str).nunique() > 1] or present
         out.update(verdict="ok", cell_id=best["cell_id"], backend=best["backend"],
                    settings=_settings_text(best, settings), objective=objective)
         for suffix in ("", "_ci95_low", "_ci95_high"):
@@ -121,7 +123,9 @@ def format_table(table: pd.DataFrame) -> str:
             f"; SLO attainment {row[ATTAINMENT]:.3f}"
         text = (f"{where}: {row['cell_id']} {row['backend']} ({row['settings']}): "
                 f"{objective} {row[objective]:.4g}{interval}{slo}")
-        if "fastest_cell_id" in row and isinstance(row["fastest_cell_id"], str):
+        if row.get("fastest_cell_id") == row["cell_id"]:
+            text += "; also the fastest"
+        elif isinstance(row.get("fastest_cell_id"), str):
             saving, cost = row["energy_saving_vs_fastest_pct"], row["throughput_cost_vs_fastest_pct"]
             text += (f"; vs fastest {row['fastest_cell_id']}: {abs(saving):.1f}% "
                      f"{'less' if saving >= 0 else 'more'} energy, {abs(cost):.1f}% "
