@@ -21,7 +21,8 @@ def main(smk=None):
         args = parser.parse_args()
         runs, parquet, csv = args.runs, args.parquet, args.csv
     with logged(smk):
-        agg = aggregate(runs)
+        # Latency SLOs from the study's `slo` section (none from the CLI).
+        agg = aggregate(runs, slo=dict(smk.params.slo) if smk and smk.params.slo else None)
         # Carbon/cost factors from the study's `carbon` section (defaults from the CLI).
         agg.summary = add_carbon_and_cost(agg.summary, dict(smk.params.carbon) if smk else None)
         for problem in agg.problems:

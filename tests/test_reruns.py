@@ -234,9 +234,12 @@ def test_operational_setting_reruns_nothing(two_backends, env, tmp_path, key):
     assert dry_run_jobs(workdir, write_config(tmp_path, changed)) == {}
 
 
-def test_carbon_factors_rerun_the_aggregation_not_a_measurement(two_backends, env, tmp_path):
+@pytest.mark.parametrize("section", [{"carbon": {"pue": 1.2, "price_per_kwh": 0.3}},
+                                     {"slo": {"ttft_ms": 50.0, "target_attainment": 0.5}}])
+def test_analysis_only_sections_rerun_the_aggregation_not_a_measurement(two_backends, env,
+                                                                         tmp_path, section):
     workdir, _, study, _, _ = two_backends
-    config = write_config(tmp_path, {**study, "carbon": {"pue": 1.2, "price_per_kwh": 0.3}})
+    config = write_config(tmp_path, {**study, **section})
     jobs = dry_run_jobs(workdir, config)
     assert "measure" not in jobs and "matrix" not in jobs and jobs.get("aggregate") == 1
 

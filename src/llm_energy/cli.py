@@ -48,6 +48,22 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    from llm_energy.analysis.compare import _read
+    from llm_energy.analysis.recommend import DEFAULT_OBJECTIVE, format_table, recommend
+
+    try:
+        table = recommend(_read(args.summary), args.objective or DEFAULT_OBJECTIVE, args.target)
+    except (OSError, ValueError) as exc:
+        print(f"llm-energy: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(table))
+    if args.output:
+        table.to_csv(args.output, index=False)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _data_contract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -114,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", action="append",
                    help="a summary metric to compare (repeatable; default: the headline metrics)")
     p.set_defaults(func=_compare)
+    p = sub.add_parser("recommend", help="per model and workload, the configuration with the "
+                       "lowest energy that meets the study's latency SLO, against the fastest")
+    p.add_argument("summary", nargs="?", default="results/summary.parquet",
+                   help="summary.parquet (or .csv); default: results/summary.parquet")
+    p.add_argument("--objective", help="summary column of the energy to minimise (default: "
+                   "energy per output token; or energy_per_slo_request_j, ...: see README)")
+    p.add_argument("--target", type=float, help="SLO attainment a cell needs, 0-1 (default: "
+                   "the study's slo.target_attainment; no SLO when the study has none)")
+    p.add_argument("-o", "--output", help="also write the table as CSV here")
+    p.set_defaults(func=_recommend)
     p = sub.add_parser("data-contract", help="docs/data-contract.md with its column tables "
                        "regenerated from the column registry (the prose is kept)")
     p.add_argument("path", nargs="?", default="docs/data-contract.md",

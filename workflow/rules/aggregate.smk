@@ -21,6 +21,7 @@ rule aggregate:
     params:
         # A param, so changing the carbon/price factors re-runs only the aggregation.
         carbon=PLAN.study.carbon.model_dump(mode="json"),
+        slo=PLAN.study.slo.model_dump(mode="json") if PLAN.study.slo else {},
     log:
         "results/logs/aggregate.log",
     script:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from llm_energy.analysis.slo import CYCLE_COLUMNS as SLO_CYCLE_COLUMNS
+from llm_energy.analysis.slo import slo_settings, with_slo_columns
 from llm_energy.analysis.statistics import (  # noqa: F401 - re-exported
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -150,14 +152,19 @@ def _metric_columns(ok: pd.DataFrame, cells: pd.Index, available: set[str]) -> d
 
 
 def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
-              resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
+              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None) -> pd.DataFrame:
     """One row per cell, in the order cells first appear in `runs`: keys, settings (the
     registry's setting columns present in `runs`), status, then each per-cycle metric as
     the registry aggregates it. All cells in one grouped pass per metric (a per-cell loop
-    of pandas indexing took ~10 ms a cell)."""
+    of pandas indexing took ~10 ms a cell). With `slo` (the study's `slo:` section as a
+    dict; empty or None: none), also SLO attainment, goodput and energy per SLO-meeting
+    request from `requests` (`analysis.slo`), and the thresholds used."""
     settings = [c for c in runs.columns if schema.is_setting(c)]
     available = set(runs.columns)
     runs = _with_request_metrics(runs, requests)
+    if slo:
+        runs = with_slo_columns(runs, requests, slo)
+        available |= set(SLO_CYCLE_COLUMNS)
     runs = runs[runs["cell_id"].notna()].reset_index(drop=True)  # groupby dropped them too
     if runs.empty:
         return pd.DataFrame()
@@ -214,6 +221,9 @@ def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
     out.update(_metric_columns(ok, cells, available))
     summary = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v)
                             for k, v in out.items()})
+    if slo:
+        for name, value in slo_settings(slo).items():
+            summary[name] = value
     boot = _bootstrap_columns(summary["cell_id"].tolist(), ok, requests, resamples)
     return pd.concat([summary, boot], axis=1)
 
@@ -261,13 +271,16 @@ def _bootstrap_columns(cells: list[str], ok_runs: pd.DataFrame, requests: pd.Dat
 
 
 def aggregate(paths: Iterable[str | Path], request_paths: Iterable[str | Path] | None = None,
-              resamples: int = BOOTSTRAP_RESAMPLES) -> Aggregation:
+              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None) -> Aggregation:
+    """Read the runs (and their requests.parquet) files and summarise them (`summarise`);
+    `slo`: the study's `slo:` section as a dict, or None."""
     paths = list(paths)
     runs, problems = read_runs(paths)
     if request_paths is None:
         request_paths = [p for p in requests_paths_for(paths) if p.exists()]
     requests, request_problems = read_requests(request_paths)
-    return Aggregation(summarise(runs, requests, resamples), runs, problems + request_problems)
+    return Aggregation(summarise(runs, requests, resamples, slo), runs,
+                       problems + request_problems)
 
 
 # ---------------------------------------------------------------- carbon and cost

@@ -69,8 +69,8 @@ def _concat_to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
         return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
 
 
-_REQUEST_FIELDS = ["cell_id", "cycle", "success", "first_token_s", "finish_s",
-                   *(f"{name}_ms" for name in LATENCIES)]
+_REQUEST_FIELDS = ["cell_id", "cycle", "success", "output_tokens", "first_token_s", "finish_s",
+                   *(f"{name}_ms" for name in LATENCIES)]  # output_tokens: SLO-meeting tokens
 
 
 def read_requests(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:

@@ -117,6 +117,7 @@ class Column:
 _F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 M, K, ST = Kind.METRIC, Kind.KEY, Kind.STATUS
 _E = {"basis": "energy"}
+_SLO = "studies with an `slo:` section"
 
 
 def _energy(domain: str) -> list[Column]:
@@ -278,6 +279,30 @@ DERIVED = _declare([
            "steady_state_duration_s`",
            ratio("steady_state_output_tokens", "steady_state_duration_s"), True, True,
            export="output_throughput_tokens_per_sec", export_window="steady_state"),
+    # Latency SLOs (`slo:`, analysis-only): per cycle from requests.parquet (analysis/slo.py).
+    *(Column(name, dtype, M, unit, text, agg, interval, positive, optional=_SLO, **extra)
+      for name, dtype, unit, text, agg, interval, positive, extra in (
+          ("requests_sent", _I, "", "requests of the cycle, failed ones included", MEAN, False,
+           False, {}),
+          ("slo_requests", _I, "", "requests of the cycle that succeeded and met every "
+           "threshold of `slo:`", MEAN, False, False, {}),
+          ("slo_output_tokens", _I, "tokens", "output tokens of those requests", MEAN, False,
+           False, {}),
+          ("slo_attainment", _F, "", "share of the requests that met the SLO (0–1): "
+           "`slo_requests ÷ requests_sent`", ratio("slo_requests", "requests_sent"), True, False,
+           {"label": "SLO attainment", "digits": 3}),
+          ("goodput_requests_per_s", _F, "requests/s", "SLO-meeting requests per second of the "
+           "cycle window: `slo_requests ÷ duration_s` (aiperf's and vLLM's goodput)",
+           ratio("slo_requests", "duration_s"), True, True, {"label": "goodput (req/s)",
+                                                           "digits": 2}),
+          ("energy_per_slo_request_j", _F, "J", "the cycle window's energy per SLO-meeting "
+           "request: `total_energy_j ÷ slo_requests` (null when none met it)",
+           ratio("total_energy_j", "slo_requests"), True, True,
+           {"label": "J/SLO request", "basis": "energy"}),
+          ("energy_per_slo_output_token_j", _F, "J", "the cycle window's energy per output "
+           "token of SLO-meeting requests: `total_energy_j ÷ slo_output_tokens`",
+           ratio("total_energy_j", "slo_output_tokens"), True, True,
+           {"label": "J/SLO token", "digits": 4, "basis": "energy"}))),
 ])
 
 #: requests.parquet: one row per request per cycle.
@@ -330,6 +355,11 @@ SUMMARY = _declare(Column(n, t, Kind.SUMMARY, u, d) for n, t, u, d in (
     ("grid_intensity_g_per_kwh", _F, "g/kWh", "factor used (`carbon:`)"),
     ("pue", _F, "", "factor used"), ("price_per_kwh", _F, "currency/kWh", "factor used"),
     ("currency", _S, "", "ISO 4217 code of the price"),
+    ("slo_ttft_ms", _F, "ms", "TTFT threshold used (`slo:`; null: not checked)"),
+    ("slo_tpot_ms", _F, "ms", "TPOT threshold used (`slo:`; null: not checked)"),
+    ("slo_e2e_ms", _F, "ms", "E2E threshold used (`slo:`; null: not checked)"),
+    ("slo_target_attainment", _F, "", "attainment a cell needs in `llm-energy recommend` "
+     "(`slo:`)"),
 ))
 
 #: Statistics the summary adds per aggregated metric (suffix → meaning).

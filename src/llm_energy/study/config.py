@@ -384,6 +384,36 @@ class CarbonConfig(_Strict):
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price")
 
 
+class SloConfig(_Strict):
+    """Per-request latency service-level objectives (SLOs), applied in aggregation, so changing
+    them never re-measures a cell. A request meets the SLO when it succeeded and each threshold
+    set here holds for it (vLLM `bench serve --goodput`, aiperf `--goodput`); a threshold left
+    unset is not checked. Definitions: docs/methodology.md#slos-and-goodput."""
+
+    model_config = ConfigDict(json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
+
+    # Each threshold's name is the requests.parquet column it bounds.
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token, ms, at most")
+    tpot_ms: float | None = Field(
+        None, gt=0, description="time per output token after the first, ms, at most (aiperf's "
+        "per-request `inter_token_latency`); a one-token answer meets it")
+    e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency, ms, at most")
+    target_attainment: float = Field(
+        0.9, gt=0, le=1, description="share of a cell's requests that must meet the SLO for the "
+        "cell to qualify in `llm-energy recommend` (0.9: the p90 request meets it)")
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> SloConfig:
+        if not self.thresholds():
+            raise ValueError("give at least one of ttft_ms, tpot_ms, e2e_ms")
+        return self
+
+    def thresholds(self) -> dict[str, float]:
+        """requests.parquet column -> upper bound (ms), for the thresholds that are set."""
+        return {name: value for name in type(self).model_fields
+                if name.endswith("_ms") and (value := getattr(self, name)) is not None}
+
+
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
     # A label of the study's outputs (report title, export task), in no cell.
@@ -393,6 +423,7 @@ class StudyConfig(_Strict):
     workload: WorkloadConfig = WorkloadConfig()
     measurement: MeasurementConfig = MeasurementConfig()
     carbon: CarbonConfig = CarbonConfig()
+    slo: SloConfig | None = None
 
     @field_validator("models")
     @classmethod
