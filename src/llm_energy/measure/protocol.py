@@ -275,9 +275,10 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
             j_per_token.append(run["energy_per_output_token_j"])
             per_rep_s.append((end_s - start_s) / repetitions)
             planned = gate.repetitions_for(min_window_s, per_rep_s[-1])
-            self.log(f"[{self.cell_id}] cycle {cycle + 1} (min {cycles}, max {max_cycles}): "
-                     f"{repetitions} repetition(s) in {end_s - start_s:.2f} s"
-                     f"{f' ({segments} segments)' if segments > 1 else ''}, "
+            stream = (f" as {segments} streams" if segments > 1
+                      and is_server(self.config["backend"], self.settings) else "")
+            self.log(f"[{self.cell_id}] cycle {cycle + 1}/{max_cycles}: "
+                     f"{repetitions} repetition(s){stream} in {end_s - start_s:.2f} s, "
                      f"{run['output_tokens_per_s']:.1f} tok/s, "
                      f"{_fmt(run['energy_per_output_token_j'])} J/token ({run['energy_source']})")
             cycle += 1

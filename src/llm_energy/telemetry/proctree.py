@@ -88,14 +88,18 @@ class ProcessTreeCpu:
     def read_s(self, rescan: bool = False) -> float:
         """CPU seconds (user + system) the tree used since construction; never decreases."""
         with self._lock:
-            seen: set[_Key] = set()
+            readings: dict[_Key, tuple[psutil.Process, float, float]] = {}
             for proc in self._members(rescan):
                 try:
-                    key = self._key(proc)
-                    own, reaped = _times(proc)
+                    readings[self._key(proc)] = (proc, *_times(proc))
                 except psutil.Error:
                     continue  # ended: handled below as not seen
-                seen.add(key)
+            # Ended processes first: their parents' reaped times may already include them.
+            for key in [k for k in self._known if k not in readings]:
+                _, ppid, last_own, last_reaped = self._known.pop(key)
+                if ppid is not None:
+                    self._pending[ppid] = self._pending.get(ppid, 0.0) + last_own + last_reaped
+            for key, (proc, own, reaped) in readings.items():
                 entry = self._known.get(key)
                 if entry is None:  # started since the last scan: all its time is new
                     entry = (proc, self._ppid(proc), 0.0, 0.0)
@@ -109,8 +113,4 @@ class ProcessTreeCpu:
                     self._pending[key[0]] -= already
                 self._total_s += d_own + d_reaped - already
                 self._known[key] = (proc, ppid, own, reaped)
-            for key in [k for k in self._known if k not in seen]:
-                _, ppid, last_own, last_reaped = self._known.pop(key)
-                if ppid is not None:
-                    self._pending[ppid] = self._pending.get(ppid, 0.0) + last_own + last_reaped
             return self._total_s
