@@ -245,6 +245,18 @@ def test_min_window_defaults_to_the_sources_needs_and_is_never_below_its_resolut
     assert runner._min_window_s() == (1.0, [])
 
 
+def test_an_idle_baseline_shorter_than_the_sources_window_is_flagged(tmp_path):
+    class Idle:
+        def synchronize(self):
+            pass
+
+    config = cell(idle_duration_s=0.2, idle_cache_ttl_s=0)
+    warnings = []
+    CellRunner(config, "unused", meter=EstimateMeter(10.0))._idle_power_w(Idle(), warnings)
+    assert ("idle baseline measured over 0.2 s, shorter than the 1 s its energy source needs: "
+            "idle power and net energy are coarse (raise idle_duration_s)") in warnings
+
+
 # ---------------------------------------------------------------- stationarity
 
 

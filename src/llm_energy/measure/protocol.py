@@ -129,6 +129,10 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                                 f"to {check_w:.2f} W (> {tolerance:.0%}): baseline re-measured")
         power_w = self._idle_window_w(backend, "idle", duration, warnings)
         self.idle_baseline = "measured"
+        if duration < self.meter.min_window_s:
+            warnings.append(f"idle baseline measured over {duration:g} s, shorter than the "
+                            f"{self.meter.min_window_s:g} s its energy source needs: "
+                            "idle power and net energy are coarse (raise idle_duration_s)")
         if power_w is not None:
             cache.put(key, IdleEntry(power_w, time.time(), duration, host_name(), devices,
                                      dict(self.meter.sources), self.config["backend"]))
