@@ -294,7 +294,8 @@ DERIVED = _declare([
 REQUESTS = _declare(Column(n, t, Kind.REQUEST, u, d) for n, t, u, d in (
     ("schema_version", _I, "", "version of this contract"),
     ("cell_id", _S, "", "the cell"), ("cycle", _I, "", "the cycle"),
-    ("request_id", _I, "", "index of the prompt in the workload"),
+    ("request_id", _I, "", "index of the request in the cycle: repetition k of the workload "
+     "has k × `num_prompts` + the prompt's index"),
     ("input_tokens", _I, "tokens", "prompt length"), ("output_tokens", _I, "tokens", "tokens returned"),
     ("arrival_s", _F, "s", "sent, seconds from the cycle start"),
     ("first_token_s", _F, "s", "first token received, same clock"),
