@@ -9,7 +9,11 @@ import math
 import statistics
 from typing import Sequence
 
-from llm_energy.analysis.intervals import interval_met, ratio_interval, relative_half_width
+from llm_energy.analysis.intervals import (
+    interval_met,
+    ratio_interval,
+    relative_half_width,
+)
 
 #: Planned repetitions aim this much above `min_window_s`, so that a slightly slower
 #: repetition does not leave the window short (a short window is topped up, see protocol).
