@@ -355,9 +355,9 @@ class MeasurementConfig(_Strict):
         "update periods)); never below 10 update periods")
     target_ci_rel: float | None = Field(
         0.05, gt=0, lt=1, description="validity gate: the 95% interval of J/token must be within "
-        "mean +- this share; null: no interval target")
+        "its value +- this share; null: no interval target")
     max_cycles: int | None = Field(
-        None, gt=0, description="more cycles run after `cycles` until target_ci_rel is met, up "
+        None, gt=0, le=1000, description="more cycles run after `cycles` until target_ci_rel is met, up "
         "to this many; default: cycles (no extra cycles)")
     stationarity_cv: float = Field(
         0.10, gt=0, description="cycles whose time per workload repetition or J/token vary "
