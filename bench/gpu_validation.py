@@ -181,6 +181,7 @@ def summarise_cell(batch: int, runs: list[dict[str, Any]],
         agreement = (integral - counter) / counter if counter and integral is not None else None
         cycles.append({"cycle": r["cycle"], "duration_s": r["duration_s"],
                        "output_tokens": r["output_tokens"],
+                       "repetitions": r.get("repetitions", 1),
                        "total_energy_j": r["total_energy_j"], "energy_source": r["energy_source"],
                        "gpu_counter_energy_j": counter, "gpu_power_integral_j": integral,
                        "integral_minus_counter_pct": None if agreement is None

@@ -117,7 +117,7 @@ def test_carbon_changes_no_id():
 
 
 def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
-    """A release adds `measurement.min_window_s` and a transformers axis, both defaulted:
+    """A release adds `measurement.settle_s` and a transformers axis, both defaulted:
     finished cells keep their ids; setting either to another value makes new cells."""
     study = validate_study(small_study())
     cells, _ = expand(study)
@@ -127,7 +127,7 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
         sm_clock_mhz: int | None = None
 
     class Measurement2(c.MeasurementConfig):
-        min_window_s: float = Field(1.0, gt=0)
+        settle_s: float = Field(1.0, gt=0)
         gpu: Gpu = Gpu()
 
     class Transformers2(c.TransformersConfig):
@@ -136,16 +136,16 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
     monkeypatch.setattr(ident, "MeasurementConfig", Measurement2)
     monkeypatch.setattr(ident, "_backend_class", lambda name: Transformers2)
 
-    def grown(cell, min_window_s=1.0, num_beams=1, power_limit_w=None):
+    def grown(cell, settle_s=1.0, num_beams=1, power_limit_w=None):
         config = copy.deepcopy(cell.config)
-        config["measurement"]["min_window_s"] = min_window_s
+        config["measurement"]["settle_s"] = settle_s
         config["measurement"]["gpu"] = {"power_limit_w": power_limit_w, "sm_clock_mhz": None}
         config["settings"]["num_beams"] = num_beams
         return config
 
     assert [cell_hash(grown(cell)) for cell in cells] == [cell.cell_id for cell in cells]
     assert identity(grown(cells[0])) == identity(cells[0].config)
-    assert cell_hash(grown(cells[0], min_window_s=5.0)) != cells[0].cell_id
+    assert cell_hash(grown(cells[0], settle_s=5.0)) != cells[0].cell_id
     assert cell_hash(grown(cells[0], num_beams=4)) != cells[0].cell_id
     limited = identity(grown(cells[0], power_limit_w=300.0))
     assert limited["measurement"]["gpu"] == {"power_limit_w": 300.0}  # defaults left out

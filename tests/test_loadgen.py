@@ -251,17 +251,21 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     runs = pq.read_table(cell / "runs.parquet").to_pylist()
     requests = pq.read_table(cell / "requests.parquet").to_pylist()
     assert [r["status"] for r in runs] == ["ok", "ok"], runs[0]["error"]
-    assert all(r["output_tokens"] == 48 and r["total_energy_j"] > 0 for r in runs)
+    # Each cycle is one stream of R x 6 requests under the same Poisson process, R chosen so
+    # that the energy window reaches min_window_s.
+    assert all(r["output_tokens"] == 48 * r["repetitions"] and r["total_energy_j"] > 0
+               for r in runs)
     assert all(q["success"] and q["output_tokens"] == 8 and len(q["itl_ms"]) == 7
                for q in requests)
     # Poisson arrivals: the schedule (seeded) shows in the recorded arrival times.
+    # (the first six of a cycle's stream: R repetitions continue the same seeded schedule)
     expected = poisson_offsets_s(6, 20.0, 3)
     first = sorted((q for q in requests if q["cycle"] == 0), key=lambda q: q["request_id"])
     for want, q in zip(expected, first):
         assert q["arrival_s"] == pytest.approx(want, abs=0.1)
-    # Warmup (one request: Poisson arrivals have no batch limit to fill) + 2 cycles x 6
+    # Warmup (one request: Poisson arrivals have no batch limit to fill) + the cycles' R x 6
     # requests reached the server, all as token ids.
-    assert len(server.requests) == 1 + 12
+    assert len(server.requests) == 1 + 6 * sum(r["repetitions"] for r in runs)
     assert all(len(r["body"]["prompt"]) == 16 for r in server.requests)
     series = pq.read_table(cell / "timeseries.parquet").to_pandas()
     assert (series["device"] == "server").any()

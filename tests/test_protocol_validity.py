@@ -31,7 +31,10 @@ def cell_config(tmp_path, **measurement):
 
 
 class PowerMeter(Meter):
-    """Cumulative energy of a constant power on the real monotonic clock."""
+    """Cumulative energy of a constant power on the real monotonic clock (no resolution
+    limit, so even a short idle window is exact)."""
+
+    min_window_s = 0.0
 
     def __init__(self, power_w):
         super().__init__()

@@ -69,5 +69,7 @@ def test_compiled_static_cache_cell_runs_through_the_protocol(demo_model_dir):
     config = json.loads(json.dumps({**cell.config, "cell_id": cell.cell_id}))
     out = CellRunner(config, str(demo_model_dir), log=lambda m: None).run()
     assert [r["status"] for r in out.runs] == ["ok"], out.runs
-    assert [r["output_tokens"] for r in out.requests] == [4, 4]
+    # The cycle repeats the 2-prompt workload until its energy window is long enough.
+    assert {r["output_tokens"] for r in out.requests} == {4}
+    assert len(out.requests) == 2 * out.runs[0]["repetitions"]
     assert out.runs[0]["warmup_runs"] == 1

@@ -56,14 +56,17 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
         modes[mode] = (runs, requests, cell)
         assert [r["status"] for r in runs] == ["ok"] * CYCLES, runs[0]["error"]
         for run in runs:
-            assert run["output_tokens"] == NUM_PROMPTS * OUTPUT_TOKENS
-            assert run["requests"] == NUM_PROMPTS and run["input_tokens"] == NUM_PROMPTS * 16
+            # Each cycle repeats the workload (one stream for the server) until its energy
+            # window reaches min_window_s.
+            n = NUM_PROMPTS * run["repetitions"]
+            assert run["output_tokens"] == n * OUTPUT_TOKENS
+            assert run["requests"] == n and run["input_tokens"] == n * 16
             assert run["total_energy_j"] > 0 and run["energy_source"] == "estimate"
             assert run["energy_per_output_token_j"] == pytest.approx(
                 run["total_energy_j"] / run["output_tokens"])
             assert run["ttft_ms_p50"] > 0 and run["itl_ms_p50"] is not None
             mine = [q for q in requests if q["cycle"] == run["cycle"]]
-            assert len(mine) == NUM_PROMPTS
+            assert len(mine) == n
             # Per-request energy splits the cycle's energy exactly.
             assert sum(q["energy_j"] for q in mine) == pytest.approx(run["total_energy_j"], rel=1e-6)
             for q in mine:

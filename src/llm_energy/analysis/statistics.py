@@ -5,11 +5,14 @@ cycles, and percentile-bootstrap intervals over requests (seeded). Method: docs/
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+# The t table and the scalar statistics live in `intervals` (pure Python: the measuring
+# process applies the validity gate with them).
+from llm_energy.analysis.intervals import _T95, mean_ci, t95  # noqa: F401
 
 # Percentile bootstrap over requests: resamples per cell, and the seed (mixed with the cell id,
 # so cells do not share resampling patterns, yet every rerun gives the same interval).
@@ -17,28 +20,6 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
 NO_INTERVAL = "fewer than 2 cycles: no confidence interval"
-
-# Two-sided 95% Student-t critical values by degrees of freedom (beyond 30: normal).
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def t95(dof: int) -> float:
-    return _T95[dof - 1] if dof <= len(_T95) else 1.960
-
-
-def mean_ci(values: Iterable[float]) -> tuple[float | None, float | None, float | None, float | None]:
-    """(mean, std, ci_low, ci_high); the interval is None with fewer than two values."""
-    clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not clean:
-        return None, None, None, None
-    mean = statistics.fmean(clean)
-    if len(clean) < 2:
-        return mean, None, None, None
-    std = statistics.stdev(clean)
-    half = t95(len(clean) - 1) * std / math.sqrt(len(clean))
-    return mean, std, mean - half, mean + half
 
 
 def weighted_percentiles(sorted_values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from llm_energy.analysis.intervals import interval_met, relative_half_width
 from llm_energy.analysis.slo import CYCLE_COLUMNS as SLO_CYCLE_COLUMNS
 from llm_energy.analysis.slo import slo_settings, with_slo_columns
 from llm_energy.analysis.statistics import (  # noqa: F401 - re-exported
@@ -151,6 +152,27 @@ def _metric_columns(ok: pd.DataFrame, cells: pd.Index, available: set[str]) -> d
     return out
 
 
+GATE_METRIC = "energy_per_output_token_j"
+
+
+def _gate_columns(out: dict[str, object], cells: pd.Index) -> dict[str, pd.Series]:
+    """The validity gate per cell from the summary's own J/token interval:
+    `ci_rel_achieved` (`intervals.relative_half_width`) and `gate_met`
+    (`intervals.interval_met` against the cycles' `target_ci_rel`): the rule the protocol
+    stopped on (`measure.gate.more_cycles_needed`)."""
+    def values(name: str) -> list:
+        column = out.get(name)
+        if not isinstance(column, pd.Series):
+            return [None] * len(cells)
+        return [None if pd.isna(v) else float(v) for v in column]
+
+    achieved = [relative_half_width(v, lo, hi) for v, lo, hi in zip(
+        values(GATE_METRIC), values(f"{GATE_METRIC}_ci95_low"), values(f"{GATE_METRIC}_ci95_high"))]
+    met = [interval_met(a, t) for a, t in zip(achieved, values("target_ci_rel"))]
+    return {"ci_rel_achieved": pd.Series(achieved, index=cells, dtype=object),
+            "gate_met": pd.Series(met, index=cells, dtype=object)}
+
+
 def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
               resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None) -> pd.DataFrame:
     """One row per cell, in the order cells first appear in `runs`: keys, settings (the
@@ -219,6 +241,7 @@ def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
             out["cycles"] = ok_per_cell.astype(int)
             out["ci_note"] = np.where(all_ok & (ok_per_cell < 2).to_numpy(), NO_INTERVAL, None)
     out.update(_metric_columns(ok, cells, available))
+    out.update(_gate_columns(out, cells))
     summary = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v)
                             for k, v in out.items()})
     if slo:

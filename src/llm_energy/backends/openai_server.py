@@ -38,9 +38,17 @@ class OpenAIServerBackend(Backend):
     # ------------------------------------------------------------ helpers shared with vllm
 
     def _load_spec(self) -> Any:
+        from dataclasses import replace
+
         from llm_energy.loadgen.client import LoadSpec
 
-        return LoadSpec.from_workload(self.workload)
+        spec = LoadSpec.from_workload(self.workload)
+        # The protocol sends R repetitions of the workload as one stream (R x num_prompts
+        # requests): a closed loop without a concurrency keeps num_prompts in flight, as in
+        # one repetition, rather than R x num_prompts.
+        if spec.arrival == "closed" and spec.concurrency is None and self.workload:
+            spec = replace(spec, concurrency=int(self.workload["num_prompts"]))
+        return spec
 
     def _scrape_period_s(self) -> float:
         return 1.0 / float((self.measurement or {}).get("sampler_hz", 10.0))

@@ -5,12 +5,14 @@ Snakemake, so it also runs from the command line (`python -m llm_energy.measure.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from llm_energy.backends import Backend, backend_class
+from llm_energy.backends import Backend, RequestRecord, backend_class, is_server
+from llm_energy.measure import gate
 from llm_energy.measure.gpu_settings import GpuSettingsPhase
 from llm_energy.measure.idle_cache import (
     IdleCache,
@@ -22,7 +24,16 @@ from llm_energy.measure.idle_cache import (
 from llm_energy.measure.request_checks import raise_if_all_failed
 from llm_energy.measure.rows import RowBuilder, _fmt, batch_limit
 from llm_energy.measure.validity import ValidityChecks
-from llm_energy.telemetry.meters import Detection, EstimateMeter, Meter, detect
+from llm_energy.telemetry.meters import (
+    Detection,
+    EstimateMeter,
+    Meter,
+    WindowEnergy,
+    detect,
+)
+from llm_energy.telemetry.meters.base import UPDATE_PERIODS_PER_WINDOW
+from llm_energy.telemetry.meters.estimate import busy_core_seconds
+from llm_energy.telemetry.proctree import ProcessTreeCpu
 from llm_energy.telemetry.sampler import Sampler, default_probes
 
 Log = Callable[[str], None]
@@ -118,12 +129,18 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                                 f"to {check_w:.2f} W (> {tolerance:.0%}): baseline re-measured")
         power_w = self._idle_window_w(backend, "idle", duration, warnings)
         self.idle_baseline = "measured"
+        if duration < self.meter.min_window_s:
+            warnings.append(f"idle baseline measured over {duration:g} s, shorter than the "
+                            f"{self.meter.min_window_s:g} s its energy source needs: "
+                            "idle power and net energy are coarse (raise idle_duration_s)")
         if power_w is not None:
             cache.put(key, IdleEntry(power_w, time.time(), duration, host_name(), devices,
                                      dict(self.meter.sources), self.config["backend"]))
         return power_w
 
     def _warmup(self, backend: Backend, prompts: list[list[int]]) -> int:
+        """Runs the first `batch_limit` prompts until their run time is stable (CV of the
+        last three under `cv_threshold`) or `max_runs`; the times are kept in `_warmup_s`."""
         cfg = self.measurement["warmup"]
         warm_prompts = prompts[: batch_limit(self.config["backend"], self.settings, self.workload)]
         durations: list[float] = []
@@ -133,12 +150,152 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                                 "the warmup")
             backend.synchronize()
             durations.append(time.perf_counter() - start)
+            self._warmup_s = durations
             recent = durations[-3:]
             if len(durations) >= max(cfg["min_runs"], 2) and len(recent) >= 2:
                 cv = statistics.stdev(recent) / statistics.mean(recent)
                 if cv < cfg["cv_threshold"]:
                     break
         return len(durations)
+
+    def _min_window_s(self) -> tuple[float, list[str]]:
+        """The cycle window's floor: `measurement.min_window_s`, or the energy source's own
+        (`Meter.min_window_s`); never below 10 sensor update periods."""
+        floor_s = UPDATE_PERIODS_PER_WINDOW * self.meter.update_period_s
+        configured = self.measurement.get("min_window_s")
+        if configured is None:
+            return self.meter.min_window_s, []
+        if configured < floor_s:
+            source = "+".join(sorted(set(self.meter.sources.values())))
+            return floor_s, [(f"measurement.min_window_s={configured:g} s is below 10 update "
+                              f"periods of {source} ({floor_s:g} s): {floor_s:g} s used")]
+        return float(configured), []
+
+    def _planned_repetitions(self, min_window_s: float, prompts: list[list[int]]) -> int:
+        """Repetitions for the first cycle of a server backend (one stream of R x num_prompts
+        requests): from the last warmup run (its `batch_limit` prompts) scaled to the workload,
+        and for Poisson arrivals at least the schedule's length."""
+        warm = getattr(self, "_warmup_s", [])
+        per_rep_s = None
+        if warm:
+            limit = batch_limit(self.config["backend"], self.settings, self.workload)
+            per_rep_s = warm[-1] * math.ceil(len(prompts) / max(1, limit))
+        rate = self.workload.get("request_rate_per_s")
+        if self.workload.get("arrival") == "poisson" and rate:
+            per_rep_s = max(per_rep_s or 0.0, len(prompts) / float(rate))
+        return gate.repetitions_for(min_window_s, per_rep_s)
+
+    def _fill_window(self, backend: Backend, prompts: list[list[int]], min_window_s: float,
+                     planned: int, label: str = "cycle") -> tuple[list[RequestRecord], int, int]:
+        """Runs the workload until `min_window_s` has passed: (records, repetitions,
+        segments). A server backend gets `planned` repetitions as one stream of requests under
+        the workload's arrival process; an offline engine gets the workload once per call,
+        back to back (its latencies keep their meaning). A stream that ends early is followed
+        at once by another segment sized from the time per repetition so far."""
+        server = is_server(self.config["backend"], self.settings)
+        records: list[RequestRecord] = []
+        repetitions = segments = 0
+        start_s = time.perf_counter()
+        elapsed_s = 0.0
+        while True:
+            if not server:
+                n = 1
+            elif repetitions == 0:
+                n = max(1, planned)
+            else:
+                n = gate.repetitions_for(min_window_s - elapsed_s, elapsed_s / repetitions)
+            batch = backend.generate(prompts * n, self.workload["output_tokens"])
+            raise_if_all_failed(batch, label)  # a failed cell, with the reason
+            offset = repetitions * len(prompts)
+            for record in batch:
+                record.request_id += offset
+            records.extend(batch)
+            repetitions += n
+            segments += 1
+            backend.synchronize()
+            elapsed_s = time.perf_counter() - start_s
+            if elapsed_s >= min_window_s:
+                return records, repetitions, segments
+
+    def _cpu_snapshot(self) -> tuple[float, float]:
+        """(machine busy core-seconds, this cell's process-tree CPU seconds)."""
+        return busy_core_seconds(), self._tree.read_s(rescan=True)
+
+    def _cycles(self, backend: Backend, prompts: list[list[int]], min_window_s: float,
+                arch: Any, idle_power_w: float | None, load: Any, load_window: WindowEnergy,
+                warmup_runs: int, base_warnings: list[str],
+                phases: list[tuple[str, float, float]], out: CellOutput) -> None:
+        """`cycles` cycles, then more while the J/token interval is wider than the target
+        (`gate.more_cycles_needed`); each cycle's window at least `min_window_s` long."""
+        m = self.measurement
+        cycles = int(m["cycles"])
+        max_cycles = max(cycles, int(m.get("max_cycles") or cycles))
+        target = m.get("target_ci_rel")
+        sampler = self._sampler
+        planned = self._planned_repetitions(min_window_s, prompts)
+        energy_j: list[float | None] = []
+        tokens: list[float | None] = []
+        j_per_token: list[float | None] = []
+        per_rep_s: list[float | None] = []
+        first_run = len(out.runs)
+        cycle = 0
+        while gate.more_cycles_needed(energy_j, tokens, cycles, max_cycles, target):
+            if m["cooldown_s"] > 0:
+                time.sleep(m["cooldown_s"])
+            backend.synchronize()
+            self.meter.begin_window(f"cycle{cycle}")
+            cpu0 = self._cpu_snapshot()
+            start_s = time.perf_counter()
+            sampler.sample_now(start_s)
+            records, repetitions, segments = self._fill_window(backend, prompts, min_window_s,
+                                                               planned, f"cycle {cycle}")
+            end_s = time.perf_counter()
+            sampler.sample_now(end_s)
+            cpu1 = self._cpu_snapshot()
+            window = self.meter.end_window(f"cycle{cycle}")
+            phases.append((f"cycle{cycle}", start_s, end_s))
+            other_cpu_s = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+            run, requests = self._cycle_rows(cycle, records, start_s, end_s, window,
+                                             idle_power_w, sampler.samples, arch)
+            validity, columns = self._cycle_validity(cycle, start_s, end_s, window,
+                                                     list(sampler.samples), phases,
+                                                     run.get("net_energy_j"), other_cpu_s)
+            run["warnings"].extend(validity)
+            run.update(columns)
+            run.update(backend.cycle_columns(start_s, end_s))
+            run["warnings"].extend(backend.cycle_warnings(cycle, start_s, end_s))
+            run.update(self._gpu_cycle_columns(sampler.samples, start_s, end_s, run["warnings"]))
+            run.update(load_duration_s=load.duration_s, load_energy_j=load_window.total_energy_j,
+                       warmup_runs=warmup_runs, device_name=self._device_name(),
+                       repetitions=repetitions, min_window_s=min_window_s,
+                       target_ci_rel=target,
+                       # On the timeseries clock (origin: start of load), for plots.
+                       cycle_start_s=start_s - phases[0][1])
+            run["warnings"] = [*base_warnings, *load_window.warnings, *run["warnings"]]
+            out.runs.append(run)
+            out.requests.extend(requests)
+            energy_j.append(run["total_energy_j"])
+            tokens.append(run["output_tokens"])
+            j_per_token.append(run["energy_per_output_token_j"])
+            per_rep_s.append((end_s - start_s) / repetitions)
+            planned = gate.repetitions_for(min_window_s, per_rep_s[-1])
+            stream = (f" as {segments} streams" if segments > 1
+                      and is_server(self.config["backend"], self.settings) else "")
+            self.log(f"[{self.cell_id}] cycle {cycle + 1}/{max_cycles}: "
+                     f"{repetitions} repetition(s){stream} in {end_s - start_s:.2f} s, "
+                     f"{run['output_tokens_per_s']:.1f} tok/s, "
+                     f"{_fmt(run['energy_per_output_token_j'])} J/token ({run['energy_source']})")
+            cycle += 1
+        cell_warnings = gate.stationarity_warnings(per_rep_s, j_per_token,
+                                                   float(m.get("stationarity_cv", 0.10)))
+        achieved = gate.j_per_token_ci_rel(energy_j, tokens)
+        if target is not None and (achieved is None or achieved > target):
+            cell_warnings.append(
+                f"validity gate not met: the 95% interval of J/token is "
+                f"{'undefined' if achieved is None else f'+-{achieved:.1%}'} after "
+                f"{len(j_per_token)} cycle(s) (max_cycles {max_cycles}), target +-{target:.1%}")
+        for run in out.runs[first_run:]:
+            run["warnings"].extend(cell_warnings)
 
     def run(self) -> CellOutput:
         out = CellOutput(energy_sources=dict(self.meter.sources))
@@ -188,40 +345,11 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                      f"{idle_power_w if idle_power_w is None else round(idle_power_w, 2)} W, "
                      f"{warmup_runs} warmup run(s)")
             arch = self._architecture()
-            for cycle in range(self.measurement["cycles"]):
-                if self.measurement["cooldown_s"] > 0:
-                    time.sleep(self.measurement["cooldown_s"])
-                backend.synchronize()
-                self.meter.begin_window(f"cycle{cycle}")
-                start_s = time.perf_counter()
-                sampler.sample_now(start_s)
-                records = backend.generate(prompts, self.workload["output_tokens"])
-                raise_if_all_failed(records, f"cycle {cycle}")  # a failed cell, with the reason
-                backend.synchronize()
-                end_s = time.perf_counter()
-                sampler.sample_now(end_s)
-                window = self.meter.end_window(f"cycle{cycle}")
-                phases.append((f"cycle{cycle}", start_s, end_s))
-                run, requests = self._cycle_rows(cycle, records, start_s, end_s, window,
-                                                 idle_power_w, sampler.samples, arch)
-                validity, columns = self._cycle_validity(cycle, start_s, end_s, window,
-                                                         list(sampler.samples), phases,
-                                                         run.get("net_energy_j"))
-                run["warnings"].extend(validity)
-                run.update(columns)
-                run.update(backend.cycle_columns(start_s, end_s))
-                run["warnings"].extend(backend.cycle_warnings(cycle, start_s, end_s))
-                run.update(self._gpu_cycle_columns(sampler.samples, start_s, end_s, run["warnings"]))
-                run.update(load_duration_s=load.duration_s, load_energy_j=load_window.total_energy_j,
-                           warmup_runs=warmup_runs, device_name=self._device_name(),
-                           # On the timeseries clock (origin: start of load), for plots.
-                           cycle_start_s=start_s - phases[0][1])
-                run["warnings"] = [*base_warnings, *load_window.warnings, *run["warnings"]]
-                out.runs.append(run)
-                out.requests.extend(requests)
-                self.log(f"[{self.cell_id}] cycle {cycle + 1}/{self.measurement['cycles']}: "
-                         f"{run['output_tokens_per_s']:.1f} tok/s, "
-                         f"{_fmt(run['energy_per_output_token_j'])} J/token ({run['energy_source']})")
+            min_window_s, window_warnings = self._min_window_s()
+            base_warnings.extend(window_warnings)
+            self._tree = self.meter.tree if estimate else ProcessTreeCpu()
+            self._cycles(backend, prompts, min_window_s, arch, idle_power_w, load, load_window,
+                         warmup_runs, base_warnings, phases, out)
         finally:
             samples = sampler.stop()
             try:

@@ -1,13 +1,15 @@
 """Validity checks of a cell's measurement: preflight (other processes on the device,
 temperature), per-phase sampling coverage, and per-cycle checks (window length against the
-sensor's resolution, power cross-check, throttling, contention). Mixed into `CellRunner`."""
+sensor's resolution, power cross-check, throttling, other processes on the GPU and the CPU).
+Mixed into `CellRunner`; the cell-level rules (repetitions, stopping, stationarity) are in
+`gate.py`."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from llm_energy.measure import metrics
+from llm_energy.measure import gate, metrics
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
 
@@ -58,9 +60,11 @@ class ValidityChecks:
 
     def _cycle_validity(self, cycle: int, start_s: float, end_s: float, window: WindowEnergy,
                         samples: list[Sample], phases: list[tuple[str, float, float]],
-                        net_energy_j: float | None = None) -> tuple[list[str], dict[str, Any]]:
-        """Flags for one cycle (coverage, gaps, temperature drift, throttling, neighbours,
-        counter vs power cross-check) and the columns that back them."""
+                        net_energy_j: float | None = None,
+                        other_cpu_s: float | None = None) -> tuple[list[str], dict[str, Any]]:
+        """Flags for one cycle (coverage, gaps, temperature drift, throttling, neighbours on
+        the GPU and on the CPU, counter vs power cross-check) and the columns that back them.
+        `other_cpu_s`: CPU seconds used by processes outside the cell's tree in the window."""
         from llm_energy.telemetry.meters.nvml import (
             POWER_CAP_REASON,
             THROTTLE_REASONS,
@@ -131,6 +135,11 @@ class ValidityChecks:
             if others:
                 warnings.append(f"other processes on the device after cycle {cycle}: "
                                 + "; ".join(others))
+        contention = gate.contention_warning(
+            cycle, other_cpu_s, end_s - start_s,
+            float(self.measurement.get("contention_cpu_cores", 0.25)))
+        if contention:
+            warnings.append(contention)
         if net_energy_j is not None and net_energy_j < 0:
             # Kept as measured (total - idle x duration) so that it can be averaged, but it
             # is not an energy: the idle baseline was as high as the loaded draw.
@@ -139,6 +148,7 @@ class ValidityChecks:
                             "noisy baseline); net_energy_j is not meaningful here")
         temps0 = [t for t in self.preflight_temperature_c.values() if t is not None]
         columns = {"idle_baseline": getattr(self, "idle_baseline", None),
+                   "other_processes_cpu_s": other_cpu_s,
                    "gpu_power_integral_j": integral_j,
                    "preflight_temperature_c": max(temps0) if temps0 else None}
         return warnings, columns

@@ -254,6 +254,16 @@ RUNS = _declare([
            "the cell asked (power limit by > 1 W, a clock outside the locked range ± 15 MHz; "
            "each case a line in `warnings`); null when nothing was asked. Summary: 1 when any "
            "cycle differed", MAX))),
+    Column("repetitions", _I, M, "", "times the workload (`num_prompts` requests) ran in the "
+           "cycle's window so that it reached `min_window_s`; `requests` = `num_prompts` × "
+           "`repetitions`", MEAN),
+    Column("min_window_s", _F, ST, "s", "the cycle window's floor applied (configured, or the "
+           "energy source's default; docs/methodology.md#validity-gate)", FIRST),
+    Column("target_ci_rel", _F, ST, "", "the validity gate's target for the J/token interval "
+           "(± share of the value); null: none", FIRST),
+    Column("other_processes_cpu_s", _F, M, "s", "CPU seconds used in the window by processes "
+           "outside the cell's own process tree (machine busy time − the tree's); above "
+           "`contention_cpu_cores` × `duration_s` the cycle is flagged `contention`", MEAN),
     *(Column(name, dtype, M, unit, text, agg, interval, optional="server backends")
       for name, dtype, unit, text, agg, interval in (
           ("server_metric_samples", _I, "", "`/metrics` scrapes inside the cycle", SUM, False),
@@ -309,7 +319,8 @@ DERIVED = _declare([
 REQUESTS = _declare(Column(n, t, Kind.REQUEST, u, d) for n, t, u, d in (
     ("schema_version", _I, "", "version of this contract"),
     ("cell_id", _S, "", "the cell"), ("cycle", _I, "", "the cycle"),
-    ("request_id", _I, "", "index of the prompt in the workload"),
+    ("request_id", _I, "", "index of the request in the cycle: repetition k of the workload "
+     "has k × `num_prompts` + the prompt's index"),
     ("input_tokens", _I, "tokens", "prompt length"), ("output_tokens", _I, "tokens", "tokens returned"),
     ("arrival_s", _F, "s", "sent, seconds from the cycle start"),
     ("first_token_s", _F, "s", "first token received, same clock"),
@@ -347,6 +358,11 @@ TIMESERIES = _declare(Column(n, t, Kind.TIMESERIES, u, d, optional=o) for n, t, 
 #: Columns only summary.parquet has (besides the aggregated ones and their statistics).
 SUMMARY = _declare(Column(n, t, Kind.SUMMARY, u, d) for n, t, u, d in (
     ("cycles", _I, "", "successful cycles aggregated"),
+    ("ci_rel_achieved", _F, "", "half the width of the 95% interval of "
+     "`energy_per_output_token_j` ÷ its value (`_ci95_high − _ci95_low` ÷ 2 ÷ value): the "
+     "validity gate's measure"),
+    ("gate_met", _B, "", "`ci_rel_achieved ≤ target_ci_rel` (the rule the protocol stopped on); "
+     "null without a target"),
     ("ci_note", _S, "", "why there is no interval (fewer than 2 cycles)"),
     ("energy_kwh_per_1k_tokens", _F, "kWh", "`energy_per_output_token_j` × 1000 ÷ 3.6e6 (and "
      "its `_ci95_low`/`_ci95_high`)"),

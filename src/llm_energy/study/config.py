@@ -349,6 +349,29 @@ class MeasurementConfig(_Strict):
     temperature_drift_c: float = Field(
         10.0, gt=0, description="device temperature change within a cycle, or across cycle starts, "
         "that is flagged")
+    min_window_s: float | None = Field(
+        None, ge=0, description="shortest energy window of a cycle, seconds: the workload repeats "
+        "until the window reaches it; default: what the energy source needs (max(1 s, 10 sensor "
+        "update periods)); never below 10 update periods")
+    target_ci_rel: float | None = Field(
+        0.05, gt=0, lt=1, description="validity gate: the 95% interval of J/token must be within "
+        "its value +- this share; null: no interval target")
+    max_cycles: int | None = Field(
+        None, gt=0, le=1000, description="more cycles run after `cycles` until target_ci_rel is met, up "
+        "to this many; default: cycles (no extra cycles)")
+    stationarity_cv: float = Field(
+        0.10, gt=0, description="cycles whose time per workload repetition or J/token vary "
+        "with a larger coefficient of variation are flagged as not stationary")
+    contention_cpu_cores: float = Field(
+        0.25, ge=0, description="other processes using more cores than this on average "
+        "during a cycle are flagged as contention")
+
+    @model_validator(mode="after")
+    def _max_cycles_at_least_cycles(self) -> MeasurementConfig:
+        if self.max_cycles is not None and self.max_cycles < self.cycles:
+            raise ValueError(f"max_cycles={self.max_cycles} is below cycles={self.cycles}: "
+                             "raise max_cycles or lower cycles")
+        return self
 
     @field_validator(*GPU_AXES, mode="before")
     @classmethod

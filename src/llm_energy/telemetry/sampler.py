@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
 
-from llm_energy.telemetry.meters.estimate import busy_core_seconds
+from llm_energy.telemetry.meters.estimate import busy_core_seconds, cpu_cores
+from llm_energy.telemetry.proctree import ProcessTreeCpu
 
 
 @dataclass
@@ -35,26 +37,59 @@ class Sample:
 
 
 class CpuProbe:
-    """CPU utilisation from /proc/stat deltas; power only as the configured estimate."""
+    """CPU utilisation of the machine from /proc/stat; with a per-core power, the `estimate`
+    power of the cell's own process tree (what `EstimateMeter` charges).
+
+    Busy times advance in 10 ms clock ticks, so a rate over a few milliseconds (an edge
+    sample just after a tick) could read several cores' worth from one tick: rates are taken
+    over at least `MIN_RATE_INTERVAL_S` (from an earlier sample), and the power never exceeds
+    the model's ceiling (every logical core busy × per-core power)."""
 
     device = "cpu"
+    #: Shortest interval a utilisation or power rate is computed over (10 clock ticks).
+    MIN_RATE_INTERVAL_S = 0.1
 
-    def __init__(self, cpu_power_per_core_w: float | None) -> None:
+    def __init__(self, cpu_power_per_core_w: float | None,
+                 tree: ProcessTreeCpu | None = None) -> None:
         self.cpu_power_per_core_w = cpu_power_per_core_w
         self._process = psutil.Process()
-        self._last = (time.perf_counter(), busy_core_seconds())
-        self._cores = psutil.cpu_count() or 1
+        self._cores = cpu_cores()
+        self._lock = threading.Lock()
+        self._tree = tree if tree is not None or cpu_power_per_core_w is None \
+            else ProcessTreeCpu()
+        # (t_s, machine busy core-s, tree CPU s) of recent samples, oldest first.
+        self._history: deque[tuple[float, float, float]] = deque(
+            [(time.perf_counter(), busy_core_seconds(), self._tree_s())])
+
+    def _tree_s(self) -> float:
+        return self._tree.read_s() if self._tree is not None else 0.0
+
+    def _reference(self, t_s: float) -> tuple[float, float, float]:
+        """The latest earlier sample at least MIN_RATE_INTERVAL_S before t_s (else the oldest)."""
+        reference = self._history[0]
+        for item in self._history:
+            if t_s - item[0] >= self.MIN_RATE_INTERVAL_S:
+                reference = item
+            else:
+                break
+        return reference
 
     def sample(self, t_s: float) -> Sample:
-        busy = busy_core_seconds()
-        last_t, last_busy = self._last
-        self._last = (t_s, busy)
+        # The sampler thread and edge samples (`Sampler.sample_now`) may call at once.
+        with self._lock:
+            busy, tree = busy_core_seconds(), self._tree_s()
+            last_t, last_busy, last_tree = self._reference(t_s)
+            self._history.append((t_s, busy, tree))
+            while (len(self._history) > 2
+                   and t_s - self._history[1][0] >= self.MIN_RATE_INTERVAL_S):
+                self._history.popleft()
         elapsed = t_s - last_t
         busy_cores = max(0.0, (busy - last_busy) / elapsed) if elapsed > 0 else None
         utilization = None if busy_cores is None else min(100.0, 100.0 * busy_cores / self._cores)
         power = None
-        if busy_cores is not None and self.cpu_power_per_core_w is not None:
-            power = busy_cores * self.cpu_power_per_core_w
+        if elapsed > 0 and self.cpu_power_per_core_w is not None:
+            tree_cores = min(float(self._cores), max(0.0, (tree - last_tree) / elapsed))
+            power = tree_cores * self.cpu_power_per_core_w
         return Sample(t_s, "cpu", power, "estimate" if power is not None else None, None,
                       utilization, self._process.memory_info().rss / 2**20, None)
 

@@ -18,6 +18,13 @@ DOMAINS = ("gpu", "cpu", "dram")
 #: A wall-clock jump larger than this (beyond the monotonic duration) is flagged.
 WALL_CLOCK_JUMP_S = 1.0
 
+#: The shortest cycle window any source gets by default (`measurement.min_window_s` unset):
+#: a sensor's resolution alone would allow 0.1 s on most, but a second keeps the edge effects
+#: (clock ticks, counter update phase, edge samples) around 1% or less.
+MIN_WINDOW_FLOOR_S = 1.0
+#: A window must span at least this many sensor update periods.
+UPDATE_PERIODS_PER_WINDOW = 10
+
 
 @dataclass
 class WindowEnergy:
@@ -109,6 +116,12 @@ class Meter:
     update_period_s: float = 0.0
     #: a sensor (not a model): a domain that does not advance over a long window has stalled.
     detects_stall: bool = False
+
+    @property
+    def min_window_s(self) -> float:
+        """The shortest window this source measures well: 10 update periods, and at least
+        `MIN_WINDOW_FLOOR_S` (the default of `measurement.min_window_s`)."""
+        return max(MIN_WINDOW_FLOOR_S, UPDATE_PERIODS_PER_WINDOW * self.update_period_s)
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time) -> None:
