@@ -167,6 +167,29 @@ def test_guard_stops_a_server_that_ignores_sigterm(tmp_path, cleanup):
     assert wait_all_gone(str(tmp_path)) == []
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_process_started_while_the_tree_is_killed_is_not_missed(tmp_path, cleanup, attempt):
+    """The engine starts a worker every few milliseconds (as vLLM's engine does while it
+    starts): the guard's parent dies, and the guard must kill the tree without leaving the
+    worker that was being started at that moment (the tree is frozen before it is killed)."""
+    cleanup.append(str(tmp_path))
+    record = tmp_path / "pids.json"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from llm_energy.execution.processes import start_guarded\n"
+        f"start_guarded([sys.executable, {str(FAKE_SERVER)!r}, {str(record)!r}, '--churn'], 1.0)\n"
+        "time.sleep(600)")])
+    deadline = time.monotonic() + 60
+    while not record.exists():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)   # the engine is churning
+    parent.kill()
+    parent.wait()
+    left = wait_all_gone(str(tmp_path))
+    assert left == [], left
+
+
 def test_guard_cleans_up_when_the_server_exits_by_itself(tmp_path, cleanup):
     """The server dies (crash, OOM kill): its engine and worker go with it, and the guard's
     exit status is the server's."""

@@ -59,20 +59,49 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def kill_descendants(timeout_s: float = 5.0) -> None:
-    """SIGKILL every descendant of this process (also those in sessions of their own) and
-    the groups it started, then wait until each is dead (gone, or a zombie: this process or
-    a subreaper collects those). Reaps nothing itself, so a caller's own `waitpid` still sees
-    its children's exit statuses. Safe in a signal handler."""
+def _below() -> dict[int, Any]:
+    """This process's descendants, and the members of the groups it started or leads."""
     import psutil
 
+    me = os.getpid()
     try:
-        found = psutil.Process().children(recursive=True)
+        found = {p.pid: p for p in psutil.Process(me).children(recursive=True)}
     except psutil.Error:
-        found = []
+        found = {}
+    groups = set(_OWNED_GROUPS) | ({me} if os.getpgrp() == me else set())
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != me and proc.pid not in found and os.getpgid(proc.pid) in groups:
+                found[proc.pid] = proc
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill_descendants(timeout_s: float = 5.0) -> None:
+    """SIGKILL every descendant of this process (also those in sessions of their own) and
+    every member of the groups it started or leads, then wait until each is dead (gone, or a
+    zombie: this process or a subreaper collects those).
+
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so that a
+    process forking at this moment (vLLM's engine starting a worker) cannot leave a child
+    behind that a one-shot list would miss. Reaps nothing itself, so a caller's own `waitpid`
+    still sees its children's exit statuses. Safe in a signal handler."""
+    import psutil
+
+    frozen: dict[int, Any] = {}
+    for _ in range(50):
+        new = {pid: p for pid, p in _below().items() if pid not in frozen}
+        if not new:
+            break
+        for proc in new.values():
+            with contextlib.suppress(psutil.Error):
+                proc.suspend()
+        frozen.update(new)
     for pgid in list(_OWNED_GROUPS):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+    found = list(frozen.values())
     for proc in found:
         with contextlib.suppress(psutil.Error):
             proc.kill()
