@@ -196,6 +196,22 @@ def test_unmappable_or_ambiguous_ids_fail_with_the_entry_named(visible, message)
                    environ={"CUDA_VISIBLE_DEVICES": visible})
 
 
+@pytest.mark.parametrize("visible, for_zeus", [
+    ("GPU-8932a,GPU-5e", "1,2"),      # Zeus int()s every entry: it gets the NVML indices
+    ("1,-1,0", "1"),                  # what CUDA uses, not what the variable says
+    ("2,0", None),                    # plain indices: unchanged
+    ("MIG-1b9f", None),               # Zeus refuses MIG with its own message
+    (None, None),
+])
+def test_zeus_is_given_the_nvml_indices_cuda_uses(monkeypatch, visible, for_zeus):
+    from llm_energy.telemetry import gpu_control
+    from llm_energy.telemetry.meters import nvml as nvml_module
+
+    monkeypatch.setattr(nvml_module, "load_nvml", node)
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert gpu_control.zeus_visible_devices(env) == for_zeus
+
+
 def test_detect_meters_the_gpu_a_uuid_prefix_names():
     # Before: NVML answered "Not Found" to the prefix, the error was swallowed and the cuda
     # cell was metered by the CPU estimate. Now GPU 1's counter: 14 J between two reads.

@@ -21,7 +21,8 @@ Indices are NVML's, i.e. PCI bus order; CUDA's default order (fastest first) can
 nodes with mixed GPUs unless `CUDA_DEVICE_ORDER=PCI_BUS_ID` (schedulers set UUIDs or that).
 
 Zeus's device layer (`zeus.device.gpu.get_gpus`) parses the variable with `int()` and refuses
-MIG entries, so it cannot do this mapping; `Gpu.nvml_index` is the NVML index to give it."""
+MIG entries, so it cannot do this mapping; `Gpu.nvml_index` is the NVML index to give it
+(`gpu_control.zeus_visible_devices`)."""
 
 from __future__ import annotations
 
