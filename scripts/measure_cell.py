@@ -4,12 +4,14 @@ CLI: python scripts/measure_cell.py CELL_JSON MODEL_PATH OUT_DIR"""
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged  # noqa: E402
 
+from llm_energy.execution.processes import set_parent_death_signal  # noqa: E402
 from llm_energy.execution.runner import run_cell  # noqa: E402
 from llm_energy.study.plan import cell_to_measure  # noqa: E402
 
@@ -17,6 +19,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def main(smk=None):
+    # Snakemake gone (killed) -> SIGTERM here -> the runner stops the measurement's tree.
+    set_parent_death_signal(signal.SIGTERM)
     if smk is None:
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("cell_json")

@@ -22,6 +22,9 @@ class FakeGpu:
     fail_energy_at: set[int] = field(default_factory=set)   # read numbers that raise
     supports_counter: bool = True
     reads: int = 0
+    migs: list[FakeGpu] = field(default_factory=list)     # MIG instances of this GPU
+    instance_ids: tuple[int, int] | None = None             # (GPU, compute instance) of a MIG
+    parent: FakeGpu | None = None
 
 
 class FakeNvml:
@@ -35,10 +38,45 @@ class FakeNvml:
     def __init__(self, gpus: list[FakeGpu]) -> None:
         self.gpus = gpus
         self.by_uuid = {g.uuid: g for g in gpus}
+        for gpu in gpus:
+            for mig in gpu.migs:
+                mig.parent = gpu
+                self.by_uuid[mig.uuid] = mig
         self.handles_asked: list[object] = []
 
     def nvmlInit(self) -> None:
         pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetIndex(self, gpu: FakeGpu) -> int:
+        return self.gpus.index(gpu)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, gpu: FakeGpu) -> int:
+        if gpu.parent is not None:
+            raise FakeNVMLError("Invalid Argument")
+        return 7 if gpu.migs else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, gpu: FakeGpu, index: int) -> FakeGpu:
+        if index >= len(gpu.migs):
+            raise FakeNVMLError("Not Found")
+        return gpu.migs[index]
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, mig: FakeGpu) -> FakeGpu:
+        if mig.parent is None:
+            raise FakeNVMLError("Invalid Argument")
+        return mig.parent
+
+    def nvmlDeviceGetGpuInstanceId(self, mig: FakeGpu) -> int:
+        if mig.instance_ids is None:
+            raise FakeNVMLError("Invalid Argument")
+        return mig.instance_ids[0]
+
+    def nvmlDeviceGetComputeInstanceId(self, mig: FakeGpu) -> int:
+        if mig.instance_ids is None:
+            raise FakeNVMLError("Invalid Argument")
+        return mig.instance_ids[1]
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
         if index >= len(self.gpus):
@@ -47,6 +85,7 @@ class FakeNvml:
         return self.gpus[index]
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
+        # Real NVML matches whole UUIDs only: a prefix is "Not Found".
         if uuid not in self.by_uuid:
             raise FakeNVMLError("Not Found")
         self.handles_asked.append(uuid)

@@ -125,3 +125,15 @@ def test_gpu_control_reads_limits_and_settings_without_changing_them(nvml, monke
     assert isinstance(reading["throttle_reasons"], int)
     # an out-of-range value is refused by the check, before anything could be set
     assert any("allowed range" in line for line in gc.check(settings, limits, "gpu0"))
+
+
+def test_uuid_prefix_index_and_full_uuid_name_the_same_real_gpu(nvml, monkeypatch):
+    """NVML's own lookup answers "Not Found" for a UUID prefix; CUDA accepts a unique one."""
+    from llm_energy.telemetry.meters.nvml import job_gpus
+
+    uuid = job_gpus(nvml, ["0"])[0].ident
+    same = [job_gpus(nvml, [form])[0] for form in ("0", uuid, uuid[:12])]
+    assert {g.ident for g in same} == {uuid} and {g.nvml_index for g in same} == {0}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuid[:12])
+    d = detect("cuda", "auto", 10.0, nvml=nvml)
+    assert d.meter.sources.get("gpu") in ("nvml-counter", "nvml-power") and d.gpus[0].ident == uuid

@@ -2,6 +2,7 @@
 counters that advance, wrap, go backwards, stall or raise; GPU selection; detection order."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
 from llm_energy.telemetry.meters import CompositeMeter, detect
 from llm_energy.telemetry.meters.base import Meter
 from llm_energy.telemetry.meters.nvml import (
+    GpuIdError,
     NvmlCounterMeter,
     NvmlPowerMeter,
     job_gpus,
@@ -114,17 +116,136 @@ def test_short_window_is_flagged_but_still_measured():
 # ---------------------------------------------------------------- GPU selection
 
 
-@pytest.mark.parametrize("env, ids, guessed", [
-    ({"CUDA_VISIBLE_DEVICES": "2,0"}, ["2", "0"], False),
-    ({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}, ["GPU-bbbb"], False),
-    ({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, ["1"], False),
-    ({"CUDA_VISIBLE_DEVICES": ""}, [], False),
-    ({"SLURM_STEP_GPUS": "2"}, ["2"], False),
-    ({}, ["0", "1"], True),
+@pytest.mark.parametrize("env, ids, warned", [
+    ({"CUDA_VISIBLE_DEVICES": "2,0"}, ["2", "0"], None),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}, ["GPU-bbbb"], None),
+    ({"CUDA_VISIBLE_DEVICES": " 1, 0"}, ["1", "0"], None),
+    # CUDA stops at the first invalid entry: what follows is ignored, and we say so.
+    ({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, ["1"], "entry '-1'.*ignores '-1,2'"),
+    ({"CUDA_VISIBLE_DEVICES": "0,gpu1,2"}, ["0"], "entry 'gpu1'.*ignores 'gpu1,2'"),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, [], None),        # the usual way to hide every GPU
+    ({"CUDA_VISIBLE_DEVICES": ""}, [], None),
+    ({"CUDA_VISIBLE_DEVICES": "MIG-GPU-aa/1/0,MIG-1b2c"}, ["MIG-GPU-aa/1/0", "MIG-1b2c"], None),
+    ({"SLURM_STEP_GPUS": "2"}, ["2"], None),
+    ({}, ["0", "1"], "not set"),
 ])
-def test_visible_gpu_ids(env, ids, guessed):
+def test_visible_gpu_ids(env, ids, warned):
     got, warning = visible_gpu_ids(env, default_count=2)
-    assert got == ids and (warning is not None) == guessed
+    assert got == ids
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None and re.search(warned, warning), warning
+
+
+# A node as NVML lists it: two UUIDs share the prefix GPU-8932 (as in real fleets); GPU 3 is
+# split into two MIG instances.
+NODE_UUIDS = ["GPU-8932f937-0d2a-4b6c-9d61-3f0a1c2b4e51", "GPU-8932a1c0-77e3-41aa-8f0e-9b1d2c3e4f50",
+              "GPU-5e1c2b3a-1111-2222-3333-444455556666", "GPU-77aa0b1c-9999-8888-7777-666655554444"]
+MIG_UUIDS = ["MIG-1b2c3d4e-aaaa-5bbb-8ccc-dddddddddddd", "MIG-1b9f0e1d-eeee-5fff-8000-111111111111"]
+
+
+def node():
+    gpus = [FakeGpu(u, [1000 * (i + 1), 1000 * (i + 1) + 7000 * (i + 1)]) for i, u in enumerate(NODE_UUIDS)]
+    gpus[3].migs = [FakeGpu(MIG_UUIDS[0], [0], instance_ids=(1, 0), supports_counter=False),
+                    FakeGpu(MIG_UUIDS[1], [0], instance_ids=(2, 0), supports_counter=False)]
+    return FakeNvml(gpus)
+
+
+@pytest.mark.parametrize("visible, idents, nvml_indices", [
+    ("2", [NODE_UUIDS[2]], [2]),
+    ("GPU-8932f937", [NODE_UUIDS[0]], [0]),                 # the unique prefix of GPU 0
+    (NODE_UUIDS[1], [NODE_UUIDS[1]], [1]),                  # a full UUID
+    ("GPU-5e1c", [NODE_UUIDS[2]], [2]),
+    ("3,GPU-8932a,GPU-5e", [NODE_UUIDS[3], NODE_UUIDS[1], NODE_UUIDS[2]], [3, 1, 2]),
+    ("MIG-1b9f", [MIG_UUIDS[1]], [3]),                      # a MIG UUID prefix
+    (MIG_UUIDS[0], [MIG_UUIDS[0]], [3]),                    # a whole MIG UUID
+    ("MIG-GPU-77aa0b1c/1/0", [MIG_UUIDS[0]], [3]),          # the older MIG form
+    ("MIG-GPU-77aa0b1c-9999-8888-7777-666655554444/2/0", [MIG_UUIDS[1]], [3]),
+    ("1,-1,0", [NODE_UUIDS[1]], [1]),                       # CUDA stops at -1
+])
+def test_each_cuda_id_form_maps_to_the_right_nvml_device(visible, idents, nvml_indices):
+    nvml = node()
+    ids, _ = visible_gpu_ids({"CUDA_VISIBLE_DEVICES": visible})
+    gpus = job_gpus(nvml, ids)
+    assert [g.ident for g in gpus] == idents
+    assert [g.nvml_index for g in gpus] == nvml_indices
+    assert [g.label for g in gpus] == [f"gpu{i}" for i in range(len(idents))]
+    assert all(g.handle is nvml.by_uuid[u] for g, u in zip(gpus, idents))
+
+
+@pytest.mark.parametrize("visible, message", [
+    ("GPU-8932", r"entry 'GPU-8932' \(position 0\).*ambiguous.*prefix of 2 devices.*"
+                 + NODE_UUIDS[0] + ".*" + NODE_UUIDS[1]),
+    ("0,GPU-dead", (r"entry 'GPU-dead' \(position 1\).*no device matches 'GPU-dead'.*"
+                    r"this node has 4 GPU\(s\)")),
+    ("7", r"entry '7' \(position 0\).*no GPU with index 7"),
+    ("MIG-ffff", r"entry 'MIG-ffff'.*no device matches.*MIG instances"),
+    ("MIG-GPU-77aa0b1c/5/0", r"entry 'MIG-GPU-77aa0b1c/5/0'.*no device matches"),
+    ("0,GPU-8932f937", r"entries '0' and 'GPU-8932f937' name the same device"),
+])
+def test_unmappable_or_ambiguous_ids_fail_with_the_entry_named(visible, message):
+    ids, _ = visible_gpu_ids({"CUDA_VISIBLE_DEVICES": visible})
+    with pytest.raises(GpuIdError, match=message):
+        job_gpus(node(), ids)
+    # ... and a cuda cell fails with it, whatever the energy source: the backend would run
+    # on other GPUs than the ones metered.
+    for source in ("auto", "estimate"):
+        with pytest.raises(GpuIdError, match=message):
+            detect("cuda", source, 10.0, nvml=node(), powercap_root=NO_RAPL,
+                   environ={"CUDA_VISIBLE_DEVICES": visible})
+
+
+@pytest.mark.parametrize("visible, for_zeus", [
+    ("GPU-8932a,GPU-5e", "1,2"),      # Zeus int()s every entry: it gets the NVML indices
+    ("1,-1,0", "1"),                  # what CUDA uses, not what the variable says
+    ("2,0", None),                    # plain indices: unchanged
+    ("MIG-1b9f", None),               # Zeus refuses MIG with its own message
+    (None, None),
+])
+def test_zeus_is_given_the_nvml_indices_cuda_uses(monkeypatch, visible, for_zeus):
+    from llm_energy.telemetry import gpu_control
+    from llm_energy.telemetry.meters import nvml as nvml_module
+
+    monkeypatch.setattr(nvml_module, "load_nvml", node)
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert gpu_control.zeus_visible_devices(env) == for_zeus
+
+
+def test_detect_meters_the_gpu_a_uuid_prefix_names():
+    # Before: NVML answered "Not Found" to the prefix, the error was swallowed and the cuda
+    # cell was metered by the CPU estimate. Now GPU 1's counter: 14 J between two reads.
+    d = detect("cuda", "auto", 10.0, nvml=node(), powercap_root=NO_RAPL,
+               environ={"CUDA_VISIBLE_DEVICES": "GPU-8932a1"})
+    assert isinstance(d.meter, NvmlCounterMeter) and [g.ident for g in d.gpus] == [NODE_UUIDS[1]]
+    d.meter.gpus[0].handle.reads = 0
+    assert window(d.meter).energy_j["gpu"] == pytest.approx(14.0)
+
+
+@pytest.mark.parametrize("energy_source", ["auto", "rapl"])
+@pytest.mark.parametrize("why, nvml, visible", [
+    ("NVML unavailable", None, "0"),
+    ("names none", "node", ""),
+    ("names none", "node", "-1"),
+])
+def test_cuda_without_a_gpu_meter_fails_unless_estimate_was_asked_for(
+        tmp_path, monkeypatch, energy_source, why, nvml, visible):
+    from llm_energy.telemetry import meters
+    from llm_energy.telemetry.meters.nvml import NoGpus
+
+    def no_nvml():
+        raise NoGpus("NVML unavailable: NVML Shared Library Not Found")
+
+    monkeypatch.setattr(meters, "load_nvml", no_nvml)
+    # RAPL is readable, so the CPU part could be measured: still not a cuda cell's energy.
+    root = powercap_tree(tmp_path, {"intel-rapl:0": ("package-0", 1_000_000, 10**12)})
+    kwargs = {"nvml": node() if nvml else None, "powercap_root": root,
+              "environ": {"CUDA_VISIBLE_DEVICES": visible}}
+    with pytest.raises(RuntimeError, match=f"device is 'cuda' but no GPU energy meter.*{why}"
+                                           ".*energy_source: estimate"):
+        detect("cuda", energy_source, 10.0, **kwargs)
+    d = detect("cuda", "estimate", 10.0, **kwargs)
+    assert d.meter.sources == {"cpu": "estimate"}
 
 
 def test_only_the_jobs_gpus_get_handles_by_index_or_uuid():
@@ -249,7 +370,7 @@ def test_rapl_sums_sockets(tmp_path):
 
 
 def test_rapl_absent_or_unreadable_is_unavailable_with_the_reason(tmp_path, monkeypatch):
-    with pytest.raises(RaplUnavailable, match="no RAPL"):
+    with pytest.raises(RaplUnavailable, match="no RAPL zones under"):
         discover(tmp_path)
     root = rapl_tree(tmp_path / "locked")
     # Kernels since 2020 make energy_uj root-only (and this test may run as root, where
@@ -262,7 +383,51 @@ def test_rapl_absent_or_unreadable_is_unavailable_with_the_reason(tmp_path, monk
         return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", read_text)
-    with pytest.raises(RaplUnavailable, match="needs root"):
+    locked = re.escape(str(root / "intel-rapl:0" / "energy_uj"))
+    with pytest.raises(RaplUnavailable, match=f"{locked} is not readable.*chmod o\\+r {locked}"):
+        discover(root)
+
+
+@pytest.mark.parametrize("missing", ["max_energy_range_uj", "energy_uj"])
+def test_rapl_message_names_the_missing_file(tmp_path, missing):
+    # Before: a missing max_energy_range_uj read "no RAPL package/dram zones".
+    root = rapl_tree(tmp_path)
+    (root / "intel-rapl:0" / missing).unlink()
+    with pytest.raises(RaplUnavailable, match=re.escape(f"{root / 'intel-rapl:0' / missing} is missing")):
+        discover(root)
+
+
+def test_rapl_unreadable_range_file_is_named_not_energy_uj(tmp_path, monkeypatch):
+    root = rapl_tree(tmp_path)
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "max_energy_range_uj" and self.parent.name == "intel-rapl:0":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(RaplUnavailable) as raised:
+        discover(root)
+    message = str(raised.value)
+    assert f"{root / 'intel-rapl:0' / 'max_energy_range_uj'} is not readable" in message
+    assert "energy_uj is" not in message.replace("max_energy_range_uj", "")
+
+
+def test_rapl_zone_left_out_is_a_warning_naming_its_file(tmp_path):
+    # The package is fine, the DRAM zone's counter is gone: cpu is measured, dram is not,
+    # and every row says which file is missing.
+    root = rapl_tree(tmp_path)
+    (root / "intel-rapl:0:1" / "energy_uj").unlink()
+    meter = RaplMeter.probe(root)
+    assert meter.sources == {"cpu": "rapl"}
+    assert any(f"{root / 'intel-rapl:0:1' / 'energy_uj'} is missing" in w
+               for w in meter.static_warnings), meter.static_warnings
+
+
+def test_rapl_without_a_package_zone_lists_the_zones_found(tmp_path):
+    root = powercap_tree(tmp_path, {"intel-rapl:1": ("psys", 7, 10**9)})
+    with pytest.raises(RaplUnavailable, match=r"no RAPL package zone.*zones found: psys"):
         discover(root)
 
 

@@ -358,3 +358,14 @@ def test_a_cell_whose_requests_all_fail_is_failed_with_their_reason(faults, tmp_
     assert list(summary["status"]) == ["failed"]
     html = render(summary, pd.DataFrame({"status": []}), [], {}, [], "study")
     assert "1 cell(s) measured, 1 failed" in html and error in html
+
+
+def test_cuda_cell_without_a_gpu_meter_fails_instead_of_using_the_cpu_estimate(tmp_path):
+    """This machine has no NVML: a cuda cell must not be metered by the CPU estimate unless
+    the study asked for `energy_source: estimate`."""
+    cell, out = cell_config(12), tmp_path / "cell"
+    cell["measurement"]["device"] = "cuda"
+    status, _, rows = run(cell, out)
+    assert status == "failed"
+    assert "no GPU energy meter" in rows[0]["error"] and "NVML" in rows[0]["error"]
+    assert "energy_source: estimate" in rows[0]["error"]

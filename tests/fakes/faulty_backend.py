@@ -16,7 +16,12 @@ normally. Faults:
              records its pid in $LLM_ENERGY_TEST_FAULT_DIR/orphan-<pid>.json, then SIGKILLs itself;
 - fail-once: raises on the first attempt (leaves a marker in the fault dir), then runs normally;
 - short:     (@generate) every request stops at half the asked length, as at a context limit:
-             the backend's own length check fails each record; nothing raises.
+             the backend's own length check fails each record; nothing raises;
+- server:    starts `fake_server.py` (a server, its engine and a worker in a session of its own,
+             all ignoring SIGTERM) the way the vLLM server backend starts vLLM (under the guard,
+             `processes.start_guarded`), writes every pid to
+             $LLM_ENERGY_TEST_FAULT_DIR/server-<pid>.json and then waits forever, as a long
+             engine start does.
 """
 
 from __future__ import annotations
@@ -75,6 +80,25 @@ def inject(fault: str, key: str) -> None:
         escaped = subprocess.Popen(["sleep", "600"], start_new_session=True)
         (_fault_dir() / f"orphan-{os.getpid()}.json").write_text(json.dumps({"orphan": escaped.pid}))
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "server":
+        from llm_energy.execution.processes import start_guarded
+
+        record = _fault_dir() / f"server-{os.getpid()}.json"
+        pending = record.with_suffix(".pids")
+        guard = start_guarded([sys.executable, str(Path(__file__).with_name("fake_server.py")),
+                               str(pending)], grace_s=1.0)
+        deadline = time.monotonic() + 60
+        while not pending.exists():
+            if time.monotonic() > deadline or guard.poll() is not None:
+                raise RuntimeError("the fake server did not start")
+            time.sleep(0.05)
+        pids = {"measure": os.getpid(), "guard": guard.pid, **json.loads(pending.read_text())}
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pids))
+        tmp.replace(record)
+        print(f"serving (guard {guard.pid})", flush=True)
+        while True:
+            time.sleep(60)
     if fault == "fail-once":
         marker = _fault_dir() / f"failed-once-{key}"
         if not marker.exists():

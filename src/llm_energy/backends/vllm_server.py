@@ -1,9 +1,10 @@
 """vLLM behind its OpenAI-compatible server (`vllm` cells with `mode: server`).
 
 The server is a child process of the measurement, started from an argument list (never a
-shell string) in its own session, so that it and everything it spawns (the engine-core
-process, workers) form one process group that `close()` stops with SIGTERM, then SIGKILL, and
-descendants that left the group are killed one by one. It listens on 127.0.0.1 on a free
+shell string) under a guard (`execution.guard`) in its own session, so that it and everything
+it spawns (the engine-core process, workers) form one process group that `close()` stops with
+SIGTERM, then SIGKILL, and descendants that left the group are killed one by one. The guard
+kills that tree as soon as the measurement dies, however it dies (docs/reliability.md). It listens on 127.0.0.1 on a free
 port; `load()` is the time until `/health` answers. The workload goes through the load
 generator (streamed `/v1/completions`, token-id prompts); `/metrics` is scraped throughout.
 
@@ -29,7 +30,7 @@ from typing import Any
 from llm_energy.backends.base import BackendUnavailable, LoadInfo, RequestRecord
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.backends.vllm_backend import count_parameters, engine_kwargs
-from llm_energy.execution.processes import stop_process_group
+from llm_energy.execution.processes import start_guarded, stop_process_group
 
 SERVED_MODEL_NAME = "llm-energy"
 #: Longest wait for `/health` after starting the server (the cell's own timeout_s still
@@ -123,10 +124,10 @@ class VllmServerBackend(OpenAIServerBackend):
         self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in close()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
-        # Own session: the server and its engine processes are one group, stopped together.
-        self.process = subprocess.Popen(self.command, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, env=env, shell=False)
+        # Own session: the guard, the server and its engine processes are one group, stopped
+        # together; the guard takes them down if this process dies.
+        self.process = start_guarded(self.command, _STOP_GRACE_S, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.endpoint = Endpoint(f"http://127.0.0.1:{port}/v1", SERVED_MODEL_NAME)
         self._wait_healthy(f"{self.endpoint.root_url}/health")
         duration_s = time.perf_counter() - start
@@ -135,7 +136,7 @@ class VllmServerBackend(OpenAIServerBackend):
             duration_s=duration_s, device=self.device, dtype=str(self.kwargs["dtype"]),
             parameters=count_parameters(self.model_path),
             extra={"engine_kwargs": dict(self.kwargs), "server_command": list(self.command),
-                   "server_pid": self.process.pid,
+                   "server_guard_pid": self.process.pid,
                    "load_includes": "server process start, vLLM import, engine construction",
                    "token_timestamps": "client receipt time of each streamed chunk "
                                        "(several tokens in one chunk: spread over the gap "

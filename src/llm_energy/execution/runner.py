@@ -8,8 +8,11 @@ Faults and what they become (docs/reliability.md):
 - a hang: after `measurement.timeout_s` the whole process group is sent SIGTERM, then SIGKILL,
   and so is every descendant that left the group;
 - death by a signal (SIGKILL from the kernel's OOM killer, a segfault): named, with a hint;
-- this runner killed (kill -9, job cancelled): the measuring child notices its parent is gone
-  and kills its own process group (measure.py), so nothing keeps running or writes late."""
+- this runner killed (kill -9): the measuring child is told by the kernel that its parent is
+  gone and kills its whole tree (measure/child.py), so nothing keeps running or writes late;
+- this runner terminated (SIGTERM from scancel, SIGINT, SIGHUP): the measurement's tree is
+  killed before the runner exits, so that no process is re-parented out of the job's tree
+  (under Slurm without cgroups, such a process would escape scancel's SIGKILL)."""
 
 from __future__ import annotations
 
@@ -24,7 +27,12 @@ from typing import Any, TextIO
 
 import psutil
 
-from llm_energy.execution.processes import kill_processes, stop_process_group
+from llm_energy.execution.processes import (
+    become_subreaper,
+    kill_processes,
+    on_termination,
+    stop_process_group,
+)
 from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 from llm_energy.results import io as results
@@ -32,6 +40,16 @@ from llm_energy.telemetry import gpu_control
 
 SRC_DIR = Path(__file__).resolve().parents[2]
 _KILL_GRACE_S = 10.0
+#: Grace for the measurement when the job itself is being ended (Slurm's KillWait can be 5 s).
+_TERMINATED_GRACE_S = 2.0
+
+
+class Terminated(BaseException):
+    """This runner received a termination signal; raised so that cleanup runs on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by signal {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class EnvironmentMissing(RuntimeError):
@@ -84,13 +102,7 @@ def _kill_strays(strays: list[psutil.Process]) -> None:
 def _become_subreaper() -> None:
     """Linux: orphans of the measurement (a server started in its own session whose parent was
     killed) are re-parented to this process instead of init, so they can be found and killed."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        except (OSError, AttributeError):
-            pass
+    become_subreaper()
 
 
 def _signal_error(code: int) -> str:
@@ -130,35 +142,66 @@ def _attempt(python: str, cell_file: Path, model_path: str, out: Path, timeout_s
     env = measurement_environment(backend)
     _become_subreaper()
     children_before = {p.pid for p in psutil.Process().children()}
-    # An argument list, never a shell string: config values (model paths, hub ids) are passed
-    # as single arguments, whatever characters they contain.
-    process = subprocess.Popen(
-        [python, "-m", "llm_energy.measure.child", "--cell", str(cell_file), "--model-path", model_path,
-         "--out", str(out), PARENT_PID_FLAG, str(os.getpid())],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, shell=False,
-    )
-    try:
-        code = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
-        return f"timeout: the cell ran longer than measurement.timeout_s={timeout_s:g} s and was killed"
-    except BaseException:
-        _kill_group(process)
-        raise
-    finally:
-        # Children the measurement left behind (engine workers, servers) go with it.
+    # A termination signal while waiting stops the measurement at once; one that arrives
+    # during the cleanup below is held until the cleanup is done, so that it is never cut
+    # short (what it would leave behind would be re-parented out of the job's tree).
+    pending: dict[str, Any] = {"signum": None, "waiting": False}
+
+    def on_signal(signum: int) -> None:
+        if pending["signum"] is None:
+            pending["signum"] = signum
+            if pending["waiting"]:
+                raise Terminated(signum)
+
+    with on_termination(on_signal):
+        # An argument list, never a shell string: config values (model paths, hub ids) are
+        # passed as single arguments, whatever characters they contain.
+        process = subprocess.Popen(
+            [python, "-m", "llm_energy.measure.child", "--cell", str(cell_file), "--model-path",
+             model_path, "--out", str(out), PARENT_PID_FLAG, str(os.getpid())],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, shell=False,
+        )
+        timed_out = False
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        # ... and those that left its group and were orphaned, now adopted by this process
-        # (direct children that were not there before), with their descendants.
-        adopted = [p for p in psutil.Process().children() if p.pid not in children_before]
-        _kill_strays([*adopted, *(d for p in adopted for d in _descendants(p.pid))])
-        # The child is gone: reset the GPU power limit/clocks it left (its markers name them).
-        for line in gpu_control.restore_after_child(measurement or {}, process.pid,
-                                                    log=lambda m: print(m, file=log, flush=True)):
-            print(f"WARNING: {line}", file=log, flush=True)
+            pending["waiting"] = True
+            if pending["signum"] is not None:
+                raise Terminated(pending["signum"])
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pending["waiting"] = False
+            _kill_group(process)
+            timed_out = True
+        except Terminated:
+            pending["waiting"] = False
+            # The job is being ended: the measurement kills its tree on SIGTERM within
+            # milliseconds; do not wait out the usual grace.
+            stop_process_group(process, _TERMINATED_GRACE_S)
+            raise
+        except BaseException:
+            pending["waiting"] = False
+            _kill_group(process)
+            raise
+        finally:
+            pending["waiting"] = False
+            # Children the measurement left behind (engine workers, servers) go with it.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            # ... and those that left its group and were orphaned, now adopted by this
+            # process (direct children that were not there before), with their descendants.
+            adopted = [p for p in psutil.Process().children() if p.pid not in children_before]
+            _kill_strays([*adopted, *(d for p in adopted for d in _descendants(p.pid))])
+            # The child is gone: reset the GPU power limit/clocks it left (its markers name
+            # them).
+            for line in gpu_control.restore_after_child(
+                    measurement or {}, process.pid,
+                    log=lambda m: print(m, file=log, flush=True)):
+                print(f"WARNING: {line}", file=log, flush=True)
+        if pending["signum"] is not None:
+            raise Terminated(pending["signum"])
+    if timed_out:
+        return f"timeout: the cell ran longer than measurement.timeout_s={timeout_s:g} s and was killed"
     if code == 0 and (out / "runs.parquet").exists():
         return None
     error_file = out / ERROR_FILE

@@ -3,9 +3,15 @@
     python -m llm_energy.measure.child --cell cell.json --model-path DIR --out results/cells/...
 
 On an exception it writes `.error.json` next to the outputs and exits 1; the runner turns
-that into a `status = failed` row. With `--parent-pid PID` (the runner passes its own) the process
-kills its own process group as soon as its parent is gone, so a runner killed with kill -9
-leaves no measurement running that could write results after the job was declared dead."""
+that into a `status = failed` row. With `--parent-pid PID` (the runner passes its own):
+
+- the process kills everything below it and its own process group as soon as its parent is
+  gone (told by the kernel, `PR_SET_PDEATHSIG`, and checked every 0.2 s by a thread), so a
+  runner killed with kill -9 leaves no measurement running that could write results after
+  the job was declared dead;
+- SIGTERM, SIGINT and SIGHUP (scancel, the runner's timeout) SIGKILL every descendant (servers
+  in sessions of their own, their engines) before the process dies by that signal;
+- it is a child subreaper, so descendants orphaned by a dying server stay findable."""
 
 from __future__ import annotations
 
@@ -18,6 +24,15 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from llm_energy.execution.processes import (
+    PARENT_DEATH_SIGNAL,
+    TERMINATION_SIGNALS,
+    become_subreaper,
+    die_by,
+    kill_descendants,
+    set_parent_death_signal,
+)
 
 ERROR_FILE = ".error.json"
 PARENT_PID_FLAG = "--parent-pid"
@@ -36,27 +51,50 @@ def error_kind(exc: BaseException) -> str:
     return "out-of-memory" if any(m in text for m in _OOM_MARKERS) else "exception"
 
 
+def _die_with_tree(parent: int | None) -> None:
+    """Kill every descendant and, when this process leads its own group (the runner starts it
+    in a new session; never a shell's job group), the group; then exit."""
+    try:  # descendants that left the group (own sessions) first: they would be orphaned
+        kill_descendants(timeout_s=2.0)
+    except Exception:  # noqa: BLE001, S110 - the group kill below must happen regardless
+        pass
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(1)
+
+
 def _exit_with_parent(parent: int) -> None:
-    """Kill this process's group when the parent (the runner, pid `parent`) dies, also when it
-    died before this ran. Only when this process leads its own group (the runner starts it in
-    a new session): never take a shell's job group down with it."""
-    own_group = os.getpgrp() == os.getpid()
+    """Kill this process's tree when the parent (the runner, pid `parent`) dies, also when it
+    died before this ran: the kernel's parent-death signal, and a thread that polls."""
+
+    def on_parent_death(_signum: int, _frame: object) -> None:
+        if os.getppid() != parent:  # else only the runner's spawning thread ended
+            _die_with_tree(parent)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
+        set_parent_death_signal(PARENT_DEATH_SIGNAL)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL_S)
-        try:  # descendants that left the group (own sessions) first: they would be orphaned
-            import psutil
-
-            for child in psutil.Process().children(recursive=True):
-                child.kill()
-        except Exception:  # noqa: BLE001 - the group kill below must happen regardless
-            pass
-        if own_group:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        os._exit(1)
+        _die_with_tree(parent)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _stop_tree_on_termination() -> None:
+    """SIGTERM/SIGINT/SIGHUP: SIGKILL every descendant, then die by that signal (the runner
+    reports it). A graceful server shutdown is not waited for: the cell is over."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        try:
+            kill_descendants(timeout_s=2.0)
+        finally:
+            die_by(signum)
+
+    for sig in TERMINATION_SIGNALS:
+        signal.signal(sig, on_signal)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="kill this process group when this parent process is gone")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
+        become_subreaper()
+        _stop_tree_on_termination()
         _exit_with_parent(args.parent_pid)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,13 +151,41 @@ class GpuSettings:
 # ------------------------------------------------------------------------------- Zeus access
 
 
+def zeus_visible_devices(environ: Mapping[str, str] | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES as the NVML indices Zeus can read (it `int()`s every entry), or
+    None when it is unset, already plain indices, or names MIG instances (Zeus refuses those
+    with its own message). UUIDs and UUID prefixes are mapped by CUDA's rules
+    (`meters.gpu_ids`); GpuIdError / NoGpus when an entry names no GPU."""
+    from llm_energy.telemetry.meters.gpu_ids import job_gpus, parse_visible_devices
+    from llm_energy.telemetry.meters.nvml import load_nvml
+
+    env = os.environ if environ is None else environ
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    ids = parse_visible_devices(dict(env)).ids
+    if any(i.startswith("MIG-") for i in ids) or (
+            all(i.isdigit() for i in ids) and ",".join(ids) == value):
+        return None
+    return ",".join(str(g.nvml_index) for g in job_gpus(load_nvml(), ids))
+
+
 def zeus_gpus() -> Any:
-    """Zeus's GPU manager for this job's GPUs (respects CUDA_VISIBLE_DEVICES, uses zeusd when
-    ZEUSD_SOCK_PATH is set). GpuControlError when Zeus cannot reach NVML or zeusd."""
+    """Zeus's GPU manager for this job's GPUs (respects CUDA_VISIBLE_DEVICES, given to Zeus as
+    NVML indices, see `zeus_visible_devices`; uses zeusd when ZEUSD_SOCK_PATH is set).
+    GpuControlError when Zeus cannot reach NVML or zeusd, or an entry names no GPU."""
     try:
         from zeus.device import get_gpus
 
-        return get_gpus()
+        mapped = zeus_visible_devices()
+        if mapped is None:
+            return get_gpus()
+        original = os.environ["CUDA_VISIBLE_DEVICES"]
+        os.environ["CUDA_VISIBLE_DEVICES"] = mapped
+        try:
+            return get_gpus()
+        finally:
+            os.environ["CUDA_VISIBLE_DEVICES"] = original
     except Exception as exc:  # ZeusGPUInitError (no NVML, zeusd unreachable or not allowed)
         via = (f"zeusd at ZEUSD_SOCK_PATH={os.environ['ZEUSD_SOCK_PATH']}"
                if os.environ.get("ZEUSD_SOCK_PATH") else "NVML")

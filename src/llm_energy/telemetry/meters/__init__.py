@@ -8,7 +8,11 @@ Per domain, the best source found wins:
 
 `measurement.energy_source` names a source that must be used for its domain (an absent one
 is an error, never a silent fallback); the other domains are still detected. `estimate`
-forces the CPU model alone."""
+forces the CPU model alone.
+
+On a `cuda` device a GPU meter is required: without one `detect` raises (the cell fails with
+the reason) unless `estimate` was asked for; a `CUDA_VISIBLE_DEVICES` entry that names no
+device, or several, raises `GpuIdError` whatever the source (`gpu_ids.py`)."""
 
 from __future__ import annotations
 
@@ -26,12 +30,14 @@ from llm_energy.telemetry.meters.base import (
 from llm_energy.telemetry.meters.estimate import EstimateMeter
 from llm_energy.telemetry.meters.nvml import (
     Gpu,
+    GpuIdError,
+    NoGpus,
     NvmlCounterMeter,
     NvmlPowerMeter,
     job_gpus,
     load_nvml,
+    parse_visible_devices,
     supports_energy_counter,
-    visible_gpu_ids,
 )
 from llm_energy.telemetry.meters.rapl import POWERCAP_ROOT, RaplMeter, RaplUnavailable
 from llm_energy.telemetry.meters.zeus_meter import ZeusMeter
@@ -58,28 +64,37 @@ def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
     gpu_meter: Meter | None = None
     gpu_ids: list[str] = []
     if device == "cuda":
-        gpu_ids, guessed = visible_gpu_ids(environ, gpus_per_cell)
-        if guessed:
-            warnings.append(guessed)
+        visible = parse_visible_devices(environ, gpus_per_cell)
+        gpu_ids = visible.ids
+        warnings.extend(visible.warnings)
         try:
             nvml = nvml if nvml is not None else load_nvml()
-            gpus = job_gpus(nvml, gpu_ids)
-        except Exception as exc:  # noqa: BLE001 - NoGpus, NVMLError_NotFound ...
+        except NoGpus as exc:
             notes.append(f"NVIDIA GPUs: {exc}")
             nvml = None
-    if device == "cuda" and energy_source in ("auto", *GPU_SOURCES):
-        if gpus and energy_source in ("auto", "nvml-counter"):
+        if nvml is not None:
+            try:
+                # GpuIdError (an entry naming no device, or several) propagates: the cell
+                # fails with the entry named rather than metering other GPUs.
+                gpus = job_gpus(nvml, gpu_ids, visible.source or "CUDA_VISIBLE_DEVICES")
+            except NoGpus as exc:
+                notes.append(f"NVIDIA GPUs: {exc}")
+                nvml = None
+    # A GPU source named: only that one; otherwise (auto, rapl) the best GPU source found.
+    gpu_choice = energy_source if energy_source in GPU_SOURCES else "auto"
+    if device == "cuda" and energy_source != "estimate":
+        if gpus and gpu_choice in ("auto", "nvml-counter"):
             if supports_energy_counter(nvml, gpus):
                 gpu_meter = NvmlCounterMeter(nvml, gpus)
             else:
                 notes.append("nvml-counter: the GPU has no total-energy counter (pre-Volta "
                              "or MIG)")
-        if gpu_meter is None and not gpus and energy_source in ("auto", "amdsmi"):
+        if gpu_meter is None and not gpus and gpu_choice in ("auto", "amdsmi"):
             indices = [int(i) for i in gpu_ids if i.isdigit()] or [0]
             gpu_meter = ZeusMeter.probe(device, indices)
             if gpu_meter is None:
                 notes.append("amdsmi: no AMD GPU found through Zeus")
-        if gpu_meter is None and gpus and energy_source in ("auto", "nvml-power"):
+        if gpu_meter is None and gpus and gpu_choice in ("auto", "nvml-power"):
             gpu_meter = NvmlPowerMeter(gpus, sample_period_s)
     rapl: Meter | None = None
     if energy_source != "estimate":
@@ -106,9 +121,13 @@ def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
         if gpu_meter is not None and rapl is None:
             warnings.append("CPU and DRAM energy not measured (no readable RAPL): "
                             "total_energy_j is GPU energy only")
-        if device == "cuda" and gpu_meter is None and parts:
-            warnings.append("GPU energy not measured (no NVML/amdsmi sensor found): "
-                            "total_energy_j is CPU/DRAM energy only")
+        if device == "cuda" and gpu_meter is None:
+            raise RuntimeError(
+                "measurement.device is 'cuda' but no GPU energy meter is available "
+                f"({'; '.join(n for n in notes if not n.startswith('rapl')) or 'no reason given'})"
+                ": refusing to report CPU energy as the cell's energy. Fix the GPU access, or "
+                "set measurement.energy_source: estimate to measure this study with the CPU "
+                "estimate only")
     return Detection(meter, nvml, gpus, warnings, notes)
 
 
@@ -118,6 +137,19 @@ def detect_meter(device: str, energy_source: str, cpu_power_per_core_w: float,
     return detect(device, energy_source, cpu_power_per_core_w, **kwargs).meter
 
 
-__all__ = ["DOMAINS", "Meter", "WindowEnergy", "CompositeMeter", "CounterTrack", "Detection",
-           "EstimateMeter", "NvmlCounterMeter", "NvmlPowerMeter", "RaplMeter", "ZeusMeter",
-           "detect", "detect_meter"]
+__all__ = [
+    "DOMAINS",
+    "CompositeMeter",
+    "CounterTrack",
+    "Detection",
+    "EstimateMeter",
+    "GpuIdError",
+    "Meter",
+    "NvmlCounterMeter",
+    "NvmlPowerMeter",
+    "RaplMeter",
+    "WindowEnergy",
+    "ZeusMeter",
+    "detect",
+    "detect_meter",
+]

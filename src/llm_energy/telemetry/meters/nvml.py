@@ -6,23 +6,18 @@ The module is passed in (`nvml=`) so that tests drive every path with a fake."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from llm_energy.telemetry import integrate as metrics
 from llm_energy.telemetry.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
-
-
-class NoGpus(RuntimeError):
-    """No NVIDIA GPU visible to this job (or NVML absent)."""
-
-
-@dataclass
-class Gpu:
-    label: str       # gpu0, gpu1 ... in the job's (CUDA) order
-    handle: Any
-    ident: str       # UUID where NVML gives one, else the NVML index
+from llm_energy.telemetry.meters.gpu_ids import (  # noqa: F401 - re-exported
+    Gpu,
+    GpuIdError,
+    NoGpus,
+    job_gpus,
+    parse_visible_devices,
+    visible_gpu_ids,
+)
 
 
 def load_nvml() -> Any:
@@ -36,57 +31,6 @@ def load_nvml() -> Any:
     except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded on CPU machines
         raise NoGpus(f"NVML unavailable: {exc}") from exc
     return pynvml
-
-
-def visible_gpu_ids(environ: dict[str, str] | None = None,
-                    default_count: int = 1) -> tuple[list[str], str | None]:
-    """The GPUs this job was given, as NVML indices or UUIDs, and a warning if guessed.
-
-    CUDA_VISIBLE_DEVICES first (what the backend will use; Slurm sets it for a GPU
-    allocation), then Slurm's own SLURM_STEP_GPUS/SLURM_JOB_GPUS; with neither, the first
-    `default_count` GPUs, flagged, so a job never meters every GPU of a shared node."""
-    env = os.environ if environ is None else environ
-    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-        value = env.get(var)
-        if value is None:
-            continue
-        ids: list[str] = []
-        for item in value.split(","):
-            item = item.strip()
-            if not item or item == "-1" or item.lower() == "nodevfiles":
-                break  # CUDA stops at the first invalid entry, so do we
-            ids.append(item)
-        return ids, None
-    return ([str(i) for i in range(default_count)],
-            f"CUDA_VISIBLE_DEVICES is not set: metering GPU(s) 0..{default_count - 1}, "
-            "assumed to be the ones the backend uses")
-
-
-def job_gpus(nvml: Any, ids: list[str]) -> list[Gpu]:
-    """NVML handles for the given CUDA_VISIBLE_DEVICES entries (indices, GPU-/MIG- UUIDs).
-
-    Indices are NVML's (PCI bus) order; CUDA's default order can differ on mixed-GPU nodes,
-    which is why UUIDs are preferred when a scheduler provides them."""
-    gpus = []
-    for position, item in enumerate(ids):
-        if item.startswith(("GPU-", "MIG-")):
-            handle = nvml.nvmlDeviceGetHandleByUUID(item)
-        elif item.isdigit():
-            handle = nvml.nvmlDeviceGetHandleByIndex(int(item))
-        else:
-            raise NoGpus(f"cannot map CUDA_VISIBLE_DEVICES entry {item!r} to a GPU")
-        try:
-            ident = _text(nvml.nvmlDeviceGetUUID(handle))
-        except Exception:  # noqa: BLE001 - identity is a nicety
-            ident = item
-        gpus.append(Gpu(f"gpu{position}", handle, ident))
-    if not gpus:
-        raise NoGpus("no GPU visible (CUDA_VISIBLE_DEVICES is empty)")
-    return gpus
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def supports_energy_counter(nvml: Any, gpus: list[Gpu]) -> bool:
