@@ -221,12 +221,15 @@ def test_secrets_never_reach_results_or_logs(hostile_study):
 
 
 @pytest.mark.e2e
-def test_study_with_shell_syntax_in_hub_id_plans(tmp_path):
-    """The hub id reaches the runner as one argument (test above); here the workflow must at
-    least accept such a study."""
+def test_study_with_shell_syntax_in_hub_id_is_refused_before_any_job(tmp_path):
+    """A hub id with shell syntax is not a hub repository id: the workflow refuses the study in
+    validation, with one line naming the key, before any job exists (and were it accepted, it
+    would reach the runner as one argument: test above)."""
     study = small_study(models=[{"name": "hub", "hub_id": f"org/{EVIL}"}])
     config = write_config(tmp_path, study)
     proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                            "--configfile", str(config), "--cores", "2", "-n"],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode != 0
+    assert "hub_id" in proc.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.parquet"))
