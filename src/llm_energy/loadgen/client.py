@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from llm_energy.backends.base import RequestRecord
+from llm_energy.loadgen.arrivals import poisson_offsets_s
 from llm_energy.loadgen.stream import (
     ServerError,
     StreamedResponse,
@@ -62,18 +62,6 @@ class LoadSpec:
     def in_flight_limit(self, num_requests: int) -> int:
         """Most requests the client keeps open at once in a closed loop."""
         return min(self.concurrency or num_requests, num_requests)
-
-
-def poisson_offsets_s(num_requests: int, rate_per_s: float, seed: int) -> list[float]:
-    """Send times relative to the start: the first request at 0, then exponential gaps of mean
-    1/rate. The same seed gives the same schedule."""
-    rng = random.Random(seed)
-    offsets, t = [], 0.0
-    for index in range(num_requests):
-        if index:
-            t += rng.expovariate(rate_per_s)
-        offsets.append(t)
-    return offsets
 
 
 @dataclass(frozen=True)
