@@ -13,7 +13,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: File suffixes read as data files, and the `datasets` packaged builder that reads each.
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -24,7 +32,8 @@ DEFAULT_PROMPT_FIELD = {"prompt": "prompt", "messages": "messages", "sharegpt": 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # As study.config's: unknown keys refused, every float finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Strict):
@@ -170,13 +179,15 @@ LengthDistribution = Annotated[UniformLengths | NormalLengths | LognormalLengths
 #: A fixed number of tokens, a seeded distribution, or each dataset record's own length.
 LengthPolicy = Annotated[int, Field(gt=0)] | LengthDistribution | Literal["dataset"]
 
+_DISTRIBUTION: TypeAdapter[Any] = TypeAdapter(LengthDistribution)
+
 Arrival = Literal["closed", "poisson", "gamma", "constant", "trace"]
 
 
 class WorkloadSpec(_Strict):
     """Everything that decides a workload's token ids, target lengths and arrival offsets."""
 
-    num_prompts: int = Field(16, gt=0, description="requests per cycle")
+    num_prompts: int = Field(16, gt=0, le=1_000_000, description="requests per cycle")
     input_tokens: LengthPolicy = Field(
         64, description="prompt length, tokens: a number, a distribution, or 'dataset' (each "
         "record's own length; the default when a dataset is given)")
@@ -199,6 +210,26 @@ class WorkloadSpec(_Strict):
     trace_path: str | None = Field(
         None, min_length=1, description="trace: file of arrival offsets in seconds, one per "
         "line (text/CSV, first column) or a JSON list, sorted; the first num_prompts are used")
+
+    @field_validator("input_tokens", "output_tokens", mode="before")
+    @classmethod
+    def _one_length_error(cls, value: Any) -> Any:
+        # One clear error instead of one per member of the union.
+        if isinstance(value, dict):
+            try:
+                return _DISTRIBUTION.validate_python(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(p) for p in error["loc"][1:] if p != "distribution"
+                                 or len(error["loc"]) == 1)
+                raise ValueError(f"{where + ': ' if where else ''}"
+                                 f"{error['msg'].removeprefix('Value error, ')}") from None
+        if value == "dataset":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError("give a positive number of tokens, a distribution (uniform, "
+                             "normal, lognormal) or 'dataset'")
+        return value
 
     @model_validator(mode="before")
     @classmethod

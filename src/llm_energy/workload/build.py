@@ -249,3 +249,13 @@ def read_workload(path: str | Path) -> Workload:
     if info.get("token_ids_sha256") not in (None, built.token_ids_sha256):
         raise ValueError(f"workload file {path}: token ids do not match their recorded hash")
     return built
+
+
+def build_for_model(workload: Any, model_path: str, path: str | Path,
+                    trust_remote_code: bool = False) -> Workload:
+    """Build the workload with the tokenizer of the model at `model_path` (a directory or hub
+    id) and write it to `path`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    return build_workload(workload, tokenizer, path)
