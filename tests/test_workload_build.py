@@ -471,3 +471,23 @@ def test_new_workload_keys_at_default_leave_cell_ids_unchanged(tmp_path):
     assert with_data[0].config["workload"]["dataset"]["path"] == str(path)
     assert with_data[0].config["workload"]["input_tokens"] == "dataset"
     assert {c.cell_id for c in with_data}.isdisjoint(c.cell_id for c in cells)
+
+
+def test_workload_file_offsets_drive_the_load_generator():
+    """Gamma and trace schedules reach the server at the offsets the workload file holds."""
+    from fakes.openai_server import FakeServer
+
+    from llm_energy.loadgen.client import Endpoint, LoadSpec, run_load
+
+    prompts = [[10 + i, 11, 12] for i in range(6)]
+    offsets = arrivals.gamma_offsets_s(6, 8.0, 0.5, seed=4)
+    spec = LoadSpec.from_workload({"arrival": "gamma", "request_rate_per_s": 8.0,
+                                   "burstiness": 0.5, "arrival_offsets_s": offsets})
+    with FakeServer(token_delay_s=0.001) as server:
+        result = run_load(Endpoint(server.base_url, "fake-model"), prompts, 2, spec)
+    sent = [r.arrival_s - result.start_s for r in result.records]
+    for want, got in zip(offsets, sent):
+        assert got == pytest.approx(want, abs=0.05)
+    assert all(r.success for r in result.records)
+    with pytest.raises(ValueError, match="needs the offsets of the workload file"):
+        LoadSpec(arrival="trace")
