@@ -457,6 +457,7 @@ def test_new_workload_keys_at_default_leave_cell_ids_unchanged(tmp_path):
     from conftest import small_study
 
     from llm_energy.study.config import validate_study
+    from llm_energy.study.identity import identity
     from llm_energy.study.matrix import expand
 
     # The workload keys every cell was hashed with before datasets, distributions and the
@@ -464,12 +465,12 @@ def test_new_workload_keys_at_default_leave_cell_ids_unchanged(tmp_path):
     before = {"num_prompts", "input_tokens", "output_tokens", "seed", "arrival", "concurrency",
               "request_rate_per_s", "request_timeout_s"}
     cells, _ = expand(validate_study(small_study()))
-    assert all(set(c.config["workload"]) == before for c in cells)
+    assert all(set(identity(c.config)["workload"]) == before for c in cells)
     path = _write_jsonl(tmp_path / "d.jsonl", _prompt_rows(5))
     with_data, _ = expand(validate_study(small_study(workload={
         "num_prompts": 4, "output_tokens": 8, "dataset": {"path": str(path)}})))
-    assert with_data[0].config["workload"]["dataset"]["path"] == str(path)
-    assert with_data[0].config["workload"]["input_tokens"] == "dataset"
+    hashed = identity(with_data[0].config)["workload"]
+    assert hashed["dataset"]["path"] == str(path) and hashed["input_tokens"] == "dataset"
     assert {c.cell_id for c in with_data}.isdisjoint(c.cell_id for c in cells)
 
 
