@@ -3,6 +3,7 @@
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/workload.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
@@ -19,6 +20,7 @@ localrules:
     all,
     matrix,
     demo_model,
+    workload,
     aggregate,
     figures,
     report,

@@ -130,3 +130,54 @@ def test_prompts_depend_on_the_seed_only(demo_model_dir, seed):
     cell = expand(other)[0][0]
     assert CellRunner({**cell.config, "cell_id": cell.cell_id},
                       str(demo_model_dir))._prompts() != prompts[0]
+
+
+def test_backends_read_the_workload_file(demo_model_dir, monkeypatch, tmp_path):
+    """Cells of three backends read the token ids of one workload file built from a dataset
+    (not their own tokenisation): what each engine receives equals the file's ids, and every
+    cell's provenance carries the same token-id hash, the file's."""
+    from llm_energy.study.plan import Plan
+    from llm_energy.workload.build import build_for_model, read_workload
+
+    rows = [{"messages": [{"role": "user", "content": f"def f{i}(x): return x * {i}" * (1 + i)},
+                          {"role": "assistant", "content": "ok"}]} for i in range(8)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FakeServer(token_delay_s=0.0) as server:
+        study = validate_study(small_study(
+            backends={"transformers": {"batch_size": [2]},
+                      "vllm": {"max_num_seqs": [2], "mode": ["offline"]},
+                      "openai-server": {"base_url": server.base_url}},
+            workload={"num_prompts": 4, "output_tokens": OUTPUT_TOKENS, "seed": 2,
+                      "dataset": {"path": str(data), "format": "messages"}},
+            measurement={"cycles": 1, "idle_duration_s": 0, "threads": 1,
+                         "warmup": {"min_runs": 0, "max_runs": 0}}))
+        cells, _ = expand(study)
+        plan = Plan(study, {c.cell_id: c for c in cells}, [])
+        files = {plan.workload_file(c.cell_id) for c in cells}
+        assert len(files) == 1 and len(plan.workloads) == 1  # one file for the three backends
+        (key,) = plan.workloads
+        assert str(data) in plan.workload_inputs(key)
+        path = tmp_path / files.pop()
+        built = build_for_model(plan.workload_params(key)["spec"], str(demo_model_dir), path)
+        lengths = {len(p) for p in built.prompts}
+        assert len(lengths) > 1  # the records' own lengths, not one truncation length
+        RecordingTransformers.seen.clear()
+        RecordingVllm.engine.seen.clear()
+        replacements = {"transformers": RecordingTransformers, "vllm": RecordingVllm}
+        monkeypatch.setattr(protocol, "backend_class",
+                            lambda name, settings=None: replacements.get(name)
+                            or backend_class(name, settings))
+        hashes = set()
+        for cell in cells:
+            config = json.loads(json.dumps({**plan.cell_params(cell.cell_id),
+                                            "workload_file": str(path)}))
+            out = CellRunner(config, str(demo_model_dir), log=lambda m: None).run()
+            assert [r["status"] for r in out.runs] == ["ok"], out.runs
+            assert sorted(r["input_tokens"] for r in out.requests) == \
+                sorted(len(p) for p in built.prompts)
+            hashes.add(out.workload["token_ids_sha256"])
+        over_http = [r["body"]["prompt"] for r in server.requests]
+    assert hashes == {read_workload(path).token_ids_sha256} == {built.info["token_ids_sha256"]}
+    assert RecordingTransformers.seen == RecordingVllm.engine.seen == built.prompts
+    assert sorted(over_http) == sorted(built.prompts)

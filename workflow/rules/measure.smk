@@ -14,6 +14,7 @@ def _cell(wildcards):
 rule measure:
     input:
         model=lambda wc: PLAN.model_input(wc.model),
+        workload=lambda wc: PLAN.workload_file(wc.cell_id),
     output:
         requests="results/cells/{model}/{backend}/{cell_id}/requests.parquet",
         timeseries="results/cells/{model}/{backend}/{cell_id}/timeseries.parquet",

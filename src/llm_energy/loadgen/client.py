@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from llm_energy.backends.base import RequestRecord
+from llm_energy.loadgen.arrivals import poisson_offsets_s
 from llm_energy.loadgen.stream import (
     ServerError,
     StreamedResponse,
@@ -43,12 +43,18 @@ class LoadSpec:
     request_rate_per_s: float | None = None
     seed: int = 0
     timeout_s: float = 600.0
+    #: Send times from the workload file (`loadgen.arrivals`), seconds after the start; used
+    #: for every arrival but `closed`. Without them, `poisson` draws its own from `seed`.
+    offsets_s: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.arrival not in ("closed", "poisson"):
-            raise ValueError(f"arrival must be 'closed' or 'poisson', not {self.arrival!r}")
-        if self.arrival == "poisson" and not (self.request_rate_per_s or 0) > 0:
+        if self.arrival not in ("closed", "poisson", "gamma", "constant", "trace"):
+            raise ValueError(f"unknown arrival {self.arrival!r}")
+        if self.arrival == "poisson" and self.offsets_s is None \
+                and not (self.request_rate_per_s or 0) > 0:
             raise ValueError("poisson arrivals need request_rate_per_s > 0")
+        if self.arrival not in ("closed", "poisson") and self.offsets_s is None:
+            raise ValueError(f"arrival {self.arrival!r} needs the offsets of the workload file")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
 
@@ -57,23 +63,13 @@ class LoadSpec:
         w = workload or {}
         return cls(arrival=w.get("arrival", "closed"), concurrency=w.get("concurrency"),
                    request_rate_per_s=w.get("request_rate_per_s"), seed=int(w.get("seed", 0)),
-                   timeout_s=float(w.get("request_timeout_s", 600.0)))
+                   timeout_s=float(w.get("request_timeout_s", 600.0)),
+                   offsets_s=(tuple(w["arrival_offsets_s"]) if w.get("arrival_offsets_s")
+                              is not None else None))
 
     def in_flight_limit(self, num_requests: int) -> int:
         """Most requests the client keeps open at once in a closed loop."""
         return min(self.concurrency or num_requests, num_requests)
-
-
-def poisson_offsets_s(num_requests: int, rate_per_s: float, seed: int) -> list[float]:
-    """Send times relative to the start: the first request at 0, then exponential gaps of mean
-    1/rate. The same seed gives the same schedule."""
-    rng = random.Random(seed)
-    offsets, t = [], 0.0
-    for index in range(num_requests):
-        if index:
-            t += rng.expovariate(rate_per_s)
-        offsets.append(t)
-    return offsets
 
 
 @dataclass(frozen=True)
@@ -205,8 +201,12 @@ async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
     ) as client:
         gate = asyncio.Semaphore(limit)
         start_s = time.perf_counter()
-        offsets = (poisson_offsets_s(len(prompts), spec.request_rate_per_s or 1.0, spec.seed)
-                   if spec.arrival == "poisson" else None)
+        offsets: list[float] | None = None
+        if spec.arrival != "closed":
+            offsets = list(spec.offsets_s) if spec.offsets_s is not None else \
+                poisson_offsets_s(len(prompts), spec.request_rate_per_s or 1.0, spec.seed)
+            if len(offsets) < len(prompts):
+                raise ValueError(f"{len(offsets)} arrival offsets for {len(prompts)} requests")
 
         async def run_one(index: int) -> None:
             nonlocal in_flight, max_in_flight

@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         output = runner.run()
         if args.parent_pid is not None and os.getppid() != args.parent_pid:
             os._exit(1)  # the job is gone (its watchdog is about to fire): write nothing late
-        results.write_cell(out, output.runs, output.requests, output.timeseries,
-                           provenance.collect(cell, output.energy_sources))
+        record = provenance.collect(cell, output.energy_sources)
+        record["workload"] = output.workload
+        results.write_cell(out, output.runs, output.requests, output.timeseries, record)
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the runner
         traceback.print_exc()
         error = {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500]

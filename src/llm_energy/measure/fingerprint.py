@@ -37,6 +37,9 @@ MEASURED_CODE = ("backends", "loadgen", "measure", "results", "telemetry", "work
 NOT_FINGERPRINTED = {
     "llm_energy.study.config": "validation and defaults; a cell's values are its config, "
                                "hashed into its id",
+    "llm_energy.study.workload_spec": "validation of the workload keys; a cell's workload is "
+                                      "its config, hashed into its id, and the workload "
+                                      "file, an input of its job",
     "llm_energy.execution.processes": "stops leftover processes after a cell (operational)",
     "llm_energy.analysis.stale": "package-name lists recorded in provenance",
 }

@@ -44,6 +44,7 @@ class CellOutput:
     requests: list[dict[str, Any]] = field(default_factory=list)
     timeseries: list[dict[str, Any]] = field(default_factory=list)
     energy_sources: dict[str, str] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)  # file, token-id hash (provenance)
 
 
 class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
@@ -81,14 +82,26 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         return backend
 
     def _prompts(self) -> list[list[int]]:
-        from transformers import AutoTokenizer
+        """The workload's prompt token ids: read from the workload file the pipeline built
+        (`workload_file`), else built here with the model's tokenizer (command-line use). Its
+        arrival offsets are kept for the backend (server backends schedule by them); the
+        token-id hash goes into provenance."""
+        from llm_energy.workload.build import make_workload, read_workload
 
-        from llm_energy.study.config import WorkloadConfig
-        from llm_energy.workload.prompts import build_prompts
+        path = self.config.get("workload_file")
+        if path:
+            built = read_workload(path)
+        else:
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            self.model_path, trust_remote_code=self.config["model"].get("trust_remote_code", False))
-        return build_prompts(tokenizer, WorkloadConfig(**self.workload))
+            built = make_workload(self.workload, AutoTokenizer.from_pretrained(
+                self.model_path,
+                trust_remote_code=self.config["model"].get("trust_remote_code", False)))
+        self.arrival_offsets_s = list(built.arrival_offsets_s)
+        self.workload_info = {"file": path, "token_ids_sha256": built.token_ids_sha256,
+                              "chat_template_applied": built.info.get("chat_template_applied"),
+                              "num_requests": len(built.prompts)}
+        return built.prompts
 
     def _idle_window_w(self, backend: Backend, name: str, duration_s: float,
                        warnings: list[str]) -> float | None:
@@ -332,6 +345,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
             load_window = self.meter.end_window("load")
             phases.append(("load", t0, time.perf_counter()))
             prompts = self._prompts()
+            backend.workload["arrival_offsets_s"] = self.arrival_offsets_s
             t0 = time.perf_counter()
             idle_power_w = self._idle_power_w(backend, base_warnings)
             phases.append(("idle", t0, time.perf_counter()))
@@ -359,4 +373,5 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         for run in out.runs:
             run["warnings"].extend(restore_warnings)
         out.timeseries = self._timeseries_rows([*samples, *backend.telemetry()], phases)
+        out.workload = dict(getattr(self, "workload_info", {}))
         return out

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from llm_energy.study.workload_spec import WorkloadSpec
+
 SCHEMA_VERSION = 1
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -249,31 +251,19 @@ class BackendsConfig(_Strict):
 # ---------------------------------------------------------------- workload + protocol
 
 
-class WorkloadConfig(_Strict):
-    """The same prompts, truncation and output length for every backend."""
+class WorkloadConfig(WorkloadSpec):
+    """The same prompts, lengths and arrivals for every backend: `WorkloadSpec`'s keys (built
+    once into a workload file by `llm_energy.workload.build`) and the client's time limit."""
 
-    num_prompts: int = Field(16, gt=0, le=1_000_000, description="requests per cycle")
-    input_tokens: int = Field(64, gt=0, description="prompt length after truncation, tokens")
-    output_tokens: int = Field(32, gt=0, description="max_new_tokens with EOS ignored")
-    seed: int = 0
-    # How server backends (vllm mode=server, openai-server) receive the requests; offline
-    # engines always get all of them at once (the same as `closed` with no concurrency limit).
-    arrival: Literal["closed", "poisson"] = Field(
-        "closed", description="closed loop (concurrency) or Poisson arrivals (request_rate_per_s)")
-    concurrency: int | None = Field(
-        None, gt=0, description="closed loop: requests in flight; default: all at once")
-    request_rate_per_s: float | None = Field(
-        None, gt=0, description="poisson: mean arrival rate, requests per second")
     request_timeout_s: float = Field(600.0, gt=0, description="per-request HTTP limit, seconds",
                                      json_schema_extra=_OPERATIONAL)
 
     @model_validator(mode="after")
-    def _arrival_needs_rate(self) -> WorkloadConfig:
-        if self.arrival == "poisson" and self.request_rate_per_s is None:
-            raise ValueError("request_rate_per_s is required when arrival is 'poisson'")
-        if self.arrival == "closed" and self.request_rate_per_s is not None:
-            raise ValueError("request_rate_per_s is only used with arrival 'poisson': remove it "
-                             "or set arrival: poisson")
+    def _measurable(self) -> WorkloadConfig:
+        if not isinstance(self.output_tokens, int):
+            raise ValueError("output_tokens: per-request output lengths (a distribution or "
+                             "'dataset') are built into the workload file but not yet "
+                             "measured by the backends; give a number")
         return self
 
 

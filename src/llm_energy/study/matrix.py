@@ -56,9 +56,10 @@ def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> 
             return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
     if backend == "tensorrt-llm" and device != "cuda":
         return "TensorRT-LLM runs on NVIDIA GPUs only (measurement.device: cuda)"
-    if study.workload.arrival == "poisson" and not is_server(backend, settings):
-        # An offline engine gets every request at once; Poisson arrivals need a server.
-        return ("workload.arrival 'poisson' needs a server backend (vllm mode server, "
+    arrival = study.workload.arrival
+    if arrival != "closed" and not is_server(backend, settings):
+        # An offline engine gets every request at once; scheduled arrivals need a server.
+        return (f"workload.arrival {arrival!r} needs a server backend (vllm mode server, "
                 "openai-server); offline engines receive all requests at once")
     return None
 

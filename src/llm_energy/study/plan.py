@@ -20,6 +20,7 @@ from llm_energy.study.config import (
 )
 from llm_energy.study.identity import identity
 from llm_energy.study.matrix import Cell, PrunedCell, expand, matrix_csv
+from llm_energy.study.workload_spec import WORKLOAD_DIR, WorkloadSpec, workload_key
 
 DEFAULT_CONFIG = "config/config.yaml"
 MODELS_DIR = "resources/models"
@@ -76,7 +77,48 @@ class Plan:
         """Everything the measurement needs: the cell's resolved configuration (measured and
         operational settings, defaults filled in) and its id."""
         cell = self.cells[cell_id]
-        return {**cell.config, "cell_id": cell.cell_id}
+        return {**cell.config, "cell_id": cell.cell_id,
+                "workload_file": self.workload_file(cell_id)}
+
+    # ------------------------------------------------------------ workloads
+
+    @functools.cached_property
+    def workloads(self) -> dict[str, tuple[dict[str, Any], str]]:
+        """Workload files to build, by key: (the workload's `WorkloadSpec` keys, model name).
+        One per distinct workload and model (the model's tokenizer encodes it)."""
+        out: dict[str, tuple[dict[str, Any], str]] = {}
+        for cell in self.cells.values():
+            spec = self._workload_spec(cell)
+            out.setdefault(workload_key(spec, cell.config["model"]), (spec, cell.model))
+        return out
+
+    @staticmethod
+    def _workload_spec(cell: Cell) -> dict[str, Any]:
+        return {k: v for k, v in cell.config["workload"].items() if k in WorkloadSpec.model_fields}
+
+    def workload_file(self, cell_id: str) -> str:
+        """The workload file a cell's measurement reads (an input of its measure job)."""
+        cell = self.cells[cell_id]
+        return f"{WORKLOAD_DIR}/{workload_key(self._workload_spec(cell), cell.config['model'])}.parquet"
+
+    def workload_params(self, key: str) -> dict[str, Any]:
+        spec, model = self.workloads[key]
+        return {"spec": spec, "model_path": self.model_path(model),
+                "trust_remote_code": self.models[model].trust_remote_code}
+
+    def workload_inputs(self, key: str) -> list[str]:
+        """What a workload file is built from: the model's tokenizer (demo models are built by
+        the DAG), the dataset's files and the trace, so editing them rebuilds it."""
+        spec, model = self.workloads[key]
+        files = list(self.model_input(model))
+        dataset = (spec.get("dataset") or {}).get("path")
+        if dataset:
+            path = Path(dataset).expanduser()
+            files += sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+                else [str(path)]
+        if spec.get("trace_path"):
+            files.append(str(Path(spec["trace_path"]).expanduser()))
+        return files
 
     def cell_identity(self, cell_id: str) -> dict[str, Any]:
         """The measure rule's `cell` param, i.e. its rerun trigger: what the cell measures

@@ -1,0 +1,155 @@
+"""Read a local dataset into chat records: the prompt as chat messages and the reply text.
+
+Files (JSONL, JSON, CSV, Parquet) are read with the `datasets` library's packaged builders,
+directories written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` with
+`datasets.load_from_disk`. Nothing is downloaded: `DatasetConfig` refuses paths that are not
+on this machine, and the builders' cache lives in a temporary directory.
+
+Formats (`DatasetConfig.format`):
+- `prompt`: the record's text field is one user message; `reply_field`, if given, is the reply.
+- `messages`: OpenAI chat messages (`role`, `content`); a final `assistant` message is the
+  reply, the messages before it are the prompt.
+- `sharegpt`: `conversations` of turns (`from`, `value`); the first human turn is the prompt
+  and the turn right after it, when it is the model's, the reply (as vLLM's `bench serve`
+  reads ShareGPT).
+
+Every problem raises `DatasetError` with one line naming the file and the record."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_energy.study.workload_spec import DATA_FILE_BUILDERS, DatasetConfig
+
+_HUMAN = ("human", "user")
+_MODEL = ("gpt", "assistant", "chatgpt", "bard", "model", "bing")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used; `str()` is one line naming the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    index: int                      # row of the dataset
+    messages: list[dict[str, str]]  # the prompt, as chat messages (role, content)
+    reply: str | None               # the reply's text, when the dataset has one
+
+
+def _check_utf8(path: Path) -> None:
+    data = path.read_bytes()
+    if not data.strip():
+        raise DatasetError(f"dataset {path} is empty")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"dataset {path} is not UTF-8 text (byte {exc.start}: "
+                           f"{exc.reason})") from None
+
+
+def load_table(config: DatasetConfig) -> Any:
+    """The dataset as a `datasets.Dataset` (in memory)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(config.path).expanduser()
+    try:
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+            if isinstance(loaded, datasets.DatasetDict):
+                if config.split not in loaded:
+                    raise DatasetError(f"dataset {path} has no split {config.split!r} (splits: "
+                                       f"{', '.join(loaded)}): set dataset.split")
+                loaded = loaded[config.split]
+            return loaded
+        builder = DATA_FILE_BUILDERS[path.suffix.lower()]
+        if builder != "parquet":
+            _check_utf8(path)
+        with tempfile.TemporaryDirectory(prefix="llm-energy-datasets-") as cache:
+            return datasets.load_dataset(builder, data_files=str(path), split="train",
+                                         cache_dir=cache, keep_in_memory=True)
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the builders raise many types; one line for all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "corresponds to no data" in first:  # the builders' word for a file without rows
+            raise DatasetError(f"dataset {path} is empty") from None
+        raise DatasetError(f"cannot read dataset {path}: {first[:300]}") from None
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise DatasetError(f"{where} is not text (got {type(value).__name__})")
+    return value
+
+
+def _messages_record(index: int, value: Any, where: str) -> ChatRecord:
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"{where} is not a non-empty list of messages")
+    messages = []
+    for turn in value:
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise DatasetError(f"{where}: a message needs 'role' and 'content'")
+        messages.append({"role": str(turn["role"]),
+                         "content": _text(turn["content"], f"{where} content")})
+    reply = None
+    if messages[-1]["role"] == "assistant":
+        reply = messages.pop()["content"]
+    if not messages:
+        raise DatasetError(f"{where} has no prompt message before the assistant's reply")
+    return ChatRecord(index, messages, reply)
+
+
+def _sharegpt_record(index: int, value: Any, where: str) -> ChatRecord | None:
+    if not isinstance(value, list):
+        raise DatasetError(f"{where} is not a list of turns")
+    for position, turn in enumerate(value):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DatasetError(f"{where}: a turn needs 'from' and 'value'")
+        if str(turn["from"]).lower() in _HUMAN:
+            prompt = _text(turn["value"], f"{where} value")
+            reply = None
+            if position + 1 < len(value) and str(value[position + 1].get("from", "")).lower() \
+                    in _MODEL:
+                reply = _text(value[position + 1]["value"], f"{where} value")
+            return ChatRecord(index, [{"role": "user", "content": prompt}], reply)
+    return None  # no human turn: nothing to send
+
+
+def read_records(config: DatasetConfig) -> list[ChatRecord]:
+    """Every usable record of the dataset, in file order. Records without a human turn
+    (ShareGPT) are skipped; a missing field, a wrong type or an empty dataset raise
+    `DatasetError`."""
+    table = load_table(config)
+    path = config.path
+    field = config.field
+    columns = list(table.column_names)
+    for name in (field, config.reply_field):
+        if name is not None and name not in columns:
+            raise DatasetError(f"dataset {path} has no field {name!r} (fields: "
+                               f"{', '.join(columns) or 'none'}): set dataset.prompt_field "
+                               "/ reply_field or dataset.format")
+    if len(table) == 0:
+        raise DatasetError(f"dataset {path} is empty")
+    prompts = table[field]
+    replies = table[config.reply_field] if config.reply_field else [None] * len(prompts)
+    records: list[ChatRecord] = []
+    for index, (value, reply) in enumerate(zip(prompts, replies)):
+        where = f"dataset {path} record {index} field {field!r}"
+        if config.format == "prompt":
+            text = _text(value, where)
+            if reply is not None:
+                reply = _text(reply, f"dataset {path} record {index} field {config.reply_field!r}")
+            records.append(ChatRecord(index, [{"role": "user", "content": text}], reply))
+        elif config.format == "messages":
+            records.append(_messages_record(index, value, where))
+        else:
+            record = _sharegpt_record(index, value, where)
+            if record is not None:
+                records.append(record)
+    if not records:
+        raise DatasetError(f"dataset {path} has no record with a prompt")
+    return records

@@ -1,0 +1,50 @@
+"""The workload file in the pipeline: a study on a local chat dataset builds one workload file
+(the `workload` rule), the measure job reads its token ids, and editing the dataset rebuilds
+the file and reruns the cell."""
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import dry_run_jobs, run_snakemake, small_study, write_config
+
+from llm_energy.workload.build import read_workload
+
+pytestmark = pytest.mark.e2e
+
+
+def _chat(path, n, salt=""):
+    rows = [{"conversations": [
+        {"from": "human", "value": f"{salt}write a function number {i} " + "that sorts " * i},
+        {"from": "gpt", "value": "def f(x):\n    return sorted(x)\n" * (1 + i % 3)}]}
+        for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_dataset_study_reads_the_workload_file(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    _chat(data, 12)
+    study = small_study(
+        backends={"transformers": {"batch_size": [2]}},
+        workload={"num_prompts": 5, "output_tokens": 4, "seed": 1,
+                  "dataset": {"path": str(data), "format": "sharegpt",
+                              "max_input_tokens": 200}},
+        measurement={"cycles": 1, "idle_duration_s": 0.2, "threads": 1,
+                     "warmup": {"min_runs": 0, "max_runs": 0}})
+    config = write_config(tmp_path, study)
+    run_snakemake(tmp_path, config, "--until", "measure")
+    (workload_file,) = (tmp_path / "resources" / "workloads").glob("*.parquet")
+    built = read_workload(workload_file)
+    (cell,) = [p.parent for p in (tmp_path / "results" / "cells").glob("*/*/*/runs.parquet")]
+    requests = pd.read_parquet(cell / "requests.parquet")
+    # Per-request input lengths are the dataset records' token counts, in send order.
+    assert sorted(requests["input_tokens"]) == sorted(len(p) for p in built.prompts)
+    assert len({len(p) for p in built.prompts}) > 1
+    provenance = json.loads((cell / "provenance.json").read_text())
+    assert provenance["workload"]["token_ids_sha256"] == built.token_ids_sha256
+    assert provenance["workload"]["file"] == str(workload_file.relative_to(tmp_path))
+    assert dry_run_jobs(tmp_path, config).get("measure") is None
+    # Editing the dataset rebuilds the workload file and reruns its cell, nothing else new.
+    _chat(data, 12, salt="please ")
+    jobs = dry_run_jobs(tmp_path, config)
+    assert jobs.get("workload") == 1 and jobs.get("measure") == 1, jobs
