@@ -492,3 +492,15 @@ def test_workload_file_offsets_drive_the_load_generator():
     assert all(r.success for r in result.records)
     with pytest.raises(ValueError, match="needs the offsets of the workload file"):
         LoadSpec(arrival="trace")
+
+
+def test_repeated_workload_replays_its_arrival_schedule_back_to_back():
+    """A cycle repeating its workload R times sends R x n requests: the schedule is replayed
+    shifted by its period (last offset + mean gap), so each repetition keeps its pattern."""
+    from llm_energy.loadgen.arrivals import repeat_schedule
+
+    assert repeat_schedule([0.0, 0.5, 1.0], 2) == [0.0, 0.5]
+    assert repeat_schedule([0.0, 0.5, 1.0], 7) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert repeat_schedule([0.2], 3) == [0.2, 0.4, 0.6000000000000001]
+    with pytest.raises(ValueError):
+        repeat_schedule([], 3)

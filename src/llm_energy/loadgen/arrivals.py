@@ -18,6 +18,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Sequence
 
 
 def poisson_offsets_s(num_requests: int, rate_per_s: float, seed: int) -> list[float]:
@@ -113,3 +114,20 @@ def arrival_offsets_s(arrival: str, num_requests: int, *, seed: int = 0,
     if arrival == "constant":
         return constant_offsets_s(num_requests, rate_per_s)
     raise ValueError(f"unknown arrival {arrival!r}")
+
+
+def repeat_schedule(offsets_s: Sequence[float], count: int) -> list[float]:
+    """`count` arrival offsets (s) from one repetition's schedule `offsets_s` (sorted, >= 0):
+    the schedule replayed back to back, repetition r shifted by r x its period, the period
+    being its last offset plus its mean gap (last offset / (n - 1); the first offset for one
+    request). A cycle that repeats its workload R times sends R x n requests this way, so every
+    repetition keeps the configured arrival pattern. Raises ValueError on an empty schedule."""
+    if not offsets_s:
+        raise ValueError("an empty arrival schedule cannot be repeated")
+    n = len(offsets_s)
+    if count <= n:
+        return list(offsets_s[:count])
+    last = float(offsets_s[-1])
+    gap = last / (n - 1) if n > 1 else last
+    period = last + gap if last + gap > 0 else 1e-3
+    return [float(offsets_s[i % n]) + (i // n) * period for i in range(count)]

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llm_energy.backends.base import RequestRecord
-from llm_energy.loadgen.arrivals import poisson_offsets_s
+from llm_energy.loadgen.arrivals import poisson_offsets_s, repeat_schedule
 from llm_energy.loadgen.stream import (
     ServerError,
     StreamedResponse,
@@ -203,10 +203,8 @@ async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
         start_s = time.perf_counter()
         offsets: list[float] | None = None
         if spec.arrival != "closed":
-            offsets = list(spec.offsets_s) if spec.offsets_s is not None else \
+            offsets = repeat_schedule(spec.offsets_s, len(prompts)) if spec.offsets_s else \
                 poisson_offsets_s(len(prompts), spec.request_rate_per_s or 1.0, spec.seed)
-            if len(offsets) < len(prompts):
-                raise ValueError(f"{len(offsets)} arrival offsets for {len(prompts)} requests")
 
         async def run_one(index: int) -> None:
             nonlocal in_flight, max_in_flight

@@ -345,7 +345,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
             load_window = self.meter.end_window("load")
             phases.append(("load", t0, time.perf_counter()))
             prompts = self._prompts()
-            backend.workload["arrival_offsets_s"] = self.arrival_offsets_s
+            backend.workload["arrival_offsets_s"] = getattr(self, "arrival_offsets_s", None)
             t0 = time.perf_counter()
             idle_power_w = self._idle_power_w(backend, base_warnings)
             phases.append(("idle", t0, time.perf_counter()))
