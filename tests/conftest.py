@@ -56,14 +56,20 @@ def run_snakemake(workdir: Path, config: Path, *args: str, timeout: float = 900,
     return proc
 
 
+def rule_kind(rule: str) -> str:
+    """The per-backend measure rules (`measure_<backend>`, one per registered backend) count
+    as `measure`."""
+    return "measure" if rule.startswith("measure_") else rule
+
+
 def dry_run_jobs(workdir: Path, config: Path) -> dict[str, int]:
-    """Job counts per rule from Snakemake's own dry-run summary."""
+    """Job counts per rule from Snakemake's own dry-run summary (measure rules together)."""
     proc = run_snakemake(workdir, config, "-n", "--quiet", "rules")
     counts: dict[str, int] = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
-            counts[parts[0]] = int(parts[1])
+            counts[rule_kind(parts[0])] = counts.get(rule_kind(parts[0]), 0) + int(parts[1])
     return counts
 
 

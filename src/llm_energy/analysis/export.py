@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from llm_energy.backends import registry
 from llm_energy.results import schema
 
 # The leaderboard's configuration fields, in its order, then the ones this pipeline adds
@@ -80,11 +81,9 @@ def _int(value: Any) -> int | None:
 
 
 def max_num_seqs(row: pd.Series) -> int | None:
-    """The cell's batch limit: vLLM's `max_num_seqs`, or the static `batch_size`."""
-    for axis in ("max_num_seqs", "batch_size"):
-        if _value(row.get(axis)) is not None:
-            return _int(row.get(axis))
-    return None
+    """The cell's batch limit (the leaderboard calls it `max_num_seqs` whatever the engine):
+    its backend's batch setting from the backend registry."""
+    return registry.batch_limit_of(row)
 
 
 def _window_column(field: str, window: str) -> str:
@@ -124,9 +123,12 @@ def leaderboard_stability(rows: pd.DataFrame, settings: list[str]) -> list[tuple
     (`cascade_from_unstable_batch:m`): a larger batch cannot fill where a smaller did not."""
     status = [stability(r) for _, r in rows.iterrows()]
     limits = [max_num_seqs(r) for _, r in rows.iterrows()]
-    others = [c for c in settings if c not in ("max_num_seqs", "batch_size")]
-    keys = [tuple(str(_value(r.get(c))) for c in ("model", "backend", "device_name",
-                                                  "tensor_parallel_size", *others))
+    # Settings other than the batch limits and the GPU count (every backend's, registry).
+    skip = {*registry.batch_settings(), *registry.parallel_settings()}
+    others = [c for c in settings if c not in skip]
+    keys = [tuple(str(_value(v)) for v in (*(r.get(c) for c in ("model", "backend", "device_name")),
+                                           registry.setting_of(r, "parallel_setting"),
+                                           *(r.get(c) for c in others)))
             for _, r in rows.iterrows()]
     threshold: dict[tuple[str, ...], int] = {}
     for key, limit, (stable, _) in zip(keys, limits, status):
@@ -151,10 +153,10 @@ def configuration(row: pd.Series, settings: list[str],
     config: dict[str, Any] = {
         "model_id": row["model"], "nickname": row["model"],
         "gpu_model": _value(row.get("device_name")) if cuda else None,
-        "num_gpus": (_int(row.get("tensor_parallel_size")) or 1) if cuda else 0,
+        "num_gpus": (_int(registry.setting_of(row, "parallel_setting")) or 1) if cuda else 0,
         "total_params_billions": None, "activated_params_billions": None,
         "max_num_seqs": max_num_seqs(row),
-        "max_num_batched_tokens": _int(row.get("max_num_batched_tokens")),
+        "max_num_batched_tokens": _int(registry.setting_of(row, "token_budget_setting")),
         "energy_per_token_joules": energy,
         "energy_per_request_joules": energy * out_len / n_req
         if energy is not None and out_len is not None and n_req else None,
