@@ -90,12 +90,12 @@ def test_cell_ids_are_the_spec_identity():
 
 def test_default_study_cell_ids_are_unchanged():
     """The registry and the cell spec moved code, not identities: the default study's ids as
-    main computed them before the change (commit e1c69c4). Change this list only with a
-    deliberate change of the hash policy (`cellspec.cell_id_of`), listed in the closing note."""
+    main computed them before the change (commit 0bc91c7, release-1 ids). Change this list
+    only with a deliberate change of the hash policy (`identity.cell_hash`)."""
     cells, _ = expand(load_study(ROOT / "config" / "config.yaml"))
     assert sorted(c.cell_id for c in cells) == sorted([
-        "cbc3287e121e", "1dcb53d6f7d7", "820f2288e202", "095659905950", "174efdad468a",
-        "2008e30bf927", "c605b24fb5bd", "d405d3cff0cf"])
+        "cdfef8dae121", "f12439d1a029", "d911ddbf9dce", "1ff90382aaf3", "5e419bb9d821",
+        "3be9b7bcba42", "7cf6c38d07ae", "50c839f5d443"])
 
 
 def test_the_spec_round_trips_through_json(tmp_path):

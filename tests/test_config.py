@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SNAKEMAKE, VLLM_PYTHON, small_study, write_config
+from conftest import ROOT, SNAKEMAKE, VLLM_PYTHON, small_study
 
 from llm_energy.study.config import ConfigError, json_schema, load_study, validate_study
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from test_report_browser import png_size
 
 from llm_energy.analysis import figures

@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dry_run_jobs, rule_kind, run_snakemake, small_study, write_config
+from conftest import (
+    ROOT,
+    dry_run_jobs,
+    rule_kind,
+    run_snakemake,
+    small_study,
+    write_config,
+)
 
 from llm_energy.analysis.stale import (
     backend_software,

@@ -37,6 +37,8 @@ MEASURED_CODE = ("backends", "loadgen", "measure", "results", "telemetry", "work
 NOT_FINGERPRINTED = {
     "llm_energy.study.config": "validation and defaults; a cell's values are its config, "
                                "hashed into its id",
+    "llm_energy.study.cellspec": "the typed cell configuration (validation and defaults, as "
+                                 "study.config), hashed into its id",
     "llm_energy.execution.processes": "stops leftover processes after a cell (operational)",
     "llm_energy.analysis.stale": "package-name lists recorded in provenance",
 }

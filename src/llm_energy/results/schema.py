@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Any, Iterable, get_args
+from typing import Any, Iterable
 
 import pyarrow as pa
 

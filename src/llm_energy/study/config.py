@@ -289,7 +289,7 @@ class MeasurementConfig(_Strict):
     @field_validator(*GPU_AXES, mode="before")
     @classmethod
     def _gpu_scalar_to_axis(cls, value: Any) -> Any:
-        return value if value is None else _as_list(value)
+        return value if value is None else _as_axis(value)
 
     @field_validator("gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
     @classmethod
