@@ -31,6 +31,9 @@ class CellMeasurement(MeasurementConfig):
     gpu_power_limit_w: float | None = Field(None, gt=0)  # type: ignore[assignment]
     gpu_sm_clock_mhz: ClockSetting | None = None  # type: ignore[assignment]
     gpu_memory_clock_mhz: ClockSetting | None = None  # type: ignore[assignment]
+    #: Where GPU-settings markers and locks live (`telemetry.gpu_control`; None: its default).
+    #: Not a study key: set by tests and tools that run cells by hand; never hashed.
+    gpu_state_dir: str | None = None
 
     @field_validator("gpu_power_limit_w", "gpu_sm_clock_mhz", "gpu_memory_clock_mhz",
                      mode="before")
@@ -79,8 +82,12 @@ class CellSpec(BaseModel):
         return cell if isinstance(cell, CellSpec) else cls.model_validate(cell)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON data (what `.cell.json` holds and provenance records)."""
-        return self.model_dump(mode="json")
+        """Plain JSON data (what `.cell.json` holds and provenance records); keys that are
+        not study keys are left out while unset."""
+        data = self.model_dump(mode="json")
+        if data["measurement"].get("gpu_state_dir") is None:
+            data["measurement"].pop("gpu_state_dir", None)
+        return data
 
     def identity(self) -> str:
         """The cell id its configuration gives (`cell_id_of`)."""
