@@ -23,7 +23,7 @@ import pytest
 from conftest import (
     ROOT,
     dry_run_jobs,
-    rule_kind,
+    fold_measure_rules,
     run_snakemake,
     small_study,
     write_config,
@@ -101,7 +101,8 @@ def dry_run(workdir: Path, config: Path, *args: str) -> tuple[dict[str, int], di
             parts = line.split()
             if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
                 break
-            counts[rule_kind(parts[0])] = counts.get(rule_kind(parts[0]), 0) + int(parts[1])
+            counts[parts[0]] = int(parts[1])
+    counts = fold_measure_rules(counts)
     reasons = {}
     for block in re.split(r"\n(?=\[)", text):
         if re.search(r"rule measure_\w+:", block):
