@@ -203,9 +203,12 @@ def run_dryrun(workdir: Path, study: Path, n_cells: int) -> dict:
                                         "rules", "--cores", "2"])
     if code != 0:
         raise SystemExit(f"snakemake -n failed:\n{output[-3000:]}")
+    # One measure rule per backend (`measure_<backend>`; `measure` before the registry).
     measure = [int(line.split()[1]) for line in output.splitlines()
-               if line.split()[:1] == ["measure"] and len(line.split()) == 2]
-    return {"cells": measure[0] if measure else 0, "duration_s": wall, "wall_s": wall,
+               if line.split()[:1] and (line.split()[0] == "measure"
+                                        or line.split()[0].startswith("measure_"))
+               and len(line.split()) == 2 and line.split()[1].isdigit()]
+    return {"cells": sum(measure), "duration_s": wall, "wall_s": wall,
             "peak_rss_mib": rss}
 
 

@@ -56,14 +56,27 @@ def run_snakemake(workdir: Path, config: Path, *args: str, timeout: float = 900,
     return proc
 
 
+def rule_kind(rule: str) -> str:
+    """The per-backend measure rules (`measure_<backend>`, one per registered backend) count
+    as `measure`."""
+    return "measure" if rule.startswith("measure_") else rule
+
+
 def dry_run_jobs(workdir: Path, config: Path) -> dict[str, int]:
-    """Job counts per rule from Snakemake's own dry-run summary."""
+    """Job counts per rule from Snakemake's own dry-run summary (measure rules together)."""
     proc = run_snakemake(workdir, config, "-n", "--quiet", "rules")
-    counts: dict[str, int] = {}
+    per_rule: dict[str, int] = {}  # Snakemake may print its table twice
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
-            counts[parts[0]] = int(parts[1])
+            per_rule[parts[0]] = int(parts[1])
+    return fold_measure_rules(per_rule)
+
+
+def fold_measure_rules(per_rule: dict[str, int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rule, n in per_rule.items():
+        counts[rule_kind(rule)] = counts.get(rule_kind(rule), 0) + n
     return counts
 
 

@@ -1,10 +1,11 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SNAKEMAKE, small_study, write_config
+from conftest import ROOT, SNAKEMAKE, VLLM_PYTHON, small_study
 
 from llm_energy.study.config import ConfigError, json_schema, load_study, validate_study
 
@@ -38,7 +39,11 @@ def test_bad_config_rejected_with_one_clear_line(path):
 @pytest.mark.parametrize("name", ["malformed_yaml", "unknown_top_key", "string_batch_size",
                                   "negative_batch_size", "unknown_backend", "top_level_list",
                                   "inf_idle_duration", "inf_timeout", "inf_cpu_power",
-                                  "huge_retries", "empty_hub_id", "malformed_hub_id"])
+                                  "huge_retries", "empty_hub_id", "malformed_hub_id",
+                                  "context_over_vllm_max_model_len",
+                                  "context_over_tensorrt_max_seq_len",
+                                  "context_over_demo_positions",
+                                  "unknown_vllm_quantization_on_cpu"])
 def test_cli_rejects_without_traceback(name):
     path = ROOT / "tests" / "bad_configs" / f"{name}.yaml"
     proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "validate", str(path)],
@@ -87,11 +92,12 @@ def test_schema_file_is_current():
 
 def test_config_readme_documents_every_key():
     readme = (ROOT / "config" / "README.md").read_text()
+    from llm_energy.backends import registry
     from llm_energy.study import config as c
 
-    for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, c.TransformersConfig,
-                  c.VllmConfig, c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig,
-                  c.CarbonConfig):
+    backend_configs = [spec.config for spec in registry.specs().values()]
+    for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, *backend_configs,
+                  c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig, c.CarbonConfig):
         for name in model.model_fields:
             assert f"`{name}`" in readme or f".{name}`" in readme, f"{model.__name__}.{name}"
 
@@ -135,3 +141,52 @@ def test_non_finite_floats_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError) as info:
         validate_study(study)
     assert f"'{key}'" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ limits known before any job
+
+
+def test_context_over_a_local_models_config_json_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                      "max_position_embeddings": 48}))
+    study = small_study(models=[{"name": "local", "path": str(tmp_path)}],
+                        workload={"num_prompts": 4, "input_tokens": 40, "output_tokens": 16})
+    with pytest.raises(ConfigError) as info:
+        validate_study(study)
+    assert f"exceeds {tmp_path / 'config.json'} 'max_position_embeddings' = 48" in str(info.value)
+    assert "workload.input_tokens" in str(info.value) and "\n" not in str(info.value)
+    study["workload"] = {**study["workload"], "input_tokens": 16, "output_tokens": 32}
+    assert validate_study(study).models[0].context_limit()[0] == 48  # 48 tokens fit
+
+
+def test_context_limits_are_inclusive_and_per_backend():
+    ok = small_study(backends={"vllm": {"max_model_len": 24}},
+                     workload={"num_prompts": 4, "input_tokens": 16, "output_tokens": 8})
+    assert validate_study(ok).backends.enabled()["vllm"].max_model_len == 24
+    with pytest.raises(ConfigError, match="= 25 exceeds backends.vllm.max_model_len = 24"):
+        validate_study({**ok, "workload": {**ok["workload"], "input_tokens": 17}})
+    # A disabled backend's limit does not apply.
+    disabled = {**ok, "backends": {"transformers": {"batch_size": [1]},
+                                   "vllm": {"max_model_len": 8, "enabled": False}}}
+    assert "vllm" not in validate_study(disabled).backends.enabled()
+
+
+def test_unknown_quantization_is_refused_even_where_the_cell_would_be_pruned():
+    study = small_study(backends={"vllm": {"quantization": ["fp8"]}})
+    assert validate_study(study)  # known to vLLM; pruned on CPU, not refused
+    with pytest.raises(ConfigError, match="'backends.vllm.quantization'.*'awqq'.*not known"):
+        validate_study(small_study(backends={"vllm": {"quantization": ["awqq"]}}))
+
+
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no .venvs/vllm")
+def test_vllm_quantization_names_come_from_the_installed_vllm():
+    """Where vLLM is installed, its own list is read (from its source, without importing it)
+    and equals what vLLM itself exports."""
+    code = ("import json; from llm_energy.backends.vllm_spec import quantization_methods as q; "
+            "from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS as v; "
+            "print(json.dumps([list(q()), list(v)]))")
+    proc = subprocess.run([str(VLLM_PYTHON), "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ours == theirs and "awq" in ours

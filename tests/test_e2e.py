@@ -1,12 +1,13 @@
 """A real snakemake run on a small study: demo model built by the DAG, transformers cells
 measured, Parquet read back and checked, then stale-only reruns from dry-run output."""
 
+import hashlib
 import json
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
 
 from llm_energy.results import schema
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
@@ -108,6 +109,9 @@ def test_provenance(study_run):
         assert prov["cell_config"]["cell_id"] == d.name
         assert prov["packages"]["torch"] and prov["packages"]["llm-energy"]
         assert len(prov["code_fingerprint"]) == 16
+        lock = (ROOT / "requirements" / "main.txt").read_bytes()
+        assert prov["requirements_lock"] == {"file": "requirements/main.txt",
+                                             "sha256": hashlib.sha256(lock).hexdigest()}
         assert prov["energy_sources"] == {"cpu": "estimate"}
         assert prov["cpu_model"] and prov["host"]
 

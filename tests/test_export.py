@@ -246,3 +246,21 @@ def test_export_uses_the_summarys_ratios_of_sums():
     assert config["llm_energy"]["energy_window"] == "steady_state"
     check_windowed(config, row)
     assert config["energy_per_token_joules"] == pytest.approx((100 + 500 + 750) / 600)
+
+
+def test_tensorrt_llm_batch_limit_is_exported():
+    """TensorRT-LLM's `max_batch_size` is its cells' `max_num_seqs` (it was null), and its
+    tensor parallelism their `num_gpus`."""
+    summary = summary_table().head(1).drop(columns=["max_num_seqs", "tensor_parallel_size"])
+    summary = summary.assign(backend="tensorrt-llm", max_batch_size=16, tensor_parallel_size=2,
+                             max_num_tokens=4096)
+    _, doc = to_mlenergy(summary, "study")
+    (config,) = doc["configurations"]
+    assert config["max_num_seqs"] == 16 and config["num_gpus"] == 2
+    assert config["max_num_batched_tokens"] == 4096
+
+
+def test_backend_without_a_batch_setting_exports_no_batch_limit():
+    summary = summary_table().head(1).assign(backend="openai-server")
+    (config,) = to_mlenergy(summary, "study")[1]["configurations"]
+    assert config["max_num_seqs"] is None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from test_report_browser import png_size
 
 from llm_energy.analysis import figures
@@ -195,3 +194,16 @@ def test_error_bars_never_below_zero(tmp_path, monkeypatch):
                     lowest.append(np.min(np.asarray(segment)[:, 1]))
                     lowest.append(np.min(np.asarray(segment)[:, 0]))
     assert lowest and min(lowest) >= 0
+
+
+def test_tensorrt_llm_cells_are_on_the_batch_axis(tmp_path):
+    """TensorRT-LLM's batch limit is `max_batch_size`: its cells are on the batch figure
+    (the axis comes from each backend's registered batch setting, not a list of names)."""
+    from llm_energy.analysis.figures import batch_column, energy_throughput_vs_batch
+
+    summary = small_summary(failed=False).head(3).assign(backend="tensorrt-llm", dtype="bfloat16")
+    summary = summary.rename(columns={"batch_size": "max_batch_size"})
+    assert list(batch_column(summary)) == [1, 2, 4]
+    paths = energy_throughput_vs_batch(summary, tmp_path / "batch")
+    svg = next(p for p in paths if p.suffix == ".svg").read_text()
+    assert "no successful cells with a batch size" not in svg

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, small_study
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_energy.backends import registry
 from llm_energy.study import config as c
 from llm_energy.study import identity as ident
 from llm_energy.study.config import load_study, validate_study
@@ -68,11 +69,12 @@ def as_in_release_1(config: dict, keys: dict, backend: str) -> dict:
     """`config` with only the keys release 1 had."""
     out = {}
     for key, value in config.items():
-        if key not in keys:
+        if key == "settings":  # a backend's release-1 settings are in its registry spec
+            sub = dict.fromkeys(registry.get(backend).release_1_settings)
+        elif key not in keys:
             continue
-        sub = keys[key]
-        if key == "settings":
-            sub = sub[backend]
+        else:
+            sub = keys[key]
         out[key] = as_in_release_1(value, sub, backend) if isinstance(sub, dict) else value
     return out
 
@@ -130,7 +132,7 @@ def test_a_new_key_with_its_default_changes_no_id(monkeypatch):
         settle_s: float = Field(1.0, gt=0)
         gpu: Gpu = Gpu()
 
-    class Transformers2(c.TransformersConfig):
+    class Transformers2(registry.get("transformers").config):
         num_beams: Annotated[list[int], Field(min_length=1)] = [1]
 
     monkeypatch.setattr(ident, "MeasurementConfig", Measurement2)

@@ -223,10 +223,12 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
 def test_config_readme_documents_the_new_keys():
     from conftest import ROOT
 
+    from llm_energy.backends.openai_server_spec import OpenAIServerConfig
+    from llm_energy.backends.tensorrt_llm_spec import TensorrtLlmConfig
     from llm_energy.study import config as c
 
     readme = (ROOT / "config" / "README.md").read_text()
-    for model in (c.TensorrtLlmConfig, c.OpenAIServerConfig, c.WorkloadConfig):
+    for model in (TensorrtLlmConfig, OpenAIServerConfig, c.WorkloadConfig):
         for name in model.model_fields:
             assert f"`{name}`" in readme, f"{model.__name__}.{name}"
     assert "`backends.tensorrt-llm`" in readme and "`backends.openai-server`" in readme

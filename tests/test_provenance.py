@@ -260,3 +260,20 @@ def test_the_fingerprint_covers_what_the_measured_code_imports():
                     if parts[0] == "llm_energy" and parts[1] not in fingerprint.MEASURED_CODE:
                         outside.add(name)
     assert outside == set(fingerprint.NOT_FINGERPRINTED)
+
+
+def test_requirements_lock_hash_is_the_backends_lock_file(tmp_path):
+    """Each cell records the sha256 of its backend's pip lock (the registry's
+    `requirements`), so cells built from conda, a container or the venvs can be compared."""
+    import hashlib
+
+    from llm_energy.backends import registry
+    from llm_energy.measure.provenance import requirements_lock
+
+    for backend in ("transformers", "vllm"):
+        spec = registry.get(backend)
+        expected = hashlib.sha256((ROOT / spec.requirements).read_bytes()).hexdigest()
+        assert requirements_lock(backend, ROOT) == {"file": spec.requirements, "sha256": expected}
+    assert requirements_lock("vllm", ROOT)["sha256"] != requirements_lock("transformers", ROOT)["sha256"]
+    # A checkout without the file (an installed package): the name, no hash.
+    assert requirements_lock("vllm", tmp_path) == {"file": "requirements/vllm.txt", "sha256": None}

@@ -147,7 +147,7 @@ def measure_jobs(dry_run_output: str) -> list[str]:
     cell_ids, in_measure = [], False
     for line in dry_run_output.splitlines():
         if line.startswith("rule ") or line.startswith("localrule "):
-            in_measure = line.split()[1].rstrip(":") == "measure"
+            in_measure = line.split()[1].rstrip(":").startswith("measure_")
         elif in_measure and line.strip().startswith("wildcards:"):
             cell_ids.append(line.split("cell_id=")[1].split(",")[0].strip())
     return cell_ids

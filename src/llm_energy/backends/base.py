@@ -12,6 +12,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_energy.backends.settings import BackendSettings
+
 
 @dataclass
 class RequestRecord:
@@ -74,10 +76,12 @@ class Backend(abc.ABC):
     """
 
     name: str = ""
+    #: Its settings class (the spec's `config`): unset settings take its defaults.
+    config: type[BackendSettings] | None = None
 
     def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
         self.model_path = model_path
-        self.settings = settings
+        self.settings = {**self.config.cell_defaults(), **settings} if self.config else settings
         self.device = device
 
     @abc.abstractmethod

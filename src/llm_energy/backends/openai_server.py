@@ -23,12 +23,14 @@ from llm_energy.backends.base import (
     LoadInfo,
     RequestRecord,
 )
+from llm_energy.backends.openai_server_spec import OpenAIServerConfig
 
 _REACH_TIMEOUT_S = 30.0
 
 
 class OpenAIServerBackend(Backend):
     name = "openai-server"
+    config = OpenAIServerConfig
 
     def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
         super().__init__(model_path, settings, device)
@@ -98,7 +100,7 @@ class OpenAIServerBackend(Backend):
         start = time.perf_counter()
         base_url = str(self.settings["base_url"])
         api_key = None
-        key_env = self.settings.get("api_key_env")
+        key_env = self.settings["api_key_env"]
         if key_env:
             api_key = os.environ.get(key_env)
             if not api_key:
@@ -115,7 +117,7 @@ class OpenAIServerBackend(Backend):
                 raise RuntimeError(f"{base_url}/models answered HTTP {response.status_code}: "
                                    f"{response.text[:200]}")
             served = [m.get("id") for m in response.json().get("data", [])]
-            model = self.settings.get("served_model")
+            model = self.settings["served_model"]
             if model is None:
                 if len(served) != 1:
                     raise RuntimeError(f"the server at {base_url} serves {served}: set "
@@ -125,7 +127,7 @@ class OpenAIServerBackend(Backend):
                 raise RuntimeError(f"the server at {base_url} does not serve {model!r} "
                                    f"(it serves {served})")
             self.endpoint = Endpoint(base_url, str(model), api_key,
-                                     extensions=bool(self.settings.get("server_extensions", True)))
+                                     extensions=bool(self.settings["server_extensions"]))
             # Scrape /metrics when the server has one we understand (vLLM, SGLang).
             metrics_url = self.endpoint.root_url + "/metrics"
             try:

@@ -25,18 +25,15 @@ from llm_energy.backends.base import (
     RequestRecord,
     fail_short_records,
 )
+from llm_energy.backends.tensorrt_llm_spec import SPEC, TensorrtLlmConfig
 
-_DEFAULTS: dict[str, Any] = {
-    "max_batch_size": 8,
-    "dtype": "bfloat16",
-    "quantization": None,
-    "tensor_parallel_size": 1,
-    "max_num_tokens": None,
-    "max_seq_len": 1024,
-    "free_gpu_memory_fraction": 0.9,
-    "enable_block_reuse": False,
-    "trust_remote_code": False,
-}
+# Cell keys the protocol adds that are LLM arguments without being TensorrtLlmConfig settings.
+_CELL_KEYS = {"trust_remote_code": False}
+
+
+def _defaults() -> dict[str, Any]:
+    """Settings at their defaults: TensorrtLlmConfig's (the one place they are declared)."""
+    return {**TensorrtLlmConfig.cell_defaults(), **_CELL_KEYS}
 
 
 @dataclass
@@ -57,13 +54,14 @@ def trtllm_arguments(trtllm: Any, model_path: str, settings: dict[str, Any], dev
     default as in the other backends); quantization is a `QuantConfig` with the `QuantAlgo`
     member of that name. Sampling is greedy with exactly `max_new_tokens` out (EOS ignored),
     like every backend. Raises ValueError for settings it does not know."""
-    unknown = sorted(set(settings) - set(_DEFAULTS))
+    defaults = _defaults()
+    unknown = sorted(set(settings) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown tensorrt-llm setting(s) {unknown}; known: {sorted(_DEFAULTS)}")
+        raise ValueError(f"unknown tensorrt-llm setting(s) {unknown}; known: {sorted(defaults)}")
     if not device.startswith("cuda"):
         raise BackendUnavailable(f"TensorRT-LLM runs on NVIDIA GPUs only; the cell asks for "
                                  f"device {device!r} (set measurement.device: cuda)")
-    s = {**_DEFAULTS, **settings}
+    s = {**defaults, **settings}
     llmapi = trtllm.llmapi
     kwargs: dict[str, Any] = {
         "model": str(model_path),
@@ -93,13 +91,11 @@ def trtllm_arguments(trtllm: Any, model_path: str, settings: dict[str, Any], dev
 
 
 def _import_trtllm() -> Any:
-    from llm_energy.backends import INSTALL_HINTS
-
     try:
         import tensorrt_llm
     except ImportError as exc:
         raise BackendUnavailable(f"the tensorrt-llm backend needs the tensorrt_llm package "
-                                 f"({exc}): {INSTALL_HINTS['tensorrt-llm']}") from None
+                                 f"({exc}): {SPEC.install_hint}") from None
     except (RuntimeError, OSError) as exc:  # e.g. no CUDA driver or a missing libcudart
         raise BackendUnavailable(f"tensorrt_llm is installed but fails to import ({exc}): "
                                  "it needs an NVIDIA GPU with a matching CUDA driver") from None
@@ -108,6 +104,7 @@ def _import_trtllm() -> Any:
 
 class TensorrtLlmBackend(Backend):
     name = "tensorrt-llm"
+    config = TensorrtLlmConfig
 
     def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
         super().__init__(model_path, settings, device)

@@ -14,6 +14,7 @@ from llm_energy.backends.base import (
     RequestRecord,
     fail_short_records,
 )
+from llm_energy.backends.transformers_spec import TransformersConfig
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -40,6 +41,7 @@ class _StepClock:
 
 class TransformersBackend(Backend):
     name = "transformers"
+    config = TransformersConfig
 
     #: Extra provenance for LoadInfo (e.g. how the weights were made).
     load_extra: dict[str, Any] = {}
@@ -52,14 +54,14 @@ class TransformersBackend(Backend):
                 f"transformers backend needs torch and transformers ({exc}); run `make venv`"
             ) from None
         self._torch = torch
-        if self.settings.get("torch_compile") and not self.device.startswith("cuda") \
+        if self.settings["torch_compile"] and not self.device.startswith("cuda") \
                 and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             # Inductor builds C++ kernels on CPU; without a compiler it fails deep in the
             # first warmup run with a long traceback.
             raise BackendUnavailable("torch_compile on CPU needs a C++ compiler "
                                      "(e.g. `apt install g++`); none is on PATH")
         start = time.perf_counter()
-        dtype = getattr(torch, _DTYPES[self.settings.get("dtype", "float32")])
+        dtype = getattr(torch, _DTYPES[self.settings["dtype"]])
         model = self.build_model(dtype)
         self._set_compiled(model)
         self.model = model
@@ -79,8 +81,8 @@ class TransformersBackend(Backend):
         Idempotent per model object, so a model reused across cells (bench/gpu_validation.py)
         keeps its compiled graphs and is never wrapped twice."""
         eager = getattr(model, "_eager_forward", None) or model.forward
-        mode = self.settings.get("torch_compile_mode", "default") \
-            if self.settings.get("torch_compile") else None
+        mode = self.settings["torch_compile_mode"] \
+            if self.settings["torch_compile"] else None
         if getattr(model, "_compiled_mode", None) == mode:
             return
         model._eager_forward = eager
@@ -94,7 +96,7 @@ class TransformersBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path,
             dtype=dtype,
-            attn_implementation=self.settings.get("attn_implementation", "sdpa"),
+            attn_implementation=self.settings["attn_implementation"],
             trust_remote_code=bool(self.settings.get("trust_remote_code", False)),
         )
         model.to(self.device)
@@ -106,7 +108,7 @@ class TransformersBackend(Backend):
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
         torch = self._torch
-        batch_size = int(self.settings.get("batch_size", 1))
+        batch_size = int(self.settings["batch_size"])
         arrival_s = time.perf_counter()
         records: list[RequestRecord] = []
         pad_id = self.eos_token_id if isinstance(self.eos_token_id, int) else 0
@@ -132,7 +134,7 @@ class TransformersBackend(Backend):
                     # Only what the cell's settings say runs: transformers would otherwise
                     # compile the forward pass on its own whenever the cache is static.
                     cache_implementation=(
-                        "static" if self.settings.get("cache_implementation") == "static"
+                        "static" if self.settings["cache_implementation"] == "static"
                         else None),
                     disable_compile=True,
                 )

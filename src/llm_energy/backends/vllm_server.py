@@ -30,6 +30,7 @@ from typing import Any
 from llm_energy.backends.base import BackendUnavailable, LoadInfo, RequestRecord
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.backends.vllm_backend import count_parameters, engine_kwargs
+from llm_energy.backends.vllm_spec import VllmConfig
 from llm_energy.execution.processes import start_guarded, stop_process_group
 
 SERVED_MODEL_NAME = "llm-energy"
@@ -88,10 +89,11 @@ def _last_error_line(text: str) -> str:
 
 class VllmServerBackend(OpenAIServerBackend):
     name = "vllm"
+    config = VllmConfig
 
     def __init__(self, model_path: str, settings: dict[str, Any], device: str) -> None:
         super().__init__(model_path, settings, device)
-        if settings.get("mode", "offline") != "server":
+        if self.settings["mode"] != "server":
             raise ValueError("VllmServerBackend runs `mode: server` cells")
         self.kwargs = engine_kwargs(model_path, settings, device)
         self.process: subprocess.Popen[Any] | None = None
@@ -110,10 +112,9 @@ class VllmServerBackend(OpenAIServerBackend):
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            from llm_energy.backends import INSTALL_HINTS
+            from llm_energy.backends.vllm_spec import INSTALL_HINT
 
-            raise BackendUnavailable(f"the vllm backend needs the vllm package: "
-                                     f"{INSTALL_HINTS['vllm']}")
+            raise BackendUnavailable(f"the vllm backend needs the vllm package: {INSTALL_HINT}")
         from llm_energy.loadgen.client import Endpoint
 
         port = free_port()

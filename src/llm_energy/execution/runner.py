@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import psutil
 
+from llm_energy.backends import SCHEDULER_THREAD_VARIABLES, registry
 from llm_energy.execution.processes import (
     become_subreaper,
     kill_processes,
@@ -36,6 +37,7 @@ from llm_energy.execution.processes import (
 from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 from llm_energy.results import io as results
+from llm_energy.study.cellspec import CellSpec
 from llm_energy.telemetry import gpu_control
 
 SRC_DIR = Path(__file__).resolve().parents[2]
@@ -57,28 +59,27 @@ class EnvironmentMissing(RuntimeError):
 
 
 def python_for_backend(backend: str, project_dir: str | os.PathLike = ".") -> str:
-    """The interpreter of the backend's environment.
+    """The interpreter of the backend's environment (`BackendSpec` of the registry).
 
-    Order: $LLM_ENERGY_PYTHON_<BACKEND>, then `.venvs/<backend>/bin/python` (built by
-    `make venv-<backend>`), then this interpreter when it can import the backend's package
-    (e.g. inside a `--sdm conda` environment)."""
-    override = os.environ.get(f"LLM_ENERGY_PYTHON_{backend.upper().replace('-', '_')}")
+    Order: $LLM_ENERGY_PYTHON_<BACKEND>, then its local venv's `bin/python` (built by its make
+    target, e.g. `.venvs/vllm`; a backend that runs in the pipeline's own `.venv` skips this),
+    then this interpreter when it can import the backend's package (e.g. inside a
+    `--sdm conda` environment)."""
+    spec = registry.get(backend)
+    override = os.environ.get(spec.python_env_var)
     if override:
         return override
-    local = Path(project_dir) / ".venvs" / backend / "bin" / "python"
-    if local.exists():
-        return str(local.absolute())
-    from llm_energy.backends import IMPORT_NAMES, INSTALL_HINTS
-
-    module = IMPORT_NAMES.get(backend)
+    if spec.venv != registry.PIPELINE_VENV:
+        local = Path(project_dir) / spec.venv / "bin" / "python"
+        if local.exists():
+            return str(local.absolute())
     import importlib.util
 
-    if module and importlib.util.find_spec(module) is not None:
+    if importlib.util.find_spec(spec.import_name) is not None:
         return sys.executable
     raise EnvironmentMissing(
-        f"no environment for backend '{backend}': "
-        f"{INSTALL_HINTS.get(backend, f'run `make venv-{backend}`')} "
-        f"(or set LLM_ENERGY_PYTHON_{backend.upper().replace('-', '_')} to its python)"
+        f"no environment for backend '{backend}': {spec.install_hint} "
+        f"(or set {spec.python_env_var} to its python)"
     )
 
 
@@ -125,11 +126,9 @@ def clear_cell_outputs(out: Path) -> None:
 def measurement_environment(backend: str) -> dict[str, str]:
     """The measuring process's environment: ours, the package on its path, and no
     scheduler-imposed thread counts for backends that bind their own threads."""
-    from llm_energy.backends import SCHEDULER_THREAD_VARIABLES, SELF_THREADED_BACKENDS
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC_DIR),
                                                                       os.environ.get("PYTHONPATH")]))}
-    if backend in SELF_THREADED_BACKENDS:
+    if registry.get(backend).self_threaded:
         for name in SCHEDULER_THREAD_VARIABLES:
             env.pop(name, None)
     return env
@@ -224,10 +223,13 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clear_cell_outputs(out)
+    # The typed cell spec crosses the process boundary: every default filled on this side,
+    # validated again on the other (measure.child).
+    cell_config = CellSpec.of(cell_config).as_dict()
     cell_file = out / ".cell.json"
     cell_file.write_text(json.dumps(cell_config, indent=2))
     measurement = cell_config["measurement"]
-    attempts = 1 + int(measurement.get("retries", 0))
+    attempts = 1 + int(measurement["retries"])
     error: str | None
     try:
         python = python_for_backend(cell_config["backend"], project_dir)
@@ -259,6 +261,7 @@ def write_failed_cell(cell_config: dict[str, Any], out: Path, error: str) -> Non
     results.write_cell(out, [row], [], [], {
         "cell_config": cell_config, "status": "failed", "error": error,
         "packages": provenance.package_versions(), "code_fingerprint": provenance.code_fingerprint(),
+        "requirements_lock": provenance.requirements_lock(cell_config["backend"]),
         "git": provenance.git_state(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     })
 

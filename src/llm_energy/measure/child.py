@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ERROR_FILE).unlink(missing_ok=True)
-    cell = json.loads(Path(args.cell).read_text())
     try:
         from llm_energy.measure import provenance
         from llm_energy.measure.protocol import CellRunner
         from llm_energy.results import io as results
+        from llm_energy.study.cellspec import CellSpec
+
+        cell = CellSpec.model_validate_json(Path(args.cell).read_text()).as_dict()
 
         runner = CellRunner(cell, args.model_path, log=lambda m: print(m, flush=True))
         output = runner.run()

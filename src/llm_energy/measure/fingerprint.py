@@ -40,6 +40,8 @@ NOT_FINGERPRINTED = {
     "llm_energy.study.workload_spec": "validation of the workload keys; a cell's workload is "
                                       "its config, hashed into its id, and the workload "
                                       "file, an input of its job",
+    "llm_energy.study.cellspec": "the typed cell configuration (validation and defaults, as "
+                                 "study.config), hashed into its id",
     "llm_energy.execution.processes": "stops leftover processes after a cell (operational)",
     "llm_energy.analysis.stale": "package-name lists recorded in provenance",
 }

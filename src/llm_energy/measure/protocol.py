@@ -24,6 +24,7 @@ from llm_energy.measure.idle_cache import (
 from llm_energy.measure.request_checks import raise_if_all_failed
 from llm_energy.measure.rows import RowBuilder, _fmt, batch_limit
 from llm_energy.measure.validity import ValidityChecks
+from llm_energy.study.cellspec import CellSpec
 from llm_energy.telemetry.meters import (
     Detection,
     EstimateMeter,
@@ -48,8 +49,10 @@ class CellOutput:
 
 
 class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
-    def __init__(self, cell_config: dict[str, Any], model_path: str, log: Log = print,
-                 meter: Meter | None = None) -> None:
+    def __init__(self, cell_config: CellSpec | dict[str, Any], model_path: str,
+                 log: Log = print, meter: Meter | None = None) -> None:
+        # Every key present, defaults from the one source (study config, backend settings).
+        cell_config = CellSpec.of(cell_config).as_dict()
         self.config = cell_config
         self.model_path = model_path
         self.log = log
@@ -64,7 +67,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                 self.device, self.measurement["energy_source"],
                 self.measurement["cpu_power_per_core_w"],
                 sample_period_s=1.0 / self.measurement["sampler_hz"],
-                gpus_per_cell=int(self.measurement.get("gpus_per_cell", 1)))
+                gpus_per_cell=int(self.measurement["gpus_per_cell"]))
         self.meter = self.detection.meter
         self.cell_id = cell_config.get("cell_id", "")
         self.preflight_temperature_c: dict[str, float | None] = {}
@@ -124,16 +127,15 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
             warnings.append("idle baseline disabled (idle_duration_s=0): net energy not computed")
             return None
         m = self.measurement
-        cache = IdleCache(m.get("idle_cache_dir", "results/.idle-cache"),
-                          float(m.get("idle_cache_ttl_s", 0.0)))
+        cache = IdleCache(m["idle_cache_dir"], float(m["idle_cache_ttl_s"]))
         devices = [g.ident for g in self.detection.gpus] or [f"cpu:{self._device_name()}"]
         key = cache_key(host_name(), devices, self.meter.sources, self.config["backend"])
         entry = cache.get(key)
         if entry is not None:
             check_w = self._idle_window_w(backend, "idle-check",
-                                          min(float(m.get("idle_revalidate_s", 1.0)), duration),
+                                          min(float(m["idle_revalidate_s"]), duration),
                                           warnings)
-            tolerance = float(m.get("idle_drift_tolerance", 0.1))
+            tolerance = float(m["idle_drift_tolerance"])
             if check_w is not None and not drifted(entry.idle_power_w, check_w, tolerance):
                 self.idle_baseline = "cached"
                 return entry.idle_power_w

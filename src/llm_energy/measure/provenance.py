@@ -5,6 +5,7 @@ environment never reach provenance files or logs."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -14,15 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_energy.analysis.stale import BACKEND_PACKAGES, COMMON_PACKAGES
+from llm_energy.analysis.stale import all_measured_packages
+from llm_energy.backends import registry
 from llm_energy.measure.fingerprint import code_fingerprint
 
-__all__ = ["code_fingerprint", "collect", "git_state", "gpu_info", "package_versions"]
+__all__ = ["code_fingerprint", "collect", "git_state", "gpu_info", "package_versions",
+           "requirements_lock"]
 
 # Every package whose version `llm-energy stale` compares (stale.py), and the data stack.
-PACKAGES = tuple(dict.fromkeys(
-    [*COMMON_PACKAGES, *(name for names in BACKEND_PACKAGES.values() for name in names),
-     "pydantic", "pandas", "pyarrow", "numpy", "psutil"]))
+PACKAGES = tuple(dict.fromkeys([*all_measured_packages(),
+                                "pydantic", "pandas", "pyarrow", "numpy", "psutil"]))
 
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION",
                 "SLURM_CLUSTER_NAME", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE",
@@ -30,6 +32,8 @@ RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "S
                 "VLLM_CPU_OMP_THREADS_BIND")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+#: The checkout the package runs from (src/llm_energy/../..): where requirements/ lives.
+PROJECT_DIR = _PACKAGE_ROOT.parent.parent
 
 
 def package_versions() -> dict[str, str]:
@@ -40,6 +44,21 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def requirements_lock(backend: str, project_dir: str | os.PathLike[str] = PROJECT_DIR
+                      ) -> dict[str, Any]:
+    """The backend's pip lock file (`BackendSpec.requirements`, the pins its local venv and
+    its conda env file are made from) and its sha256, so cells built by conda, a container
+    or the venvs are known to run the same software. `sha256` is None where the file is not
+    there (an installed package without its checkout, or a backend without a lock file)."""
+    spec = registry.find(backend)
+    path = spec.requirements_path(project_dir) if spec is not None else None
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+    except OSError:
+        digest = None
+    return {"file": spec.requirements if spec is not None else None, "sha256": digest}
 
 
 def _git(*args: str) -> str | None:
@@ -123,6 +142,7 @@ def collect(cell_config: dict[str, Any], energy_sources: dict[str, str]) -> dict
         "cell_config": cell_config,
         "packages": package_versions(),
         "code_fingerprint": code_fingerprint(),
+        "requirements_lock": requirements_lock(cell_config["backend"]),
         "git": git_state(),
         "python": sys.version.split()[0],
         "python_executable": sys.executable,

@@ -8,10 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from llm_energy.backends import RequestRecord, is_server
+from llm_energy.backends import RequestRecord, registry
 from llm_energy.measure import metrics, mlenergy, request_checks
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 from llm_energy.results.schema import percentile_column
+from llm_energy.study.config import WorkloadConfig
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
 
@@ -20,10 +21,10 @@ def batch_limit(backend: str, settings: dict[str, Any],
                 workload: dict[str, Any] | None = None) -> int:
     """Requests the backend runs at once: its batching limit and, for server backends in a
     closed loop, the client's concurrency, whichever is lower."""
-    limits = [int(v) for v in (settings.get("batch_size"), settings.get("max_num_seqs"),
-                               settings.get("max_batch_size")) if v]
-    if workload is not None and is_server(backend, settings) \
-            and workload.get("arrival", "closed") == "closed":
+    spec = registry.get(backend)
+    limits = [v for v in (spec.batch_limit(settings),) if v]
+    if workload is not None and spec.is_server(settings) \
+            and WorkloadConfig.model_validate(workload).arrival == "closed":
         from llm_energy.loadgen.client import LoadSpec
 
         limits.append(LoadSpec.from_workload(workload).in_flight_limit(int(workload["num_prompts"])))
@@ -188,8 +189,8 @@ class RowBuilder:
             if steady is None:
                 warnings.append(f"no steady state: the running requests never reached {limit}")
             return steady
-        open_loop = is_server(self.config["backend"], self.settings) \
-            and self.workload.get("arrival", "closed") != "closed"
+        open_loop = registry.get(self.config["backend"]).is_server(self.settings) \
+            and self.workload["arrival"] != "closed"
         steady = mlenergy.tracker_window(
             records, limit, max(r.arrival_s for r in records) if open_loop and records else None)
         if steady is None or steady.duration_s <= 0:

@@ -83,7 +83,7 @@ class ValidityChecks:
             if cover < 0.95:
                 warnings.append(f"telemetry of {device} covers {cover:.0%} of cycle {cycle} "
                                 f"(< 95%; longest gap {metrics.max_gap_s(times, start_s, end_s):.2f} s)")
-        drift_c = float(self.measurement.get("temperature_drift_c", 10.0))
+        drift_c = float(self.measurement["temperature_drift_c"])
         gpu_labels = [g.label for g in self.detection.gpus]
         integral_j: float | None = None
         for label in gpu_labels:

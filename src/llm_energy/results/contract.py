@@ -52,16 +52,14 @@ def _table(columns: Iterable[Column], summary: bool) -> str:
 
 
 def _settings() -> str:
-    from llm_energy.study.config import GPU_AXES, BackendsConfig
+    from llm_energy.backends import registry
+    from llm_energy.study.config import GPU_AXES
 
     lines = ["| backend | setting columns |", "|---|---|",
              f"| every backend, when the study sets them (`measurement`) | "
              f"{', '.join(f'`{k}`' for k in GPU_AXES)} |"]
-    for name, field in BackendsConfig.model_fields.items():
-        classes = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
-                   if hasattr(a, "model_fields")]
-        fields = [f"`{f}`" for f in classes[0].model_fields if f != "enabled"] if classes else []
-        lines.append(f"| `{field.alias or name}` | {', '.join(fields)} |")
+    for spec in registry.specs().values():
+        lines.append(f"| `{spec.name}` | {', '.join(f'`{f}`' for f in spec.setting_names())} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Any, Iterable, get_args
+from typing import Any, Iterable
 
 import pyarrow as pa
 
@@ -420,18 +420,24 @@ def export_columns() -> dict[str, dict[str | None, str]]:
     return out
 
 
-@lru_cache(maxsize=1)
 def setting_names() -> tuple[str, ...]:
-    """Every backend configuration field (except `enabled`), and the measurement axes (GPU
-    power limit and clocks): the columns that are settings. Read from the study configuration."""
-    from llm_energy.study.config import GPU_AXES, BackendsConfig
+    """Every registered backend's settings (except `enabled`; backend registry), and the
+    measurement axes (GPU power limit and clocks): the columns that are settings."""
+    from llm_energy.backends import registry
+
+    return _setting_names(registry.extra_backends())
+
+
+@lru_cache(maxsize=4)
+def _setting_names(extra_backends: str) -> tuple[str, ...]:
+    from llm_energy.backends import registry
+    from llm_energy.study.config import GPU_AXES
 
     names: list[str] = list(GPU_AXES)
-    for field in BackendsConfig.model_fields.values():
-        for cls in (field.annotation, *get_args(field.annotation)):
-            for name in getattr(cls, "model_fields", {}):
-                if name != "enabled" and name not in names:
-                    names.append(name)
+    for spec in registry.specs().values():
+        for name in spec.setting_names():
+            if name not in names:
+                names.append(name)
     return tuple(names)
 
 

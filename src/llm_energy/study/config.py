@@ -6,6 +6,8 @@ reported as one line naming the key (`ConfigError`), never as a traceback.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,19 +18,25 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from llm_energy.backends import registry
+from llm_energy.backends.registry import BackendSpec
+from llm_energy.backends.settings import BackendSettings
 from llm_energy.study.workload_spec import WorkloadSpec
 
 SCHEMA_VERSION = 1
 
-Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["cpu", "cuda"]
 EnergySourceName = Literal["auto", "nvml-counter", "amdsmi", "nvml-power", "rapl", "estimate"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+#: Keys of a transformers config.json that give the model's position limit, in order.
+CONTEXT_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
 
 #: Key of the field (or section) metadata that says what a config value is for; read by
@@ -58,15 +66,6 @@ class _Strict(BaseModel):
     # allow_inf_nan=False: every float of the config is finite (`.inf` would hang an idle
     # window or overflow a job's time limit; `.nan` compares false with every bound).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _as_list(value: Any) -> Any:
-    return value if isinstance(value, list) else [value]
-
-
-PositiveIntAxis = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
-DtypeAxis = Annotated[list[Dtype], Field(min_length=1)]
-BoolAxis = Annotated[list[bool], Field(min_length=1)]
 
 
 # ---------------------------------------------------------------- models
@@ -127,125 +126,61 @@ class ModelConfig(_Strict):
                              "directory written by save_pretrained")
         return value
 
+    def context_limit(self) -> tuple[int | None, str]:
+        """The model's position limit, tokens, and where it comes from: a demo model's
+        `max_position_embeddings`, a local model's config.json; (None, "") for hub models
+        (unknown before download)."""
+        if self.demo is not None:
+            return self.demo.max_position_embeddings, f"models[{self.name}].demo.max_position_embeddings"
+        if self.path is not None:
+            config_file = Path(self.path).expanduser() / "config.json"
+            try:
+                config = json.loads(config_file.read_text())
+            except (OSError, ValueError):
+                return None, ""
+            config = config.get("text_config") or config if isinstance(config, dict) else {}
+            for key in CONTEXT_LIMIT_KEYS:
+                if isinstance(config.get(key), int) and config[key] > 0:
+                    return config[key], f"{config_file} '{key}'"
+        return None, ""
+
     @property
     def kind(self) -> str:
         return "demo" if self.demo else "path" if self.path else "hub"
 
 
 # ---------------------------------------------------------------- backends
+# Each backend's settings class is declared with the backend (backends/<name>_spec.py) and
+# registered (backends/registry.py); the `backends:` section is built from the registry, so
+# a registered backend's section is accepted here without editing this module.
 
 
-class _BackendAxes(_Strict):
-    """Base for per-backend sweeps: list fields are axes, crossed with each other."""
-
-    enabled: bool = True
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _scalar_to_axis(cls, value: Any, info: Any) -> Any:
-        field = cls.model_fields[info.field_name]
-        if str(field.annotation).startswith("list") or "list[" in str(field.annotation):
-            return _as_list(value)
-        return value
-
-    def axes(self) -> dict[str, list[Any]]:
-        return {
-            name: list(getattr(self, name))
-            for name in type(self).model_fields
-            if isinstance(getattr(self, name), list)
-        }
-
-    def fixed(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name)
-            for name in type(self).model_fields
-            if name != "enabled" and not isinstance(getattr(self, name), list)
-        }
-
-
-class TransformersConfig(_BackendAxes):
-    batch_size: PositiveIntAxis = [1]
-    dtype: DtypeAxis = ["float32"]
-    attn_implementation: Annotated[
-        list[Literal["sdpa", "eager"]], Field(min_length=1)
-    ] = ["sdpa"]
-    torch_compile: BoolAxis = [False]
-    cache_implementation: Annotated[
-        list[Literal["dynamic", "static"]], Field(min_length=1)
-    ] = ["dynamic"]
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        "default", description="torch.compile mode when torch_compile is true")
-
-
-class VllmConfig(_BackendAxes):
-    max_num_seqs: PositiveIntAxis = [8]
-    dtype: DtypeAxis = ["bfloat16"]
-    quantization: Annotated[list[str | None], Field(min_length=1)] = [None]
-    tensor_parallel_size: PositiveIntAxis = [1]
-    max_num_batched_tokens: Annotated[list[Annotated[int, Field(gt=0)] | None], Field(min_length=1)] = [None]
-    enable_prefix_caching: BoolAxis = [False]
-    enforce_eager: BoolAxis = [False]
-    max_model_len: int = Field(1024, gt=0)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    mode: Annotated[list[Literal["offline", "server"]], Field(min_length=1)] = ["offline"]
-
-
-#: TensorRT-LLM quantisation names accepted in `backends.tensorrt-llm.quantization`: the
-#: members of `tensorrt_llm.llmapi.QuantAlgo` (lower case); checked here so that a typo fails
-#: before any job exists, also on machines where TensorRT-LLM is not installed.
-TRTLLM_QUANT_ALGOS = ("fp8", "fp8_block_scales", "fp8_per_channel_per_token", "nvfp4",
-                      "w4a16", "w4a16_awq", "w4a16_gptq", "w4a8_awq", "w8a16", "w8a16_gptq",
-                      "w8a8_sq_per_channel", "w4a8_qserve_per_group", "w4a8_qserve_per_channel")
-
-
-class TensorrtLlmConfig(_BackendAxes):
-    """TensorRT-LLM through its `LLM` API (NVIDIA GPUs only)."""
-
-    max_batch_size: PositiveIntAxis = [8]
-    dtype: DtypeAxis = ["bfloat16"]
-    quantization: Annotated[list[Literal[TRTLLM_QUANT_ALGOS] | None],  # type: ignore[valid-type]
-                            Field(min_length=1)] = [None]
-    tensor_parallel_size: PositiveIntAxis = [1]
-    max_num_tokens: int | None = Field(None, gt=0, description="token budget per engine step")
-    max_seq_len: int = Field(1024, gt=0, description="prompt + output limit, tokens")
-    free_gpu_memory_fraction: float = Field(
-        0.9, gt=0, le=1, description="share of free GPU memory for the KV cache")
-    enable_block_reuse: bool = Field(False, description="KV-cache block reuse (prefix caching)")
-
-
-class OpenAIServerConfig(_BackendAxes):
-    """Any OpenAI-compatible server, reached over HTTP by the load generator. Energy is what
-    this host's meters see: measure on the machine that runs the server."""
-
-    base_url: str = Field(pattern=r"^https?://", description="e.g. http://127.0.0.1:8000/v1")
-    served_model: str | None = Field(
-        None, min_length=1, description="the `model` field of requests; default: the model's name")
-    api_key_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="NAME of the environment variable holding the API key (never the key)")
-    server_extensions: bool = Field(
-        True, description="send vLLM's min_tokens/ignore_eos/return_token_ids request fields "
-                         "and ask for per-chunk usage (continuous_usage_stats)")
-
-
-class BackendsConfig(_Strict):
-    transformers: TransformersConfig | None = None
-    vllm: VllmConfig | None = None
-    # Backend names with a hyphen are the YAML keys (aliases); the Python names are internal.
-    tensorrt_llm: TensorrtLlmConfig | None = Field(None, alias="tensorrt-llm")
-    openai_server: OpenAIServerConfig | None = Field(None, alias="openai-server")
-
+class _BackendsBase(_Strict):
     @classmethod
     def names(cls) -> list[str]:
         """Backend names as written in the config and used for cells and environments."""
         return [field.alias or name for name, field in cls.model_fields.items()]
 
-    def enabled(self) -> dict[str, _BackendAxes]:
+    def enabled(self) -> dict[str, BackendSettings]:
         return {
             field.alias or name: cfg
             for name, field in type(self).model_fields.items()
             if (cfg := getattr(self, name)) is not None and cfg.enabled
         }
+
+
+def backends_model(specs: tuple[BackendSpec, ...]) -> type[_BackendsBase]:
+    """The `backends:` section for these backends: one optional field per backend, keyed by
+    its name (hyphenated names are aliases of their Python field names)."""
+    fields: dict[str, Any] = {
+        spec.field_name: (spec.config | None,
+                          Field(None, alias=spec.name if spec.name != spec.field_name else None))
+        for spec in specs
+    }
+    return create_model("BackendsConfig", __base__=_BackendsBase, **fields)
+
+
+BackendsConfig = backends_model(tuple(registry.specs().values()))
 
 
 # ---------------------------------------------------------------- workload + protocol
@@ -366,7 +301,7 @@ class MeasurementConfig(_Strict):
     @field_validator(*GPU_AXES, mode="before")
     @classmethod
     def _gpu_scalar_to_axis(cls, value: Any) -> Any:
-        return value if value is None else _as_list(value)
+        return value if value is None else _as_axis(value)
 
     @field_validator("gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
     @classmethod
@@ -452,25 +387,86 @@ class StudyConfig(_Strict):
     def _some_backend(cls, backends: BackendsConfig) -> BackendsConfig:
         if not backends.enabled():
             raise ValueError("no backend enabled: configure at least one of "
-                             f"{', '.join(BackendsConfig.names())}")
+                             f"{', '.join(registry.names())}")
         return backends
 
     @model_validator(mode="after")
     def _fits_allocation(self) -> StudyConfig:
         if self.measurement.device != "cuda":
             return self
-        for key, backend in (("vllm", self.backends.vllm),
-                             ("tensorrt-llm", self.backends.tensorrt_llm)):
-            if backend is None or not backend.enabled:
+        for key, backend in self.backends.enabled().items():
+            setting = registry.get(key).parallel_setting
+            if setting is None:
                 continue
-            too_big = [tp for tp in backend.tensor_parallel_size
+            too_big = [tp for tp in _as_axis(getattr(backend, setting))
                        if tp > self.measurement.gpus_per_cell]
             if too_big:
                 raise ValueError(
-                    f"backends.{key}.tensor_parallel_size: {too_big} exceeds "
+                    f"backends.{key}.{setting}: {too_big} exceeds "
                     f"measurement.gpus_per_cell={self.measurement.gpus_per_cell}; raise "
-                    "gpus_per_cell or lower tensor_parallel_size")
+                    f"gpus_per_cell or lower {setting}")
         return self
+
+    @model_validator(mode="after")
+    def _known_quantization(self) -> StudyConfig:
+        """A quantisation name the engine does not know fails here, before any job, also
+        where the cell would be pruned on this device."""
+        for key, backend in self.backends.enabled().items():
+            spec = registry.get(key)
+            if spec.quantization_setting is None or spec.quantization_names is None:
+                continue
+            known = spec.quantization_names()
+            unknown = [q for q in _as_axis(getattr(backend, spec.quantization_setting))
+                       if q is not None and q not in known]
+            if unknown:
+                raise ValueError(
+                    f"backends.{key}.{spec.quantization_setting}: {unknown} not known to "
+                    f"{key}; known: {', '.join(sorted(known))}")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> StudyConfig:
+        """Prompt + output tokens must fit every context limit known before any job: each
+        backend's context setting and each model's position limit."""
+        need = self.workload.input_tokens + self.workload.output_tokens
+        tokens = (f"workload.input_tokens + workload.output_tokens = "
+                  f"{self.workload.input_tokens} + {self.workload.output_tokens} = {need}")
+        for key, backend in self.backends.enabled().items():
+            setting = registry.get(key).context_setting
+            if setting is None:
+                continue
+            for limit in _as_axis(getattr(backend, setting)):
+                if limit is not None and need > limit:
+                    raise ValueError(f"workload.input_tokens: {tokens} exceeds "
+                                     f"backends.{key}.{setting} = {limit}; raise {setting} or "
+                                     "shorten the workload")
+        for model in self.models:
+            limit, where = model.context_limit()
+            if limit is not None and need > limit:
+                raise ValueError(f"workload.input_tokens: {tokens} exceeds {where} = {limit} "
+                                 f"of model '{model.name}'; shorten the workload")
+        return self
+
+
+def _as_axis(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+_IMPORT_REGISTRY = registry.extra_backends()
+
+
+@functools.lru_cache(maxsize=8)
+def _study_model(extra_backends: str) -> type[StudyConfig]:
+    if extra_backends == _IMPORT_REGISTRY:
+        return StudyConfig
+    section = backends_model(tuple(registry.specs().values()))
+    return create_model("StudyConfig", __base__=StudyConfig, backends=(section, ...))
+
+
+def study_model() -> type[StudyConfig]:
+    """`StudyConfig` with the `backends:` section of the backends registered now (extra
+    backends given after this module was imported included)."""
+    return _study_model(registry.extra_backends())
 
 
 # ---------------------------------------------------------------- loading
@@ -507,7 +503,7 @@ def _format_error(error: dict[str, Any], data: Any) -> str:
     message = error.get("msg", "invalid")
     if kind == "extra_forbidden" and loc[:1] == ("backends",) and len(loc) == 2:
         return (f"unknown key '{where}': not a backend; known backends: "
-                f"{', '.join(BackendsConfig.names())}")
+                f"{', '.join(registry.names())}")
     if kind == "extra_forbidden":
         return f"unknown key '{where}': remove it or check its spelling (see config/README.md)"
     if kind == "missing":
@@ -530,7 +526,7 @@ def validate_study(data: Any) -> StudyConfig:
             f"not a {type(data).__name__}"
         )
     try:
-        return StudyConfig.model_validate(data)
+        return study_model().model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         first = _format_error(errors[0], data)
@@ -555,4 +551,4 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def json_schema() -> dict[str, Any]:
-    return StudyConfig.model_json_schema()
+    return study_model().model_json_schema()

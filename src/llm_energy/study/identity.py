@@ -37,12 +37,12 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from llm_energy.backends import registry
 from llm_energy.study.config import (
     ANALYSIS_ONLY,
     MEASURED,
     OPERATIONAL,
     ROLE_KEY,
-    BackendsConfig,
     MeasurementConfig,
     ModelConfig,
     StudyConfig,
@@ -61,21 +61,7 @@ RELEASE_1_KEYS: dict[str, Any] = {
     "model": {"name": None, "demo": dict.fromkeys(_DEMO), "path": None, "hub_id": None,
               "trust_remote_code": None},
     "backend": None,
-    "settings": {
-        "transformers": dict.fromkeys((
-            "batch_size", "dtype", "attn_implementation", "torch_compile",
-            "cache_implementation", "torch_compile_mode")),
-        "vllm": dict.fromkeys((
-            "max_num_seqs", "dtype", "quantization", "tensor_parallel_size",
-            "max_num_batched_tokens", "enable_prefix_caching", "enforce_eager", "mode",
-            "max_model_len", "gpu_memory_utilization")),
-        "tensorrt-llm": dict.fromkeys((
-            "max_batch_size", "dtype", "quantization", "tensor_parallel_size",
-            "max_num_tokens", "max_seq_len", "free_gpu_memory_fraction",
-            "enable_block_reuse")),
-        "openai-server": dict.fromkeys((
-            "base_url", "served_model", "api_key_env", "server_extensions")),
-    },
+    # Per backend: its spec's `release_1_settings` (backend registry), see `_release_1_settings`.
     "workload": dict.fromkeys((
         "num_prompts", "input_tokens", "output_tokens", "seed", "arrival", "concurrency",
         "request_rate_per_s", "request_timeout_s")),
@@ -150,12 +136,17 @@ def roles(model: type[BaseModel] = StudyConfig, prefix: str = "") -> dict[str, s
 # ---------------------------------------------------------------- identity
 
 
-@functools.cache
 def _backend_class(backend: str) -> type[BaseModel] | None:
-    for name, field in BackendsConfig.model_fields.items():
-        if (field.alias or name) == backend:
-            return _section_class(field.annotation)
-    return None
+    """The backend's settings class (backend registry), None for an unregistered name."""
+    spec = registry.find(backend)
+    return spec.config if spec is not None else None
+
+
+def _release_1_settings(backend: str) -> dict[str, None] | None:
+    """The backend's settings that release 1 hashed (`BackendSpec.release_1_settings`):
+    always written; its newer settings are left out at their default."""
+    spec = registry.find(backend)
+    return dict.fromkeys(spec.release_1_settings) if spec is not None else None
 
 
 _NO_DEFAULT = object()
@@ -225,7 +216,7 @@ def identity(cell_config: Mapping[str, Any]) -> dict[str, Any]:
     backend = str(cell_config.get("backend"))
     sections: dict[str, tuple[type[BaseModel] | None, Any]] = {
         "model": (ModelConfig, RELEASE_1_KEYS["model"]),
-        "settings": (_backend_class(backend), RELEASE_1_KEYS["settings"].get(backend)),
+        "settings": (_backend_class(backend), _release_1_settings(backend)),
         "workload": (WorkloadConfig, RELEASE_1_KEYS["workload"]),
         "measurement": (MeasurementConfig, RELEASE_1_KEYS["measurement"]),
     }

@@ -12,7 +12,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_energy.backends import is_server
+from llm_energy.backends import registry
+from llm_energy.backends.registry import MODE_SETTING
 from llm_energy.study.config import GPU_AXES, StudyConfig
 from llm_energy.study.identity import cell_hash
 
@@ -41,26 +42,25 @@ class PrunedCell:
     measurement_axes: dict[str, Any] = field(default_factory=dict)
 
 
+def _server_backends() -> str:
+    """The registered ways to run a server, for messages: `name` or `name mode <value>`."""
+    return ", ".join(spec.name if spec.server else
+                     " ".join(f"{spec.name} {MODE_SETTING} {m}" for m in spec.server_modes)
+                     for spec in registry.specs().values() if spec.server or spec.server_modes)
+
+
 def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> str | None:
-    """Why a backend cannot run this combination on the configured device, or None."""
-    device = study.measurement.device
-    if backend == "vllm":
-        if device == "cpu" and settings.get("dtype") == "float16":
-            return "vLLM's CPU backend does not run float16 (it silently casts to bfloat16)"
-        if device == "cpu" and settings.get("quantization"):
-            return f"quantization {settings['quantization']!r} needs a GPU in vLLM"
-        if device == "cpu" and settings.get("tensor_parallel_size", 1) > 1:
-            return "tensor parallelism needs GPUs"
-    if backend == "transformers":
-        if device == "cpu" and settings.get("dtype") == "float16":
-            return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
-    if backend == "tensorrt-llm" and device != "cuda":
-        return "TensorRT-LLM runs on NVIDIA GPUs only (measurement.device: cuda)"
+    """Why a backend cannot run this combination on the configured device, or None (the
+    backend's own rules: `BackendSpec.prune_reason`)."""
+    spec = registry.get(backend)
+    reason = spec.prune_reason(settings, study.measurement.device)
+    if reason:
+        return reason
     arrival = study.workload.arrival
-    if arrival != "closed" and not is_server(backend, settings):
+    if arrival != "closed" and not spec.is_server(settings):
         # An offline engine gets every request at once; scheduled arrivals need a server.
-        return (f"workload.arrival {arrival!r} needs a server backend (vllm mode server, "
-                "openai-server); offline engines receive all requests at once")
+        return (f"workload.arrival {arrival!r} needs a server backend ({_server_backends()}); "
+                "offline engines receive all requests at once")
     return None
 
 

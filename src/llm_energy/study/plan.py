@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from llm_energy.backends import registry
 from llm_energy.study.config import (
     ConfigError,
     ModelConfig,
@@ -26,11 +27,6 @@ DEFAULT_CONFIG = "config/config.yaml"
 MODELS_DIR = "resources/models"
 
 
-# Host memory a measurement job asks a scheduler for (Slurm `--mem`), beyond the weights:
-# the interpreter, torch and the backend's own buffers. vLLM on CPU also keeps its KV cache
-# in host memory (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization of a NUMA node).
-BASE_MEM_MB = {"transformers": 3072, "vllm": 8192}
-DEFAULT_BASE_MEM_MB = 4096
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -141,11 +137,12 @@ class Plan:
         """Host memory for one measurement job, MiB: twice the weights (a copy while
         loading) plus the backend's base. Hub models, whose size is unknown before
         download, get HUB_MODEL_MEM_MB on top of the base; override per rule in the profile
-        (`set-resources: {measure: {mem_mb: N}}`)."""
+        (`set-resources: {measure_<backend>: {mem_mb: N}}`)."""
         weights = self._weights_mb[model_name]
         if weights is None:
             weights = HUB_MODEL_MEM_MB / 2
-        total = 2 * weights + BASE_MEM_MB.get(backend, DEFAULT_BASE_MEM_MB)
+        # The backend's base: the interpreter, torch and its own buffers (BackendSpec.base_mem_mb).
+        total = 2 * weights + registry.get(backend).base_mem_mb
         return int(math.ceil(total / 1024) * 1024)
 
     def threads(self, available_cores: Callable[[], int]) -> int:
