@@ -40,11 +40,12 @@ def main() -> int:
         meters["rapl"] = RaplMeter.probe()
     except RaplUnavailable as exc:
         print(f"rapl: not available ({exc})")
-    gpu = detect("cuda", "auto", 10.0)
-    if gpu.gpus:
-        meters["+".join(sorted(set(gpu.meter.sources.values())))] = gpu.meter
+    try:
+        gpu = detect("cuda", "auto", 10.0)
+    except RuntimeError as exc:  # a cuda study refuses to fall back to the CPU estimate
+        print(f"nvml: not available ({exc})")
     else:
-        print("nvml: not available (no NVIDIA GPU)")
+        meters["+".join(sorted(set(gpu.meter.sources.values())))] = gpu.meter
     results = {}
     for name, meter in meters.items():
         results[name] = time_reads(meter.read_j, reads)

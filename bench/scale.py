@@ -204,11 +204,11 @@ def run_dryrun(workdir: Path, study: Path, n_cells: int) -> dict:
     if code != 0:
         raise SystemExit(f"snakemake -n failed:\n{output[-3000:]}")
     # One measure rule per backend (`measure_<backend>`; `measure` before the registry).
-    measure = [int(line.split()[1]) for line in output.splitlines()
-               if line.split()[:1] and (line.split()[0] == "measure"
-                                        or line.split()[0].startswith("measure_"))
-               and len(line.split()) == 2 and line.split()[1].isdigit()]
-    return {"cells": sum(measure), "duration_s": wall, "wall_s": wall,
+    # Snakemake prints the job-stats table more than once: one count per rule name.
+    measure = {line.split()[0]: int(line.split()[1]) for line in output.splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()
+               and (line.split()[0] == "measure" or line.split()[0].startswith("measure_"))}
+    return {"cells": sum(measure.values()), "duration_s": wall, "wall_s": wall,
             "peak_rss_mib": rss}
 
 

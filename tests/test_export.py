@@ -253,14 +253,18 @@ def test_tensorrt_llm_batch_limit_is_exported():
     tensor parallelism their `num_gpus`."""
     summary = summary_table().head(1).drop(columns=["max_num_seqs", "tensor_parallel_size"])
     summary = summary.assign(backend="tensorrt-llm", max_batch_size=16, tensor_parallel_size=2,
-                             max_num_tokens=4096)
-    _, doc = to_mlenergy(summary, "study")
-    (config,) = doc["configurations"]
+                             max_num_tokens=4096, device="cuda")
+    from llm_energy.analysis.export import configuration
+
+    config = configuration(summary.iloc[0], [], stable_why=(True, ""))
     assert config["max_num_seqs"] == 16 and config["num_gpus"] == 2
-    assert config["max_num_batched_tokens"] == 4096
+    assert config["tensor_parallel"] == 2
+    assert config["llm_energy"]["max_num_batched_tokens"] == 4096
 
 
 def test_backend_without_a_batch_setting_exports_no_batch_limit():
+    from llm_energy.analysis.export import configuration
+
     summary = summary_table().head(1).assign(backend="openai-server")
-    (config,) = to_mlenergy(summary, "study")[1]["configurations"]
+    config = configuration(summary.iloc[0], [], stable_why=(True, ""))
     assert config["max_num_seqs"] is None

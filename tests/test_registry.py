@@ -112,8 +112,14 @@ def test_toy_backend_runs_through_the_whole_pipeline(toy_env, tmp_path):
     html = (results / "report.html").read_text()
     for cell_id in summary["cell_id"]:
         assert cell_id in html
-    document = json.loads((results / "mlenergy" / "test.json").read_text())
-    exported = {c["llm_energy"]["cell_id"]: c for c in document["configurations"]}
+    from llm_energy.analysis.export import SIDECAR, task_file
+
+    document = json.loads((results / "mlenergy" / task_file("test")).read_text())
+    sidecar = json.loads((results / "mlenergy" / SIDECAR).read_text())
+    # Stable cells go to the app's task file, the others (short toy windows) to the sidecar,
+    # each with its full configuration.
+    exported = {c["llm_energy"]["cell_id"]: c for c in [
+        *document["configurations"], *(e["configuration"] for e in sidecar["left_out"])]}
     assert {exported[r.cell_id]["max_num_seqs"] for r in summary.itertuples()} == {1, 2}
     for row in summary.itertuples():
         assert exported[row.cell_id]["max_num_seqs"] == row.slots

@@ -33,7 +33,7 @@ def cell_config(batch_size: int, **measurement) -> dict:
     study["measurement"].pop("threads")  # keep torch out of load-stage faults
     plan = plan_from_config(study)
     (cell_id,) = plan.cells
-    return plan.cell_params(cell_id)
+    return {k: v for k, v in plan.cell_params(cell_id).items() if k != "workload_file"}
 
 
 @pytest.fixture

@@ -174,10 +174,16 @@ def test_backends_read_the_workload_file(demo_model_dir, monkeypatch, tmp_path):
                                             "workload_file": str(path)}))
             out = CellRunner(config, str(demo_model_dir), log=lambda m: None).run()
             assert [r["status"] for r in out.runs] == ["ok"], out.runs
+            # A cycle repeats the workload until its window is long enough (`repetitions`).
+            reps = out.runs[0]["repetitions"]
             assert sorted(r["input_tokens"] for r in out.requests) == \
-                sorted(len(p) for p in built.prompts)
+                sorted(len(p) for p in built.prompts * reps)
             hashes.add(out.workload["token_ids_sha256"])
         over_http = [r["body"]["prompt"] for r in server.requests]
     assert hashes == {read_workload(path).token_ids_sha256} == {built.info["token_ids_sha256"]}
-    assert RecordingTransformers.seen == RecordingVllm.engine.seen == built.prompts
-    assert sorted(over_http) == sorted(built.prompts)
+    n = len(built.prompts)
+    for seen in (RecordingTransformers.seen, RecordingVllm.engine.seen):
+        assert seen and len(seen) % n == 0
+        assert all(seen[i:i + n] == built.prompts for i in range(0, len(seen), n))
+    assert len(over_http) % n == 0
+    assert sorted(map(tuple, over_http)) == sorted(map(tuple, built.prompts * (len(over_http) // n)))

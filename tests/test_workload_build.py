@@ -501,6 +501,6 @@ def test_repeated_workload_replays_its_arrival_schedule_back_to_back():
 
     assert repeat_schedule([0.0, 0.5, 1.0], 2) == [0.0, 0.5]
     assert repeat_schedule([0.0, 0.5, 1.0], 7) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-    assert repeat_schedule([0.2], 3) == [0.2, 0.4, 0.6000000000000001]
+    assert repeat_schedule([0.2], 3) == pytest.approx([0.2, 0.6, 1.0])
     with pytest.raises(ValueError):
         repeat_schedule([], 3)

@@ -31,6 +31,9 @@ from pathlib import Path
 
 #: Subpackages of `llm_energy` whose code runs in a measurement.
 MEASURED_CODE = ("backends", "loadgen", "measure", "results", "telemetry", "workload")
+#: Single modules outside those subpackages that measured code runs: the validity gate's
+#: interval (shared with the summary) and the checkpoint facts (parameter counts).
+MEASURED_MODULES = ("llm_energy.analysis.intervals", "llm_energy.models.facts")
 
 #: Modules outside MEASURED_CODE that measured code imports, and why a change to them does
 #: not make a cell stale.
@@ -123,7 +126,9 @@ def code_fingerprint(package_root: str | Path | None = None) -> str:
     `package_root` is the `llm_energy` directory (default: this installation's)."""
     root = Path(package_root) if package_root is not None else _PACKAGE_ROOT
     digest = hashlib.sha256()
-    paths = sorted(p for sub in MEASURED_CODE for p in (root / sub).rglob("*.py"))
+    paths = sorted([*(p for sub in MEASURED_CODE for p in (root / sub).rglob("*.py")),
+                    *(path for m in MEASURED_MODULES
+                      if (path := root.joinpath(*m.split(".")[1:]).with_suffix(".py")).is_file())])
     for path in paths:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         for token in normalized_tokens(path.read_text(encoding="utf-8")):

@@ -62,6 +62,10 @@ class CellSpec(BaseModel):
     settings: dict[str, Any]
     workload: WorkloadConfig
     measurement: CellMeasurement
+    #: The workload file the pipeline built for this cell (`workload.build`; None: the
+    #: measuring process builds the workload itself). An input of the job, not hashed: its
+    #: content follows from `workload` and the model, which are.
+    workload_file: str | None = None
 
     @field_validator("backend")
     @classmethod
@@ -87,8 +91,12 @@ class CellSpec(BaseModel):
         data = self.model_dump(mode="json")
         if data["measurement"].get("gpu_state_dir") is None:
             data["measurement"].pop("gpu_state_dir", None)
+        if data.get("workload_file") is None:
+            data.pop("workload_file", None)
         return data
 
     def identity(self) -> str:
         """The cell id its configuration gives (`cell_id_of`)."""
-        return cell_id_of(self.as_dict())
+        data = self.as_dict()
+        data.pop("workload_file", None)
+        return cell_id_of(data)

@@ -428,9 +428,13 @@ class StudyConfig(_Strict):
     def _fits_context(self) -> StudyConfig:
         """Prompt + output tokens must fit every context limit known before any job: each
         backend's context setting and each model's position limit."""
-        need = self.workload.input_tokens + self.workload.output_tokens
+        longest_in = _longest(self.workload.input_tokens, self.workload.dataset)
+        longest_out = _longest(self.workload.output_tokens, None)
+        if longest_in is None or longest_out is None:
+            return self  # the dataset's own lengths: checked when the workload is built
+        need = longest_in + longest_out
         tokens = (f"workload.input_tokens + workload.output_tokens = "
-                  f"{self.workload.input_tokens} + {self.workload.output_tokens} = {need}")
+                  f"{longest_in} + {longest_out} = {need} (longest)")
         for key, backend in self.backends.enabled().items():
             setting = registry.get(key).context_setting
             if setting is None:
@@ -446,6 +450,16 @@ class StudyConfig(_Strict):
                 raise ValueError(f"workload.input_tokens: {tokens} exceeds {where} = {limit} "
                                  f"of model '{model.name}'; shorten the workload")
         return self
+
+
+def _longest(policy: Any, dataset: Any) -> int | None:
+    """The most tokens a length policy can give: the number, a distribution's `max`, the
+    dataset filter's `max_input_tokens` for `dataset`; None when unknown before the build."""
+    if isinstance(policy, int):
+        return policy
+    if policy == "dataset":
+        return getattr(dataset, "max_input_tokens", None) if dataset is not None else None
+    return getattr(policy, "max", None)
 
 
 def _as_axis(value: Any) -> list[Any]:

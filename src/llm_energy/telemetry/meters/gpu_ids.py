@@ -128,10 +128,10 @@ def _inventory(nvml: Any) -> list[_Device]:
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         devices.append(_Device(_text(nvml.nvmlDeviceGetUUID(handle)), handle, index))
         try:
-            slots = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
+            mig_count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
         except Exception:  # noqa: BLE001 - not MIG-capable, or MIG off
-            slots = 0
-        for slot in range(slots):
+            mig_count = 0
+        for slot in range(mig_count):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                 uuid = _text(nvml.nvmlDeviceGetUUID(mig))
