@@ -7,25 +7,19 @@
 # measured with other code; README "Reruns").
 
 
-def _cell(wildcards):
-    return PLAN.cell_identity(wildcards.cell_id)
-
-
 rule measure:
     input:
         model=lambda wc: PLAN.model_input(wc.model),
     output:
-        requests="results/cells/{model}/{backend}/{cell_id}/requests.parquet",
-        timeseries="results/cells/{model}/{backend}/{cell_id}/timeseries.parquet",
-        provenance="results/cells/{model}/{backend}/{cell_id}/provenance.json",
-        runs="results/cells/{model}/{backend}/{cell_id}/runs.parquet",
-    params:
-        cell=_cell,
-        model_path=lambda wc: PLAN.model_path(wc.model),
-        # Not used by the script: here so that a new package version reruns the cells.
-        software=lambda wc: PLAN.software(wc.backend),
+        requests=f"{RESULTS}/cells/{{model}}/{{backend}}/{{cell_id}}/requests.parquet",
+        timeseries=f"{RESULTS}/cells/{{model}}/{{backend}}/{{cell_id}}/timeseries.parquet",
+        provenance=f"{RESULTS}/cells/{{model}}/{{backend}}/{{cell_id}}/provenance.json",
+        runs=f"{RESULTS}/cells/{{model}}/{{backend}}/{{cell_id}}/runs.parquet",
     log:
-        "results/logs/measure/{model}/{backend}/{cell_id}.log",
+        f"{RESULTS}/logs/measure/{{model}}/{{backend}}/{{cell_id}}.log",
+    conda:
+        measure_env
+    threads: PLAN.threads(lambda: workflow.cores)
     # On Slurm: gpu -> --gpus, runtime -> -t (minutes), mem_mb -> --mem, cpus_per_task ->
     # --cpus-per-task. cpus_per_task is set from threads explicitly because a profile's
     # default-resources cpus_per_task would otherwise win over threads.
@@ -36,6 +30,10 @@ rule measure:
         runtime=PLAN.runtime_min(),
         mem_mb=lambda wc: PLAN.mem_mb(wc.model, wc.backend),
         cpus_per_task=lambda wc, threads: threads,
-    threads: PLAN.threads(lambda: workflow.cores)
+    params:
+        cell=cell_identity,
+        model_path=lambda wc: PLAN.model_path(wc.model),
+        # Not used by the script: here so that a new package version reruns the cells.
+        software=lambda wc: PLAN.software(wc.backend),
     script:
         "../../scripts/measure_cell.py"

