@@ -38,6 +38,11 @@ def small_study(**overrides) -> dict:
     return study
 
 
+def study_dir(workdir: Path, name: str = "test") -> Path:
+    """A study's results folder, `results/<study name>` (small_study's name is `test`)."""
+    return workdir / "results" / name
+
+
 def write_config(directory: Path, study: dict) -> Path:
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))

@@ -6,10 +6,11 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import dry_run_jobs, run_snakemake, small_study, write_config
 
 from llm_energy.results import schema
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
+
+from conftest import dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def study_run(tmp_path_factory):
 
 
 def cell_dirs(workdir):
-    return sorted(p.parent for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet"))
+    return sorted(p.parent for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet"))
 
 
 def test_one_directory_per_cell(study_run):
@@ -104,7 +105,7 @@ def test_provenance(study_run):
 
 def test_summary_figure_report(study_run):
     workdir, *_ = study_run
-    results = workdir / "results"
+    results = study_dir(workdir)
     summary = pd.read_parquet(results / "summary.parquet")
     assert len(summary) == 2 and (summary["cycles"] == 2).all()
     assert (summary["energy_per_output_token_j_ci95_low"] <= summary["energy_per_output_token_j"]).all()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from fakes.openai_server import FakeServer
 
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.loadgen.client import Endpoint, LoadSpec, poisson_offsets_s, run_load
 from llm_energy.loadgen.prometheus import MetricsScraper, parse_prometheus, server_cycle_columns
+
+from fakes.openai_server import FakeServer
 
 PROMPTS = [[10 + i, 11, 12, 13] for i in range(6)]
 
@@ -198,11 +199,11 @@ def test_vllm_mode_selects_the_server_backend():
 
 
 def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
-    from conftest import small_study
-
     from llm_energy.measure.protocol import batch_limit
     from llm_energy.study.config import ConfigError, validate_study
     from llm_energy.study.matrix import expand
+
+    from conftest import small_study
 
     study = validate_study(small_study(
         backends={"transformers": {"batch_size": [2]}, "vllm": {"mode": ["offline", "server"]}},
@@ -221,9 +222,9 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
 
 
 def test_config_readme_documents_the_new_keys():
-    from conftest import ROOT
-
     from llm_energy.study import config as c
+
+    from conftest import ROOT
 
     readme = (ROOT / "config" / "README.md").read_text()
     for model in (c.TensorrtLlmConfig, c.OpenAIServerConfig, c.WorkloadConfig):
@@ -237,7 +238,8 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     """The openai-server backend's real path: snakemake plans the cell, the measuring process
     (the pipeline's own environment) drives a server on this host with Poisson arrivals."""
     import pyarrow.parquet as pq
-    from conftest import run_snakemake, small_study, write_config
+
+    from conftest import run_snakemake, small_study, study_dir, write_config
 
     with FakeServer(token_delay_s=0.005) as server:
         study = small_study(
@@ -247,7 +249,7 @@ def test_openai_server_cell_through_snakemake(tmp_path):
             measurement={"cycles": 2, "idle_duration_s": 0.2, "idle_cache_ttl_s": 0,
                          "warmup": {"min_runs": 1, "max_runs": 1}})
         run_snakemake(tmp_path, write_config(tmp_path, study), timeout=600)
-    (cell,) = (tmp_path / "results" / "cells" / "tiny" / "openai-server").iterdir()
+    (cell,) = (study_dir(tmp_path) / "cells" / "tiny" / "openai-server").iterdir()
     runs = pq.read_table(cell / "runs.parquet").to_pylist()
     requests = pq.read_table(cell / "requests.parquet").to_pylist()
     assert [r["status"] for r in runs] == ["ok", "ok"], runs[0]["error"]

@@ -9,12 +9,12 @@ import zipfile
 
 import pandas as pd
 import pytest
-from conftest import run_snakemake, small_study, write_config
+from conftest import run_snakemake, small_study, study_dir, write_config
 from test_export import EQUAL, REQUIRED, check_windowed
 from test_figures import check_figure_files
 from test_report_browser import Chromium, needs_chromium, png_size
 
-from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
+from conftest import run_snakemake, small_study, study_dir, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +29,13 @@ def study(tmp_path_factory):
 
 def test_figures_all_formats(study):
     workdir, _ = study
-    figures = workdir / "results" / "figures"
+    figures = study_dir(workdir) / "figures"
     for name in FIGURES:
         check_figure_files(figures / name)
-    summary = pd.read_parquet(workdir / "results" / "summary.parquet")
+    summary = pd.read_parquet(study_dir(workdir) / "summary.parquet")
     for cell_id in summary["cell_id"]:
         check_figure_files(figures / "power" / cell_id)
-    runs = pd.concat(pd.read_parquet(p) for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet"))
+    runs = pd.concat(pd.read_parquet(p) for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet"))
     # The steady-state window is on the cycle clock and inside the cycle.
     ok = runs[runs["steady_state_start_s"].notna()]
     assert len(ok) and (ok["steady_state_start_s"] >= 0).all()
@@ -45,9 +45,9 @@ def test_figures_all_formats(study):
 
 def test_export_equals_summary(study):
     workdir, _ = study
-    summary = pd.read_parquet(workdir / "results" / "summary.parquet").set_index("cell_id")
-    doc = json.loads((workdir / "results" / "mlenergy" / "test.json").read_text())
-    index = json.loads((workdir / "results" / "mlenergy" / "index.json").read_text())
+    summary = pd.read_parquet(study_dir(workdir) / "summary.parquet").set_index("cell_id")
+    doc = json.loads((study_dir(workdir) / "mlenergy" / "test.json").read_text())
+    index = json.loads((study_dir(workdir) / "mlenergy" / "index.json").read_text())
     assert index["tasks"] == ["test"]
     assert len(doc["configurations"]) == len(summary)
     for config in doc["configurations"]:
@@ -67,8 +67,8 @@ def test_export_equals_summary(study):
 
 def test_snakemake_report_zip_has_captions(study):
     workdir, config = study
-    run_snakemake(workdir, config, "--report", "results/report.zip")
-    with zipfile.ZipFile(workdir / "results" / "report.zip") as z:
+    run_snakemake(workdir, config, "--report", "results/test/report.zip")
+    with zipfile.ZipFile(study_dir(workdir) / "report.zip") as z:
         names = z.namelist()
         html = z.read(next(n for n in names if n.endswith("/report.html") and n.count("/") == 1)).decode()
     for name in FIGURES:
@@ -82,7 +82,7 @@ def test_report_in_browser(study, tmp_path):
     workdir, _ = study
     chrome = Chromium(tmp_path / "profile")
     try:
-        chrome.open(workdir / "results" / "report.html")
+        chrome.open(study_dir(workdir) / "report.html")
         assert chrome.eval("performance.getEntriesByType('resource').length") == 0
         n_images = chrome.eval("Array.from(document.images).filter(function(i){"
                                "return i.complete && i.naturalWidth>0;}).length")
@@ -100,7 +100,7 @@ def test_report_in_browser(study, tmp_path):
 
 def test_compare_cli_same_study(study, tmp_path):
     workdir, _ = study
-    summary = workdir / "results" / "summary.parquet"
+    summary = study_dir(workdir) / "summary.parquet"
     proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "compare", str(summary),
                            str(summary), "-o", str(tmp_path / "d.csv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
 
 from llm_energy.analysis.stale import (
     backend_software,
@@ -29,6 +28,8 @@ from llm_energy.analysis.stale import (
     measured_packages,
 )
 from llm_energy.measure.provenance import code_fingerprint
+
+from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +72,7 @@ def two_backends(tmp_path_factory):
         mp.setenv("LLM_ENERGY_PYTHON_VLLM", str(vllm_python))
         # The failed (fake) vLLM cell makes the run's exit status non-zero by design.
         run_snakemake(workdir, config, check=False)
-    cells = {p.parts[-3]: p.parent for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet")}
+    cells = {p.parts[-3]: p.parent for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet")}
     assert set(cells) == {"transformers", "vllm"}, cells
     return workdir, config, study, vllm_python, cells
 
@@ -165,7 +166,7 @@ def test_fresh_cells_are_not_stale(two_backends, env):
     # The versions the measurement process recorded (importlib.metadata, in the backend's
     # environment) agree with those read from dist-info folders. The fingerprint is the
     # recorded one: other work may be editing src/llm_energy while this runs.
-    stale, problems = find_stale(workdir / "results", ROOT,
+    stale, problems = find_stale(study_dir(workdir), ROOT,
                                  code_fingerprint=recorded["code_fingerprint"])
     assert (stale, problems) == ([], [])
 

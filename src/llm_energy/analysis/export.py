@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ def to_mlenergy(summary: pd.DataFrame, task: str) -> tuple[dict[str, Any], dict[
         models[model] = {"nickname": model, "total_params_billions": None,
                          "activated_params_billions": None, "is_moe": None,
                          "weight_precision": "/".join(dtypes) or None}
-    index = {"last_updated": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "tasks": [task],
+    index = {"last_updated": datetime.now(UTC).strftime("%Y-%m-%d"), "tasks": [task],
              "models": models, "generator": "llm-energy"}
     document = {"task": task, "task_display_name": task, "configurations": configs,
                 "excluded": [{"cell_id": r["cell_id"], "model": r["model"], "backend": r["backend"],

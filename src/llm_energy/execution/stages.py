@@ -17,9 +17,8 @@ def aggregate(runs: list[str | Path], parquet: str | Path, csv: str | Path,
               carbon: dict[str, Any] | None = None) -> None:
     """Cells' runs.parquet -> the study summary (Parquet + CSV). `carbon`: the study's
     `carbon` section (None: the defaults)."""
-    from llm_energy.analysis.summary import add_carbon_and_cost
+    from llm_energy.analysis.summary import add_carbon_and_cost, write_summary
     from llm_energy.analysis.summary import aggregate as aggregate_runs
-    from llm_energy.analysis.summary import write_summary
 
     agg = aggregate_runs([str(r) for r in runs])
     agg.summary = add_carbon_and_cost(agg.summary, carbon)

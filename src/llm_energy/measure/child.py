@@ -50,7 +50,7 @@ def _exit_with_parent(parent: int) -> None:
 
             for child in psutil.Process().children(recursive=True):
                 child.kill()
-        except Exception:  # noqa: BLE001 - the group kill below must happen regardless
+        except Exception:  # the group kill below must happen regardless
             pass
         if own_group:
             os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)  # the job is gone (its watchdog is about to fire): write nothing late
         results.write_cell(out, output.runs, output.requests, output.timeseries,
                            provenance.collect(cell, output.energy_sources))
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the runner
+    except BaseException as exc:  # every failure must reach the runner
         traceback.print_exc()
         error = {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500]
                  if str(exc).strip() else type(exc).__name__, "kind": error_kind(exc)}

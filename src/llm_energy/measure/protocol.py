@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from llm_energy.backends import Backend, backend_class
 from llm_energy.measure.gpu_settings import GpuSettingsPhase

@@ -51,9 +51,8 @@ def prune_reason(backend: str, settings: dict[str, Any], study: StudyConfig) -> 
             return f"quantization {settings['quantization']!r} needs a GPU in vLLM"
         if device == "cpu" and settings.get("tensor_parallel_size", 1) > 1:
             return "tensor parallelism needs GPUs"
-    if backend == "transformers":
-        if device == "cpu" and settings.get("dtype") == "float16":
-            return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
+    if backend == "transformers" and device == "cpu" and settings.get("dtype") == "float16":
+        return "float16 matmuls on CPU are emulated in PyTorch; not a deployable configuration"
     if backend == "tensorrt-llm" and device != "cuda":
         return "TensorRT-LLM runs on NVIDIA GPUs only (measurement.device: cuda)"
     if study.workload.arrival == "poisson" and not is_server(backend, settings):

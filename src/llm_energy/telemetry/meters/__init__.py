@@ -64,7 +64,7 @@ def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
         try:
             nvml = nvml if nvml is not None else load_nvml()
             gpus = job_gpus(nvml, gpu_ids)
-        except Exception as exc:  # noqa: BLE001 - NoGpus, NVMLError_NotFound ...
+        except Exception as exc:  # NoGpus, NVMLError_NotFound ...
             notes.append(f"NVIDIA GPUs: {exc}")
             nvml = None
     if device == "cuda" and energy_source in ("auto", *GPU_SOURCES):

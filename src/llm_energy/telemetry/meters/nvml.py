@@ -7,8 +7,9 @@ The module is passed in (`nvml=`) so that tests drive every path with a fake."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from llm_energy.telemetry import integrate as metrics
 from llm_energy.telemetry.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
@@ -77,7 +78,7 @@ def job_gpus(nvml: Any, ids: list[str]) -> list[Gpu]:
             raise NoGpus(f"cannot map CUDA_VISIBLE_DEVICES entry {item!r} to a GPU")
         try:
             ident = _text(nvml.nvmlDeviceGetUUID(handle))
-        except Exception:  # noqa: BLE001 - identity is a nicety
+        except Exception:  # identity is a nicety
             ident = item
         gpus.append(Gpu(f"gpu{position}", handle, ident))
     if not gpus:
@@ -217,7 +218,7 @@ def other_processes(nvml: Any, gpus: list[Gpu], own_pids: set[int]) -> list[str]
     for gpu in gpus:
         try:
             procs = nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             found.append(f"{gpu.label}: could not list processes ({type(exc).__name__})")
             continue
         for p in procs:
@@ -235,7 +236,7 @@ def temperatures_c(nvml: Any, gpus: list[Gpu]) -> dict[str, float | None]:
         try:
             out[gpu.label] = float(nvml.nvmlDeviceGetTemperature(gpu.handle,
                                                                   nvml.NVML_TEMPERATURE_GPU))
-        except Exception:  # noqa: BLE001
+        except Exception:
             out[gpu.label] = None
     return out
 
@@ -247,6 +248,6 @@ def throttle_reasons(nvml: Any, handle: Any) -> int | None:
         if fn is not None:
             try:
                 return int(fn(handle))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return None
     return None

@@ -15,9 +15,9 @@ reported as unavailable with the fix, not as 0 J."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llm_energy.telemetry.meters.base import CounterTrack, Meter
 
