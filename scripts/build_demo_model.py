@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import logged
+
 from llm_energy.models.demo import build_demo_model
 from llm_energy.study.config import DemoModelSpec
-
-from _common import logged
 
 with logged(snakemake):
     path = build_demo_model(DemoModelSpec(**snakemake.params.spec),

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_energy.execution import stages
-
 from _common import logged
+
+from llm_energy.execution import stages
 
 # Guarded: figure worker processes (spawn) import this module again as __mp_main__.
 if __name__ == "__main__":

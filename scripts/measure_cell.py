@@ -5,12 +5,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import logged
+
 from llm_energy.execution.runner import run_cell
 from llm_energy.study.plan import cell_to_measure
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-from _common import logged
 
 with logged(snakemake) as log:
     # The param is what the cell measures; the full configuration, operational settings

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_energy.execution import stages
-
 from _common import logged
+
+from llm_energy.execution import stages
 
 with logged(snakemake):
     stages.report(snakemake.input.summary, snakemake.input.matrix,

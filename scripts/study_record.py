@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_energy.study.layout import write_index, write_record
-
 from _common import logged
+
+from llm_energy.study.layout import write_index, write_record
 
 with logged(snakemake):
     out = Path(snakemake.output[0])

@@ -4,10 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SNAKEMAKE, small_study
 
 from llm_energy.study.config import ConfigError, json_schema, load_study, validate_study
-
-from conftest import ROOT, SNAKEMAKE, small_study
 
 BAD = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
 

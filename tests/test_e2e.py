@@ -6,11 +6,10 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 from llm_energy.results import schema
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
-
-from conftest import dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = pytest.mark.e2e
 

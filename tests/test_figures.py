@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from test_report_browser import png_size
 
 from llm_energy.analysis import figures
 from llm_energy.analysis.cell_figures import draw_cells, power_timeseries
@@ -17,7 +18,6 @@ from llm_energy.analysis.figures import (
     pareto_cells,
     pareto_front,
 )
-from test_report_browser import png_size
 
 
 def pdf_page_count(path: Path) -> int:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from fakes.openai_server import FakeServer
 
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.loadgen.client import Endpoint, LoadSpec, poisson_offsets_s, run_load
 from llm_energy.loadgen.prometheus import MetricsScraper, parse_prometheus, server_cycle_columns
-
-from fakes.openai_server import FakeServer
 
 PROMPTS = [[10 + i, 11, 12, 13] for i in range(6)]
 
@@ -199,11 +198,11 @@ def test_vllm_mode_selects_the_server_backend():
 
 
 def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
+    from conftest import small_study
+
     from llm_energy.measure.protocol import batch_limit
     from llm_energy.study.config import ConfigError, validate_study
     from llm_energy.study.matrix import expand
-
-    from conftest import small_study
 
     study = validate_study(small_study(
         backends={"transformers": {"batch_size": [2]}, "vllm": {"mode": ["offline", "server"]}},
@@ -222,9 +221,9 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
 
 
 def test_config_readme_documents_the_new_keys():
-    from llm_energy.study import config as c
-
     from conftest import ROOT
+
+    from llm_energy.study import config as c
 
     readme = (ROOT / "config" / "README.md").read_text()
     for model in (c.TensorrtLlmConfig, c.OpenAIServerConfig, c.WorkloadConfig):
@@ -238,7 +237,6 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     """The openai-server backend's real path: snakemake plans the cell, the measuring process
     (the pipeline's own environment) drives a server on this host with Poisson arrivals."""
     import pyarrow.parquet as pq
-
     from conftest import run_snakemake, small_study, study_dir, write_config
 
     with FakeServer(token_delay_s=0.005) as server:

@@ -1,8 +1,8 @@
+from conftest import small_study
+
 from llm_energy.study.config import validate_study
 from llm_energy.study.identity import cell_hash
 from llm_energy.study.matrix import expand, matrix_csv
-
-from conftest import small_study
 
 
 def test_cells_cross_every_axis_and_ids_are_stable():

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
 
 from llm_energy.telemetry.meters import CompositeMeter, detect
 from llm_energy.telemetry.meters.base import Meter
@@ -17,8 +18,6 @@ from llm_energy.telemetry.meters.nvml import (
 )
 from llm_energy.telemetry.meters.rapl import RaplMeter, RaplUnavailable, discover
 from llm_energy.telemetry.sampler import Sample
-
-from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
 
 UUIDS = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc"]
 NO_RAPL = "/nonexistent-powercap"

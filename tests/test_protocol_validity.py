@@ -8,6 +8,8 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import ROOT, small_study
+from fake_hw import FakeGpu, FakeNvml
 
 from llm_energy.analysis.summary import add_carbon_and_cost
 from llm_energy.measure.idle_cache import IdleCache, IdleEntry, drifted
@@ -18,9 +20,6 @@ from llm_energy.telemetry.meters import Detection
 from llm_energy.telemetry.meters.base import Meter, WindowEnergy
 from llm_energy.telemetry.meters.nvml import job_gpus
 from llm_energy.telemetry.sampler import Sample
-
-from conftest import ROOT, small_study
-from fake_hw import FakeGpu, FakeNvml
 
 
 def cell_config(tmp_path, **measurement):

@@ -19,13 +19,12 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT, small_study
+from fakes import fault_env
 
 from llm_energy.execution import runner
 from llm_energy.results.io import CELL_FILES, write_cell
 from llm_energy.study.plan import plan_from_config
-
-from conftest import ROOT, small_study
-from fakes import fault_env
 
 
 def cell_config(batch_size: int, **measurement) -> dict:

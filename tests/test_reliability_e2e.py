@@ -22,11 +22,10 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
-from llm_energy.analysis.summary import read_problems
-
 from conftest import ROOT, SNAKEMAKE, dry_run_jobs, small_study, study_dir, write_config
 from fakes import fault_env
+
+from llm_energy.analysis.summary import read_problems
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from test_export import EQUAL, REQUIRED, check_windowed
 from test_figures import check_figure_files
 from test_report_browser import Chromium, needs_chromium, png_size
 
-from conftest import run_snakemake, small_study, study_dir, write_config
+from llm_energy.analysis.figures import CAPTIONS, FIGURES
 
 pytestmark = pytest.mark.e2e
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 from llm_energy.analysis.stale import (
     backend_software,
@@ -28,8 +29,6 @@ from llm_energy.analysis.stale import (
     measured_packages,
 )
 from llm_energy.measure.provenance import code_fingerprint
-
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = pytest.mark.e2e
 

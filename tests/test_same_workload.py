@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import small_study
+from fakes.openai_server import FakeServer
 
 from llm_energy.backends import backend_class
 from llm_energy.backends.transformers_backend import TransformersBackend
@@ -19,9 +21,6 @@ from llm_energy.measure import protocol
 from llm_energy.measure.protocol import CellRunner
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
-
-from conftest import small_study
-from fakes.openai_server import FakeServer
 
 OUTPUT_TOKENS = 3
 

@@ -4,6 +4,7 @@ counters every tick, takes edge samples on demand; coverage and gaps are measure
 import time
 
 import pytest
+from fake_hw import FakeGpu, FakeNvml
 
 from llm_energy.measure import metrics
 from llm_energy.telemetry.meters.nvml import job_gpus
@@ -14,8 +15,6 @@ from llm_energy.telemetry.sampler import (
     Sampler,
     default_probes,
 )
-
-from fake_hw import FakeGpu, FakeNvml
 
 
 class FlakyProbe:

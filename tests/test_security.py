@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SNAKEMAKE, small_study, study_dir, write_config
 
 from llm_energy.execution import runner
 from llm_energy.study.config import ConfigError, validate_study
 from llm_energy.study.plan import plan_from_config
-
-from conftest import ROOT, SNAKEMAKE, small_study, study_dir, write_config
 
 EVIL = "m; touch PWNED_1 && rm -rf victim | touch PWNED_2 $(touch PWNED_3) `touch PWNED_4` 'x\" #"
 SECRETS = {"HF_TOKEN": "hf_SECRETtoken0123456789", "HUGGING_FACE_HUB_TOKEN": "hf_SECRETother42",

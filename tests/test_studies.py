@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, SNAKEMAKE, run_snakemake, small_study, study_dir, write_config
 
 from llm_energy.analysis.export import task_file
 from llm_energy.study.config import ConfigError, validate_study
@@ -19,8 +20,6 @@ from llm_energy.study.layout import (
     write_index,
     write_record,
 )
-
-from conftest import ROOT, SNAKEMAKE, run_snakemake, small_study, study_dir, write_config
 
 LLM_ENERGY = str(Path(sys.executable).with_name("llm-energy"))
 

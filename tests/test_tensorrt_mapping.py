@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT, small_study
 
 from llm_energy.backends import BackendUnavailable, backend_class
 from llm_energy.backends.tensorrt_llm_backend import (
@@ -23,8 +24,6 @@ from llm_energy.backends.tensorrt_llm_backend import (
 )
 from llm_energy.study.config import TRTLLM_QUANT_ALGOS, validate_study
 from llm_energy.study.matrix import expand
-
-from conftest import ROOT, small_study
 
 
 def fake_trtllm() -> types.ModuleType:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import small_study
 
 from llm_energy.backends import BackendUnavailable
 from llm_energy.backends.transformers_backend import TransformersBackend
 from llm_energy.measure.protocol import CellRunner
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
-
-from conftest import small_study
 
 PROMPTS = [[5, 17, 42, 99, 7, 3, 250, 31], [8, 8, 120, 64, 2, 77, 13, 400]]
 NEW_TOKENS = 6

@@ -12,7 +12,6 @@ import time
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, VLLM_PYTHON, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = [
