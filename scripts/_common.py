@@ -1,6 +1,7 @@
 """Shared by the scripts (thin adapters that unpack Snakemake's `snakemake` object): find the
 package and send the script's output to the rule's log. To run a stage by hand use
-`llm-energy aggregate|figures|report|export RESULTS_DIR` (llm_energy.execution.stages)."""
+`llm-energy aggregate|figures|report|export RESULTS_DIR` (llm_energy.execution.stages) or
+`llm-energy measure CELL_JSON MODEL_PATH OUT_DIR`."""
 
 import contextlib
 import sys

@@ -122,6 +122,18 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.execution.runner import run_cell
+
+    cell = json.loads(Path(args.cell_json).read_text())
+    status = run_cell(cell, args.model_path, Path(args.out_dir), log=sys.stdout,
+                      project_dir=Path(args.project_dir or Path(__file__).resolve().parents[2]))
+    print(f"cell {cell['cell_id']}: {status}")
+    return 0
+
+
 def _envs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -189,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("results_dir", help="the study folder, results/<study>")
         p.add_argument("-o", "--output", help="where to write (default: as the pipeline)")
         p.set_defaults(func=_stage)
+    p = sub.add_parser("measure", help="measure one cell as the pipeline's measure job does "
+                       "(by hand, without snakemake)")
+    p.add_argument("cell_json", help="the cell's resolved configuration (the rule's `cell` param)")
+    p.add_argument("model_path")
+    p.add_argument("out_dir", help="results/<study>/cells/<model>/<backend>/<cell_id>")
+    p.add_argument("--project-dir", help="where .venvs/<backend> live (default: this checkout)")
+    p.set_defaults(func=_measure)
     p = sub.add_parser("envs", help="write envs/*.yaml from requirements/*.txt "
                        "(--check: exit 1 when they differ)")
     p.add_argument("--check", action="store_true")

@@ -1,6 +1,7 @@
 """The pipeline's stages after measurement, as plain functions: the Snakemake scripts
 (scripts/*.py, which only unpack the `snakemake` object) and the standalone command
-(`llm-energy aggregate|figures|report|export RESULTS_DIR`) both call these.
+(`llm-energy aggregate|figures|report|export RESULTS_DIR`) both call these. The measure
+stage is `execution.runner.run_cell` (by hand: `llm-energy measure`).
 
 Every function prints what it wrote (the scripts send that to the rule's log)."""
 
