@@ -1,4 +1,4 @@
-"""The summary in the ML.ENERGY leaderboard's data format (`results/mlenergy/`).
+"""The summary in the ML.ENERGY leaderboard's data format (`results/<study>/mlenergy/`).
 
 The leaderboard's build script (ml-energy/leaderboard, scripts/build_data.py) writes an
 `index.json` (tasks, models) and one JSON per task with a list of `configurations`; this

@@ -1,4 +1,4 @@
-"""`results/report.html`: one self-contained page (figures embedded, no network) with the
+"""`results/<study>/report.html`: one self-contained page (figures embedded, no network) with the
 summary per model (sortable by any column), ITL-deadline and energy-budget filters that hide
 configurations outside them (as on the ML.ENERGY leaderboard), a measured/estimated badge on
 every number, the Pareto set marked, failed and pruned cells with reasons, the environment
