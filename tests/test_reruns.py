@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
+from conftest import (
+    ROOT,
+    dry_run_jobs,
+    edited_config,
+    run_snakemake,
+    small_study,
+    study_dir,
+    write_config,
+)
 
 from llm_energy.analysis.stale import (
     backend_software,
@@ -108,13 +116,14 @@ def test_up_to_date_after_the_run(two_backends, env):
     assert dry_run_jobs(workdir, config) == {}
 
 
-def test_changed_parameter_reruns_that_cell_only(two_backends, env, tmp_path):
-    workdir, _, study, _, cells = two_backends
+def test_changed_parameter_reruns_that_cell_only(two_backends, env):
+    workdir, config, study, _, cells = two_backends
     changed = json.loads(json.dumps(study))
     changed["backends"]["transformers"]["batch_size"] = [3]
-    config = write_config(tmp_path, changed)
-    jobs, reasons = dry_run(workdir, config)
+    with edited_config(config, changed):
+        jobs, reasons = dry_run(workdir, config)
     assert jobs.pop("measure") == 1 and jobs.pop("matrix") == 1
+    assert jobs.pop("study_record") == 1  # the folder's record of the config hash
     assert set(jobs) - {"export_mlenergy"} == DOWNSTREAM
     # The new cell is a transformers cell; the vLLM cell is untouched.
     assert set(reasons) == {"transformers"}
