@@ -47,7 +47,7 @@ def test_settings_and_declared_columns_are_disjoint():
 def test_views_derive_from_the_registry():
     assert list(RUN_COLUMNS) == [n for n, c in schema.RUNS.items() if not c.optional]
     assert [m for m, *_ in report.TABLE_COLUMNS] == [c.name for c in schema.report_columns()]
-    assert compare.DEFAULT_METRICS == schema.compare_metrics()
+    assert schema.compare_metrics() == compare.DEFAULT_METRICS
     assert set(export.EXPORTED) <= set(export.MLENERGY_FIELDS)
     # Every column a view names is declared.
     for name in (*compare.DEFAULT_METRICS, *(m for m, *_ in report.TABLE_COLUMNS),

@@ -12,10 +12,11 @@ is neither declared here nor a setting is carried in the files but never treated
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Any, Iterable, get_args
+from typing import Any, get_args
 
 import pyarrow as pa
 
