@@ -275,7 +275,7 @@ def failed_cells_from_summary(runs_files: list[str], summary_path: str | Path) -
 
 def failure_message(runs_files: list[str], summary_path: str | Path | None = None) -> str | None:
     """The text the workflow prints before exiting non-zero, or None when no cell failed.
-    With `summary_path` (results/summary.parquet), the statuses come from it when it is
+    With `summary_path` (results/<study>/summary.parquet), the statuses come from it when it is
     up to date: reading 10,000 runs.parquet after every run took minutes."""
     failed = None
     if summary_path is not None:
