@@ -233,20 +233,21 @@ _NEW_VALUES = {"measurement.timeout_s": 600, "measurement.retries": 2,
 
 
 @pytest.mark.parametrize("key", _operational_keys())
-def test_operational_setting_reruns_nothing(two_backends, env, tmp_path, key):
+def test_operational_setting_reruns_nothing(two_backends, env, key):
     """Job limits, retries and idle-cache housekeeping are no part of a cell: editing one
-    in a finished study leaves nothing to do."""
-    workdir, _, study, _, _ = two_backends
+    in a finished study leaves nothing to do (not even the study's record)."""
+    workdir, config, study, _, _ = two_backends
     changed = json.loads(json.dumps(study))
     section, name = key.split(".")
     changed.setdefault(section, {})[name] = _NEW_VALUES[key]
-    assert dry_run_jobs(workdir, write_config(tmp_path, changed)) == {}
+    with edited_config(config, changed):
+        assert dry_run_jobs(workdir, config) == {}
 
 
-def test_carbon_factors_rerun_the_aggregation_not_a_measurement(two_backends, env, tmp_path):
-    workdir, _, study, _, _ = two_backends
-    config = write_config(tmp_path, {**study, "carbon": {"pue": 1.2, "price_per_kwh": 0.3}})
-    jobs = dry_run_jobs(workdir, config)
+def test_carbon_factors_rerun_the_aggregation_not_a_measurement(two_backends, env):
+    workdir, config, study, _, _ = two_backends
+    with edited_config(config, {**study, "carbon": {"pue": 1.2, "price_per_kwh": 0.3}}):
+        jobs = dry_run_jobs(workdir, config)
     assert "measure" not in jobs and "matrix" not in jobs and jobs.get("aggregate") == 1
 
 

@@ -20,21 +20,31 @@ from llm_energy.study.layout import (
     write_index,
     write_record,
 )
+from llm_energy.study.matrix import expand
 
 LLM_ENERGY = str(Path(sys.executable).with_name("llm-energy"))
 
 
 def _claim(root: Path, study, config_file: str) -> None:
-    write_record(study_record(study, config_file), root / study.name / "study.json")
+    write_record(study_record(study.name, _cells(study), config_file),
+                 root / study.name / "study.json")
 
 
-def test_config_hash_ignores_spelling_but_not_content():
+def _cells(study) -> list[str]:
+    return [c.cell_id for c in expand(study)[0]]
+
+
+def test_config_hash_is_what_the_study_measures():
     a = validate_study(small_study())
     spelled_out = small_study()
     spelled_out["workload"] = {**spelled_out["workload"], "seed": 0}  # the default, written
-    assert config_hash(a) == config_hash(validate_study(spelled_out))
+    operational = small_study()
+    operational["measurement"] = {**operational["measurement"], "timeout_s": 77}
+    carbon = small_study(carbon={"pue": 1.2})
+    for same in (spelled_out, operational, carbon):
+        assert config_hash(_cells(a)) == config_hash(_cells(validate_study(same)))
     other = small_study(workload={"num_prompts": 5, "input_tokens": 16, "output_tokens": 8})
-    assert config_hash(a) != config_hash(validate_study(other))
+    assert config_hash(_cells(a)) != config_hash(_cells(validate_study(other)))
 
 
 def test_same_file_may_change_its_study(tmp_path):
@@ -42,20 +52,20 @@ def test_same_file_may_change_its_study(tmp_path):
     _claim(tmp_path, study, "/studies/a.yaml")
     edited = validate_study(small_study(workload={"num_prompts": 9, "input_tokens": 16,
                                                   "output_tokens": 8}))
-    check_owner(edited, "/studies/a.yaml", tmp_path)  # no error
+    check_owner("test", _cells(edited), "/studies/a.yaml", tmp_path)  # no error
 
 
-def test_another_file_with_the_same_content_is_the_same_study(tmp_path):
+def test_another_file_with_the_same_cells_is_the_same_study(tmp_path):
     study = validate_study(small_study())
     _claim(tmp_path, study, "/studies/a.yaml")
-    check_owner(study, "/elsewhere/copy-of-a.yaml", tmp_path)  # no error
+    check_owner("test", _cells(study), "/elsewhere/copy-of-a.yaml", tmp_path)  # no error
 
 
 def test_another_file_reusing_the_name_is_refused_naming_the_key(tmp_path):
     _claim(tmp_path, validate_study(small_study()), "/studies/a.yaml")
     other = validate_study(small_study(backends={"transformers": {"batch_size": [8]}}))
     with pytest.raises(ConfigError) as exc:
-        check_owner(other, "/studies/b.yaml", tmp_path)
+        check_owner("test", _cells(other), "/studies/b.yaml", tmp_path)
     message = str(exc.value)
     assert "\n" not in message and message.startswith("invalid value for 'name' (got 'test')")
     assert "/studies/a.yaml" in message

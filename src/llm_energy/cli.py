@@ -19,9 +19,10 @@ def _validate(args: argparse.Namespace) -> int:
     from llm_energy.study.layout import check_owner, study_dir
 
     study = load_study(args.config)
-    # The study name must not be taken by another config file's folder (as in the pipeline).
-    check_owner(study, str(Path(args.config).resolve()), args.results)
     cells, pruned = expand(study)
+    # The study name must not be taken by another config file's folder (as in the pipeline).
+    check_owner(study.name, [c.cell_id for c in cells], str(Path(args.config).resolve()),
+                args.results)
     print(f"{args.config}: valid; {len(cells)} cell(s), {len(pruned)} pruned; results in "
           f"{study_dir(study.name, args.results)}/")
     for p in pruned:

@@ -9,9 +9,12 @@
 
 Ownership rule (checked while the config is validated, before any job exists): a folder
 belongs to the config *file* that first wrote it. That same file may be edited freely (its
-cells rerun as usual). Another file may use the same study name only with the same content
-(same hash), e.g. a copy; with different content it is refused with one line naming `name`,
-because its results would mix with the first study's. Rename the study or delete its folder.
+cells rerun as usual). Another file may use the same study name only if it measures the same
+thing (same config hash: the hash of its cell ids, each of which hashes what its cell
+measures, so operational settings such as timeouts, analysis-only ones such as carbon factors,
+comments and key order do not count), e.g. a copy; otherwise it is refused with one line
+naming `name`, because its cells would mix with the first study's in one folder. Rename the
+study or delete its folder.
 
 Paths are relative to the working directory (`snakemake --directory`)."""
 
@@ -21,10 +24,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llm_energy.study.config import ConfigError, StudyConfig
+from llm_energy.study.config import ConfigError
 
 RESULTS_ROOT = "results"
 STUDY_RECORD = "study.json"
@@ -47,17 +51,18 @@ def study_dir(name: str, root: str | os.PathLike = RESULTS_ROOT) -> str:
     return f"{Path(root).as_posix()}/{name}"
 
 
-def config_hash(study: StudyConfig) -> str:
-    """SHA-256 (16 hex digits) of the validated study, so comments, key order and spelled-out
-    defaults do not count as different content."""
-    text = json.dumps(study.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def config_hash(cell_ids: Iterable[str]) -> str:
+    """What a study measures, as SHA-256 (16 hex digits) of its sorted cell ids: equal for
+    two configs that plan the same cells, whatever their operational or analysis-only keys
+    (which do not enter a cell id), comments or key order. Editing such a key therefore
+    reruns nothing, not even the study record."""
+    return hashlib.sha256("\n".join(sorted(cell_ids)).encode()).hexdigest()[:16]
 
 
-def study_record(study: StudyConfig, config_file: str) -> dict[str, Any]:
+def study_record(name: str, cell_ids: Iterable[str], config_file: str) -> dict[str, Any]:
     """The content of `results/<name>/study.json`. `config_file`: absolute path of the
     config file(s) (several joined with `;`), or the default study's file."""
-    return {"name": study.name, "config_hash": config_hash(study), "config_file": config_file}
+    return {"name": name, "config_hash": config_hash(cell_ids), "config_file": config_file}
 
 
 def read_record(root: str | os.PathLike, name: str) -> dict[str, Any] | None:
@@ -69,20 +74,20 @@ def read_record(root: str | os.PathLike, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def check_owner(study: StudyConfig, config_file: str,
+def check_owner(name: str, cell_ids: Iterable[str], config_file: str,
                 root: str | os.PathLike = RESULTS_ROOT) -> None:
-    """Refuse a config that reuses another config file's study name with different content.
+    """Refuse a config that reuses another config file's study name for other cells.
 
     Raises ConfigError (one line naming `name`). Reads only; writes nothing."""
-    record = read_record(root, study.name)
+    record = read_record(root, name)
     if record is None:
         return
-    if record.get("config_file") == config_file or record.get("config_hash") == config_hash(study):
+    if record.get("config_file") == config_file or record.get("config_hash") == config_hash(cell_ids):
         return
     raise ConfigError(
-        f"invalid value for 'name' (got {study.name!r}): {study_dir(study.name, root)}/ holds "
-        f"the study of another config file ({record.get('config_file')}) with different "
-        "content; give this study its own name, or delete that folder to replace it")
+        f"invalid value for 'name' (got {name!r}): {study_dir(name, root)}/ holds the study "
+        f"of another config file ({record.get('config_file')}) with other cells; give this "
+        "study its own name, or delete that folder to replace it")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

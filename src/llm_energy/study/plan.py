@@ -64,7 +64,7 @@ class Plan:
 
     def record(self) -> dict[str, Any]:
         """The content of the study's `study.json` (name, config hash, config file)."""
-        return study_record(self.study, self.config_file)
+        return study_record(self.study.name, self.cells, self.config_file)
 
     def model_path(self, model_name: str) -> str:
         model = self.models[model_name]
@@ -211,7 +211,7 @@ def plan_or_exit(config: dict[str, Any], project_dir: str = ".",
     status 1."""
     try:
         plan = plan_from_config(config, project_dir, config_files)
-        check_owner(plan.study, plan.config_file)
+        check_owner(plan.study.name, plan.cells, plan.config_file)
         return plan
     except ConfigError as exc:
         sys.stderr.write(f"llm-energy: config error: {exc}\n")
