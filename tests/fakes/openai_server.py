@@ -32,7 +32,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
 #: Bounds: tokens per request, and seconds a connection may stay silent.
 MAX_TOKENS = 4096
 SOCKET_TIMEOUT_S = 30.0
