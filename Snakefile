@@ -1,5 +1,7 @@
 # llm-energy: energy, latency and throughput of LLM inference across a study matrix.
 # The study is config/config.yaml unless you pass --configfile; see config/README.md.
+# Outputs: results/<study name>/ (one folder per study) and results/index.json.
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
@@ -10,14 +12,17 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 
-# Front page of `snakemake --report results/report.zip`.
+
+# Front page of `snakemake --report results/<study>/report.zip`.
 report: "workflow/report/workflow.rst"
+
 
 # Run in the Snakemake process, not as cluster jobs: each takes seconds, and on Slurm a job
 # costs more than that in queueing and start-up. Demo models are tiny and built in < 1 s.
 # Only `measure` goes to the cluster (see profiles/slurm/config.yaml).
 localrules:
     all,
+    study_record,
     matrix,
     demo_model,
     workload,
@@ -27,12 +32,14 @@ localrules:
     export_mlenergy,
 
 
+# Every output of the study lives in results/<study name>/ (RESULTS, workflow/rules/common.smk).
 rule all:
-    input:
-        "results/matrix.csv",
-        "results/summary.parquet",
-        "results/summary.csv",
-        FIGURE_FILES,
-        "results/report.html",
-        MLENERGY_FILES,
     default_target: True
+    input:
+        f"{RESULTS}/study.json",
+        f"{RESULTS}/matrix.csv",
+        f"{RESULTS}/summary.parquet",
+        f"{RESULTS}/summary.csv",
+        FIGURE_FILES,
+        f"{RESULTS}/report.html",
+        MLENERGY_FILES,

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_energy.backends.transformers_backend import TransformersBackend  # noqa: E402
+from llm_energy.backends.transformers_backend import TransformersBackend
 
 LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                   num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -94,7 +94,7 @@ class RandomInitTransformersBackend(TransformersBackend):
             try:
                 with torch.device(self.device):
                     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-            except Exception as exc:  # noqa: BLE001 - a slower path beats a lost GPU run
+            except Exception as exc:  # a slower path beats a lost GPU run
                 print(f"[gpu-validation] init on {self.device} failed ({exc!r}); "
                       "initialising on CPU and moving", flush=True)
                 model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(self.device)
@@ -268,7 +268,7 @@ def environment(device: str) -> dict[str, Any]:
             driver = nvml.nvmlSystemGetDriverVersion()
             env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
             env["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
-        except Exception as exc:  # noqa: BLE001 - provenance only
+        except Exception as exc:  # provenance only
             env["nvml_error"] = f"{type(exc).__name__}: {exc}"
     else:
         from llm_energy.measure.provenance import cpu_model

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from llm_energy.backends import backend_class  # noqa: E402
-from llm_energy.models.demo import build_demo_model  # noqa: E402
-from llm_energy.study.config import DemoModelSpec, WorkloadConfig  # noqa: E402
-from llm_energy.telemetry.meters import detect  # noqa: E402
-from llm_energy.telemetry.sampler import Sampler, default_probes  # noqa: E402
-from llm_energy.workload.prompts import build_prompts  # noqa: E402
+from llm_energy.backends import backend_class
+from llm_energy.models.demo import build_demo_model
+from llm_energy.study.config import DemoModelSpec, WorkloadConfig
+from llm_energy.telemetry.meters import detect
+from llm_energy.telemetry.sampler import Sampler, default_probes
+from llm_energy.workload.prompts import build_prompts
 
 
 def bare_transformers(backend, prompts, max_new_tokens, batch_size):

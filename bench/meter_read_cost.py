@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from llm_energy.telemetry.meters import EstimateMeter, RaplMeter, detect  # noqa: E402
-from llm_energy.telemetry.meters.rapl import RaplUnavailable  # noqa: E402
+from llm_energy.telemetry.meters import EstimateMeter, RaplMeter, detect
+from llm_energy.telemetry.meters.rapl import RaplUnavailable
 
 
 def time_reads(read, reads: int) -> dict[str, float]:

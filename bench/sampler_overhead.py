@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from llm_energy.telemetry.sampler import Sampler, default_probes  # noqa: E402
+from llm_energy.telemetry.sampler import Sampler, default_probes
 
 TARGET_FRACTION_AT_10HZ = 0.01
 
@@ -46,7 +46,7 @@ def probes() -> tuple[list, list, str]:
         meter = detect("cuda", "auto", 10.0, nvml=nvml).meter
         return (default_probes("cuda", None, gpus, nvml), [meter.poll],
                 f"cpu + {len(gpus)} NVML GPU(s) + {meter.sources} poll")
-    except Exception:  # noqa: BLE001 - no GPU: the CPU probe alone, as on CPU cells
+    except Exception:  # no GPU: the CPU probe alone, as on CPU cells
         meter = detect("cpu", "auto", 10.0).meter
         return default_probes("cpu", 10.0), [meter.poll], f"cpu + {meter.sources} poll"
 

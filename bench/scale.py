@@ -3,6 +3,13 @@
     .venv/bin/python bench/scale.py                 # 100, 1,000 and 10,000 cells (~10 min)
     .venv/bin/python bench/scale.py --quick         # 100 cells only (smoke test, ~30 s)
     .venv/bin/python bench/scale.py --sizes 10000 --json out.json
+    .venv/bin/python bench/scale.py --commits OLD NEW --sizes 10000 --rounds 3 --doc docs/scale.md
+
+With `--commits OLD NEW`, `snakemake -n` runs on each commit's own checkout (`git archive`
+into the work directory; `.` names this working tree, uncommitted changes included), same
+study and same snakemake, alternated ABBA... over `--rounds`, and NEW / OLD (medians) is
+reported and, with `--doc`, written into the doc's block between the markers
+`<!-- scale:commits -->` and `<!-- /scale:commits -->`.
 
 Targets at 10,000 cells (docs/scale.md): config validation + matrix expansion < 2 s;
 `snakemake -n` < 60 s; aggregation < 30 s and < 2 GiB peak memory.
@@ -194,11 +201,12 @@ def _child_stage(stage: str, arg: Path) -> dict:
     return {**result, "wall_s": wall, "peak_rss_mib": rss}
 
 
-def run_dryrun(workdir: Path, study: Path, n_cells: int) -> dict:
+def run_dryrun(workdir: Path, study: Path, n_cells: int, snakefile: Path = ROOT / "Snakefile",
+               target: Path | None = None) -> dict:
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    target = workdir / f"dryrun-{n_cells}"
+    target = target or workdir / f"dryrun-{n_cells}"
     target.mkdir(exist_ok=True)
-    code, output, wall, rss = _measure([snakemake, "-s", str(ROOT / "Snakefile"), "--directory",
+    code, output, wall, rss = _measure([snakemake, "-s", str(snakefile), "--directory",
                                         str(target), "--configfile", str(study), "-n", "--quiet",
                                         "rules", "--cores", "2"])
     if code != 0:
@@ -210,6 +218,93 @@ def run_dryrun(workdir: Path, study: Path, n_cells: int) -> dict:
                and (line.split()[0] == "measure" or line.split()[0].startswith("measure_"))}
     return {"cells": sum(measure.values()), "duration_s": wall, "wall_s": wall,
             "peak_rss_mib": rss}
+
+
+# ---------------------------------------------------------------- two commits side by side
+
+DOC_BEGIN, DOC_END = "<!-- scale:commits -->", "<!-- /scale:commits -->"
+
+
+def checkout(commit: str, workdir: Path) -> tuple[str, Path]:
+    """(resolved name, directory) of `commit`'s files: `.` is this working tree itself; any
+    other commit is exported once with `git archive` (no worktree, no change to the repo).
+    The checkout shares this one's environments (.venv, .venvs), so both commits see the
+    same installed packages."""
+    if commit == ".":
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
+                               capture_output=True, text=True).stdout.strip()
+        head = _git("rev-parse", "--short=12", "HEAD")
+        return f"{head}{'+changes' if dirty else ''} (working tree)", ROOT
+    sha = _git("rev-parse", "--short=12", f"{commit}^{{commit}}")
+    tree = workdir / f"tree-{sha}"
+    if not (tree / "Snakefile").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        for env in (".venv", ".venvs"):
+            if (ROOT / env).exists() and not (tree / env).exists():
+                (tree / env).symlink_to((ROOT / env).resolve())
+    return sha, tree
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def compare_commits(commits: list[str], n_cells: int, rounds: int, workdir: Path) -> dict:
+    """`snakemake -n` of one study on two commits' checkouts, alternated: round r runs
+    A then B when r is even, B then A when odd (ABBA), so drift in the machine's load hits
+    both alike. Each run has its own fresh --directory."""
+    import statistics
+
+    study = write_study(workdir, n_cells)
+    trees = [checkout(c, workdir) for c in commits]
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            name, tree = trees[k]
+            target = workdir / f"dryrun-{n_cells}-{k}-{r}"
+            dry = run_dryrun(workdir, study, n_cells, snakefile=tree / "Snakefile",
+                             target=target)
+            assert dry["cells"] == n_cells, f"{name}: {dry['cells']} measure jobs, not {n_cells}"
+            times[k].append(dry["duration_s"])
+            print(f"dryrun {n_cells} cells  {commits[k]} ({name})  round {r + 1}: "
+                  f"{dry['duration_s']:.2f} s", flush=True)
+    medians = [statistics.median(t) for t in times]
+    return {"n_cells": n_cells, "rounds": rounds,
+            "commits": [{"given": c, "resolved": t[0], "dryrun_s": times[k],
+                         "median_s": medians[k]} for k, (c, t) in enumerate(zip(commits, trees))],
+            "ratio_new_over_old": medians[1] / medians[0]}
+
+
+def commits_table(result: dict) -> str:
+    """The Markdown block written into docs/scale.md."""
+    old, new = result["commits"]
+    lines = [DOC_BEGIN,
+             f"`snakemake -n` on {result['n_cells']:,} cells, {result['rounds']} rounds "
+             f"alternated (ABBA), measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+             f"with `bench/scale.py --commits {old['given']} {new['given']} --sizes "
+             f"{result['n_cells']} --rounds {result['rounds']}` ({os.cpu_count()} CPUs, load "
+             f"average {os.getloadavg()[0]:.1f} at the end):", "",
+             "| commit | runs (s) | median (s) |", "|---|---|---|"]
+    for c in (old, new):
+        runs = ", ".join(f"{t:.1f}" for t in c["dryrun_s"])
+        lines.append(f"| {c['given']} = `{c['resolved']}` | {runs} | {c['median_s']:.1f} |")
+    lines += ["", f"new ÷ old = **{result['ratio_new_over_old']:.3f}** (target ≤ 1.1)", DOC_END]
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, block: str) -> None:
+    """Replace the marked block in `doc` (appended under a heading when absent)."""
+    text = doc.read_text() if doc.exists() else ""
+    if DOC_BEGIN in text and DOC_END in text:
+        head, rest = text.split(DOC_BEGIN, 1)
+        text = head + block + rest.split(DOC_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Two commits side by side\n\n" + block + "\n"
+    doc.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--stages", nargs="+", default=["plan", "dryrun", "aggregate"],
                         choices=("plan", "dryrun", "aggregate"), help="which stages to run")
+    parser.add_argument("--commits", nargs=2, metavar=("OLD", "NEW"),
+                        help="time `snakemake -n` on two commits side by side (`.`: this "
+                             "working tree); only the dry run, at each of --sizes")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --commits: runs per commit, alternated (default 3)")
+    parser.add_argument("--doc", type=Path,
+                        help="with --commits: write the table into this Markdown file")
+    parser.add_argument("--max-ratio", type=float, default=1.1,
+                        help="with --commits: exit 1 when NEW / OLD exceeds this")
     parser.add_argument("--stage", choices=("plan", "aggregate"), help=argparse.SUPPRESS)
     parser.add_argument("stage_arg", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -235,6 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = args.sizes or ([100] if args.quick else [100, 1000, 10000])
+    if args.commits:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = [compare_commits(args.commits, n, args.rounds, args.workdir) for n in sizes]
+        for result in results:
+            print(f"{result['n_cells']} cells: new / old = {result['ratio_new_over_old']:.3f}")
+        if args.doc:
+            write_doc(args.doc, "\n\n".join(commits_table(r) for r in results)
+                      .replace(f"{DOC_END}\n\n{DOC_BEGIN}\n", "\n\n"))
+        if args.json:
+            args.json.write_text(json.dumps({"commits": results}, indent=2))
+        return 0 if all(r["ratio_new_over_old"] <= args.max_ratio for r in results) else 1
     request_sizes = args.request_sizes if args.request_sizes is not None else \
         ([100] if args.quick else [100, 1000])
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""Shared by the scripts: find the package, send output to the rule's log."""
+"""Shared by the scripts (thin adapters that unpack Snakemake's `snakemake` object): find the
+package and send the script's output to the rule's log. To run a stage by hand use
+`llm-energy aggregate|figures|report|export RESULTS_DIR` (llm_energy.execution.stages) or
+`llm-energy measure CELL_JSON MODEL_PATH OUT_DIR`."""
 
 import contextlib
 import sys
@@ -11,9 +14,13 @@ if str(SRC) not in sys.path:
 
 @contextlib.contextmanager
 def logged(smk):
-    """Redirect stdout/stderr to the rule's log file when run by Snakemake."""
-    if smk is None or not smk.log:
+    """Redirect stdout/stderr to the rule's log file."""
+    if not smk.log:
         yield sys.stdout
         return
-    with open(smk.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with (
+        open(smk.log[0], "w") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         yield log

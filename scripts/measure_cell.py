@@ -1,42 +1,25 @@
-"""Measure one cell in its backend's environment.
+"""Rule `measure_<backend>`: measure one cell in its backend's environment
+(llm_energy.execution.runner.run_cell; by hand: `llm-energy measure`)."""
 
-CLI: python scripts/measure_cell.py CELL_JSON MODEL_PATH OUT_DIR"""
-
-import argparse
-import json
 import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import logged  # noqa: E402
+from _common import logged
 
-from llm_energy.execution.processes import set_parent_death_signal  # noqa: E402
-from llm_energy.execution.runner import run_cell  # noqa: E402
-from llm_energy.study.plan import cell_to_measure  # noqa: E402
+from llm_energy.execution.processes import set_parent_death_signal
+from llm_energy.execution.runner import run_cell
+from llm_energy.study.plan import cell_to_measure
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
-
-def main(smk=None):
-    # Snakemake gone (killed) -> SIGTERM here -> the runner stops the measurement's tree.
-    set_parent_death_signal(signal.SIGTERM)
-    if smk is None:
-        parser = argparse.ArgumentParser(description=__doc__)
-        parser.add_argument("cell_json")
-        parser.add_argument("model_path")
-        parser.add_argument("out_dir")
-        args = parser.parse_args()
-        cell, model_path, out = json.loads(Path(args.cell_json).read_text()), args.model_path, Path(args.out_dir)
-    else:
-        model_path, out = smk.params.model_path, Path(smk.output.runs).parent
-    with logged(smk) as log:
-        if smk is not None:
-            # The param is what the cell measures; the full configuration, operational
-            # settings included, comes from the study as it is now.
-            cell = cell_to_measure(smk.params.cell["cell_id"], smk.config, str(PROJECT_DIR))
-        status = run_cell(cell, model_path, out, log=log, project_dir=PROJECT_DIR)
-        print(f"cell {cell['cell_id']}: {status}", file=log)
-
-
-main(globals().get("snakemake"))
+# Snakemake gone (killed) -> SIGTERM here -> the runner stops the measurement's tree.
+set_parent_death_signal(signal.SIGTERM)
+with logged(snakemake) as log:
+    # The param is what the cell measures; the full configuration, operational settings
+    # included, comes from the study as it is now.
+    cell = cell_to_measure(snakemake.params.cell["cell_id"], snakemake.config, str(PROJECT_DIR))
+    status = run_cell(cell, snakemake.params.model_path, Path(snakemake.output.runs).parent,
+                      log=log, project_dir=PROJECT_DIR)
+    print(f"cell {cell['cell_id']}: {status}", file=log)

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -38,10 +39,27 @@ def small_study(**overrides) -> dict:
     return study
 
 
+def study_dir(workdir: Path, name: str = "test") -> Path:
+    """A study's results folder, `results/<study name>` (small_study's name is `test`)."""
+    return workdir / "results" / name
+
+
 def write_config(directory: Path, study: dict) -> Path:
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def edited_config(path: Path, study: dict):
+    """The study file edited in place, then restored: the same file may change its study
+    (another file reusing the study's name is refused, llm_energy.study.layout)."""
+    original = path.read_text()
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    try:
+        yield path
+    finally:
+        path.write_text(original)
 
 
 def run_snakemake(workdir: Path, config: Path, *args: str, timeout: float = 900,

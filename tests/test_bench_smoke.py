@@ -60,7 +60,7 @@ def test_scale_quick_plans_dry_runs_and_aggregates_every_cell(tmp_path):
     for row in rows.values():
         # Every stage saw all 100 cells (the bench itself checks the counts it reports).
         assert row["n_cells"] == 100 and row["cells"] == 100
-        assert 0 < row["duration_s"] and 50 < row["peak_rss_mib"] < 2048
+        assert row["duration_s"] > 0 and 50 < row["peak_rss_mib"] < 2048
     # Planning 100 cells is far inside the 10,000-cell budget of 2 s.
     assert rows["plan"]["duration_s"] < 2.0
     assert rows["aggregate_runs"]["runs_rows"] == 300
@@ -84,3 +84,29 @@ def test_meter_read_cost_quick_times_every_available_source(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["estimate"]["median_us"] > 0
+
+
+def test_scale_commits_alternates_two_checkouts_and_writes_the_doc(tmp_path):
+    """`--commits OLD NEW`: `snakemake -n` on each commit's own checkout, alternated, and the
+    table written into the marked block of the doc (replaced, not appended, on a rerun)."""
+    doc = tmp_path / "scale.md"
+    doc.write_text("# Scale\n\n<!-- scale:commits -->\nold numbers\n<!-- /scale:commits -->\n"
+                   "\nafter\n")
+    out = tmp_path / "commits.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--commits",
+                           "HEAD", ".", "--sizes", "100", "--rounds", "2", "--max-ratio", "100",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out),
+                           "--doc", str(doc)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out.read_text())["commits"]
+    old, new = result["commits"]
+    assert len(old["dryrun_s"]) == len(new["dryrun_s"]) == 2
+    assert (tmp_path / "work" / f"tree-{old['resolved']}" / "Snakefile").is_file()
+    assert "working tree" in new["resolved"]
+    assert abs(result["ratio_new_over_old"] - new["median_s"] / old["median_s"]) < 1e-9
+    # Alternated: round 1 runs OLD first, round 2 NEW first (printed in running order).
+    order = [line.split()[3] for line in proc.stdout.splitlines() if line.startswith("dryrun")]
+    assert order == ["HEAD", ".", ".", "HEAD"]
+    text = doc.read_text()
+    assert "old numbers" not in text and text.count("<!-- scale:commits -->") == 1
+    assert "new ÷ old = **" in text and text.endswith("\nafter\n")

@@ -65,7 +65,8 @@ def test_snakemake_rejects_before_any_job(tmp_path, name):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("llm-energy: config error")]
+    errors = [line for line in proc.stderr.splitlines()
+              if line.startswith("llm-energy: config error")]
     assert len(errors) == 1 and expected_message(path) in errors[0]
     assert not (tmp_path / "results").exists()
 

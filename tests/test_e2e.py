@@ -7,7 +7,15 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import (
+    ROOT,
+    dry_run_jobs,
+    edited_config,
+    run_snakemake,
+    small_study,
+    study_dir,
+    write_config,
+)
 
 from llm_energy.results import schema
 from llm_energy.results.io import REQUEST_COLUMNS, RUN_COLUMNS, TIMESERIES_COLUMNS
@@ -30,7 +38,7 @@ def study_run(tmp_path_factory):
 
 
 def cell_dirs(workdir):
-    return sorted(p.parent for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet"))
+    return sorted(p.parent for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet"))
 
 
 def test_one_directory_per_cell(study_run):
@@ -118,7 +126,7 @@ def test_provenance(study_run):
 
 def test_summary_figure_report(study_run):
     workdir, *_ = study_run
-    results = workdir / "results"
+    results = study_dir(workdir)
     summary = pd.read_parquet(results / "summary.parquet")
     assert len(summary) == 2 and summary["cycles"].between(2, MAX_CYCLES).all()
     # The gate: met means the J/token interval is within +-10%; a cell stops early only then.
@@ -150,11 +158,13 @@ def test_second_run_does_nothing(study_run):
     assert dry_run_jobs(workdir, config) == {}
 
 
-def test_changing_one_cell_reruns_only_that_cell(study_run, tmp_path):
-    workdir, _, study, _ = study_run
+def test_changing_one_cell_reruns_only_that_cell(study_run):
+    workdir, config, study, _ = study_run
     changed = json.loads(json.dumps(study))
     changed["backends"]["transformers"]["batch_size"] = [2, 3]
-    config = write_config(tmp_path, changed)
-    assert dry_run_jobs(workdir, config) == {
+    with edited_config(config, changed):
+        jobs = dry_run_jobs(workdir, config)
+    # study_record: the folder's record of the config hash follows the edit.
+    assert jobs == {
         "measure": 1, "matrix": 1, "aggregate": 1, "figures": 1, "report": 1, "export_mlenergy": 1,
-        "all": 1}
+        "study_record": 1, "all": 1}

@@ -295,9 +295,9 @@ def _stop(pid):
 
 
 def test_estimate_charges_a_busy_child_but_not_an_unrelated_process():
-    from llm_energy.telemetry.meters.estimate import busy_core_seconds
-
     import resource
+
+    from llm_energy.telemetry.meters.estimate import busy_core_seconds
 
     def reaped_children_s():
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -29,7 +29,7 @@ def nvml():
 
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
-    except Exception as exc:  # noqa: BLE001 - any NVML failure means: no GPU here
+    except Exception as exc:  # any NVML failure means: no GPU here
         pytest.skip(f"needs a real NVIDIA GPU (NVML: {type(exc).__name__}: {exc})")
     if count == 0:
         pytest.skip("needs a real NVIDIA GPU (NVML sees none)")

@@ -239,7 +239,7 @@ def test_openai_server_cell_through_snakemake(tmp_path):
     """The openai-server backend's real path: snakemake plans the cell, the measuring process
     (the pipeline's own environment) drives a server on this host with Poisson arrivals."""
     import pyarrow.parquet as pq
-    from conftest import run_snakemake, small_study, write_config
+    from conftest import run_snakemake, small_study, study_dir, write_config
 
     with FakeServer(token_delay_s=0.005) as server:
         study = small_study(
@@ -249,7 +249,7 @@ def test_openai_server_cell_through_snakemake(tmp_path):
             measurement={"cycles": 2, "idle_duration_s": 0.2, "idle_cache_ttl_s": 0,
                          "warmup": {"min_runs": 1, "max_runs": 1}})
         run_snakemake(tmp_path, write_config(tmp_path, study), timeout=600)
-    (cell,) = (tmp_path / "results" / "cells" / "tiny" / "openai-server").iterdir()
+    (cell,) = (study_dir(tmp_path) / "cells" / "tiny" / "openai-server").iterdir()
     runs = pq.read_table(cell / "runs.parquet").to_pylist()
     requests = pq.read_table(cell / "requests.parquet").to_pylist()
     assert [r["status"] for r in runs] == ["ok", "ok"], runs[0]["error"]

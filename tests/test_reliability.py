@@ -187,7 +187,8 @@ def test_killed_runner_takes_its_measurement_down(faults, tmp_path):
     cell, out = cell_config(10), tmp_path / "cell"
     cell_json = tmp_path / "cell.json"
     cell_json.write_text(json.dumps(cell))
-    job = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "measure_cell.py"),
+    # The measure job's work, run by hand (`llm-energy measure`, the script's standalone form).
+    job = subprocess.Popen([sys.executable, "-m", "llm_energy.cli", "measure",
                             str(cell_json), "unused-model-path", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -22,7 +22,7 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, SNAKEMAKE, dry_run_jobs, small_study, write_config
+from conftest import ROOT, SNAKEMAKE, dry_run_jobs, small_study, study_dir, write_config
 from fakes import fault_env
 
 from llm_energy.analysis.summary import read_problems
@@ -39,7 +39,7 @@ def snakemake(workdir: Path, config: Path, env: dict, *args: str, timeout: float
 
 
 def runs_file(workdir: Path, batch_size: int) -> Path:
-    for path in (workdir / "results" / "cells").glob("*/*/*/runs.parquet"):
+    for path in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet"):
         if pq.read_table(path, columns=["batch_size"]).column(0)[0].as_py() == batch_size:
             return path
     raise AssertionError(f"no cell with batch_size={batch_size}")
@@ -60,7 +60,7 @@ def failing_study(tmp_path_factory):
 
 def test_failed_cells_do_not_stop_the_study(failing_study):
     workdir, _, _, proc = failing_study
-    results = workdir / "results"
+    results = study_dir(workdir)
     assert (results / "report.html").exists(), proc.stderr[-4000:]
     summary = pd.read_parquet(results / "summary.parquet").set_index("batch_size")
     assert sorted(summary.index) == [1, 2, 3, 4, 6]
@@ -77,18 +77,18 @@ def test_transient_failure_succeeds_on_retry(failing_study):
     workdir, *_ = failing_study
     runs = pd.read_parquet(runs_file(workdir, 1))
     assert list(runs["status"]) == ["ok", "ok"] and runs["error"].isna().all()
-    log = next((workdir / "results" / "logs" / "measure").rglob(
+    log = next((study_dir(workdir) / "logs" / "measure").rglob(
         f"{runs_file(workdir, 1).parent.name}.log")).read_text()
     assert "injected transient failure" in log and "attempt 2/2" in log
     # Failing cells used their retry too, and kept the last error.
-    log2 = next((workdir / "results" / "logs" / "measure").rglob(
+    log2 = next((study_dir(workdir) / "logs" / "measure").rglob(
         f"{runs_file(workdir, 2).parent.name}.log")).read_text()
     assert log2.count("failed after") == 2
 
 
 def test_report_lists_failures(failing_study):
     workdir, *_ = failing_study
-    html = (workdir / "results" / "report.html").read_text()
+    html = (study_dir(workdir) / "report.html").read_text()
     for batch_size in (2, 3, 4):
         cell_id = runs_file(workdir, batch_size).parent.name
         assert f"failed <code>{cell_id}</code>" in html
@@ -115,7 +115,7 @@ def test_corrupt_results_are_reported_and_the_rest_aggregates(failing_study):
     truncated.write_bytes(data[: len(data) // 2])
     pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}).to_parquet(foreign)
     proc = snakemake(workdir, config, env)
-    results = workdir / "results"
+    results = study_dir(workdir)
     summary = pd.read_parquet(results / "summary.parquet")
     assert sorted(summary["batch_size"]) == [1, 3, 4]
     problems = read_problems(results / "summary.parquet")
@@ -130,16 +130,16 @@ def test_corrupt_results_are_reported_and_the_rest_aggregates(failing_study):
     assert f"{rel_truncated}: unreadable" in message and f"{rel_foreign}: unreadable" in message
     # The report lists them (run here from the command line, on the figures already drawn).
     out = workdir / "report-cli.html"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"),
-                    "results", str(out)], cwd=workdir, env=env, check=True, capture_output=True)
+    subprocess.run([str(Path(sys.executable).with_name("llm-energy")), "report", "results/test",
+                    "-o", str(out)], cwd=workdir, env=env, check=True, capture_output=True)
     html = out.read_text()
     assert f"unreadable result: {rel_truncated}" in html and f"unreadable result: {rel_foreign}" in html
 
 
 def test_pipeline_report_lists_unreadable_results(failing_study):
     workdir, *_ = failing_study
-    html = (workdir / "results" / "report.html").read_text()
-    assert "unreadable result: results/cells/" in html
+    html = (study_dir(workdir) / "report.html").read_text()
+    assert "unreadable result: results/test/cells/" in html
 
 
 def measure_jobs(dry_run_output: str) -> list[str]:
@@ -191,8 +191,8 @@ def test_kill_9_mid_measurement_then_rerun_redoes_exactly_that_cell(tmp_path):
            "--configfile", str(config), "--cores", "1"]
     sm = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                           start_new_session=True)
-    cells = tmp_path / "results" / "cells"
-    logs = tmp_path / "results" / "logs" / "measure"
+    cells = study_dir(tmp_path) / "cells"
+    logs = study_dir(tmp_path) / "logs" / "measure"
     victim = None
     deadline = time.monotonic() + 600
     try:
@@ -246,6 +246,6 @@ def test_kill_9_mid_measurement_then_rerun_redoes_exactly_that_cell(tmp_path):
     assert len(pd.read_parquet(victim_dir / "requests.parquet")) == \
         len(pd.read_parquet(survivor_dir / "requests.parquet"))
     assert not list(victim_dir.glob(".*.tmp"))
-    summary = pd.read_parquet(tmp_path / "results" / "summary.parquet")
+    summary = pd.read_parquet(study_dir(tmp_path) / "summary.parquet")
     assert len(summary) == 2 and (summary["status"] == "ok").all()
     assert dry_run_jobs(tmp_path, config) == {}

@@ -133,7 +133,7 @@ class Chromium:
     def close(self) -> None:
         try:
             self.send("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 - the browser may already be gone
+        except Exception:  # the browser may already be gone
             pass
         try:
             self.proc.wait(timeout=10)

@@ -9,14 +9,14 @@ import zipfile
 
 import pandas as pd
 import pytest
-from conftest import run_snakemake, small_study, write_config
+from conftest import run_snakemake, small_study, study_dir, write_config
 from test_export import REQUIRED, check_equal, check_windowed
 from test_figures import check_figure_files
 from test_mlenergy_app_schema import check_app_files
 from test_report_browser import Chromium, column_position, needs_chromium, png_size
 
 from llm_energy.analysis.export import SIDECAR
-from llm_energy.analysis.figures import CAPTIONS, FIGURES, FORMATS
+from llm_energy.analysis.figures import CAPTIONS, FIGURES
 
 pytestmark = pytest.mark.e2e
 
@@ -31,13 +31,13 @@ def study(tmp_path_factory):
 
 def test_figures_all_formats(study):
     workdir, _ = study
-    figures = workdir / "results" / "figures"
+    figures = study_dir(workdir) / "figures"
     for name in FIGURES:
         check_figure_files(figures / name)
-    summary = pd.read_parquet(workdir / "results" / "summary.parquet")
+    summary = pd.read_parquet(study_dir(workdir) / "summary.parquet")
     for cell_id in summary["cell_id"]:
         check_figure_files(figures / "power" / cell_id)
-    runs = pd.concat(pd.read_parquet(p) for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet"))
+    runs = pd.concat(pd.read_parquet(p) for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet"))
     # The steady-state window is on the cycle clock and inside the cycle.
     ok = runs[runs["steady_state_start_s"].notna()]
     assert len(ok) and (ok["steady_state_start_s"] >= 0).all()
@@ -49,8 +49,8 @@ def test_export_equals_summary(study):
     """The app's files load as the app loads them; every cell is either a stable configuration
     in the app files or in the sidecar with its reason; values equal the summary's."""
     workdir, _ = study
-    summary = pd.read_parquet(workdir / "results" / "summary.parquet").set_index("cell_id")
-    data = workdir / "results" / "mlenergy"
+    summary = pd.read_parquet(study_dir(workdir) / "summary.parquet").set_index("cell_id")
+    data = study_dir(workdir) / "mlenergy"
     check_app_files(data)
     doc = json.loads((data / "tasks" / "test.json").read_text())
     index = json.loads((data / "index.json").read_text())
@@ -77,8 +77,8 @@ def test_export_equals_summary(study):
 
 def test_snakemake_report_zip_has_captions(study):
     workdir, config = study
-    run_snakemake(workdir, config, "--report", "results/report.zip")
-    with zipfile.ZipFile(workdir / "results" / "report.zip") as z:
+    run_snakemake(workdir, config, "--report", "results/test/report.zip")
+    with zipfile.ZipFile(study_dir(workdir) / "report.zip") as z:
         names = z.namelist()
         html = z.read(next(n for n in names if n.endswith("/report.html") and n.count("/") == 1)).decode()
     for name in FIGURES:
@@ -92,7 +92,7 @@ def test_report_in_browser(study, tmp_path):
     workdir, _ = study
     chrome = Chromium(tmp_path / "profile")
     try:
-        chrome.open(workdir / "results" / "report.html")
+        chrome.open(study_dir(workdir) / "report.html")
         assert chrome.eval("performance.getEntriesByType('resource').length") == 0
         n_images = chrome.eval("Array.from(document.images).filter(function(i){"
                                "return i.complete && i.naturalWidth>0;}).length")
@@ -111,7 +111,7 @@ def test_report_in_browser(study, tmp_path):
 
 def test_compare_cli_same_study(study, tmp_path):
     workdir, _ = study
-    summary = workdir / "results" / "summary.parquet"
+    summary = study_dir(workdir) / "summary.parquet"
     proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "compare", str(summary),
                            str(summary), "-o", str(tmp_path / "d.csv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

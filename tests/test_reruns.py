@@ -23,9 +23,11 @@ import pytest
 from conftest import (
     ROOT,
     dry_run_jobs,
+    edited_config,
     fold_measure_rules,
     run_snakemake,
     small_study,
+    study_dir,
     write_config,
 )
 
@@ -78,7 +80,7 @@ def two_backends(tmp_path_factory):
         mp.setenv("LLM_ENERGY_PYTHON_VLLM", str(vllm_python))
         # The failed (fake) vLLM cell makes the run's exit status non-zero by design.
         run_snakemake(workdir, config, check=False)
-    cells = {p.parts[-3]: p.parent for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet")}
+    cells = {p.parts[-3]: p.parent for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet")}
     assert set(cells) == {"transformers", "vllm"}, cells
     return workdir, config, study, vllm_python, cells
 
@@ -116,13 +118,14 @@ def test_up_to_date_after_the_run(two_backends, env):
     assert dry_run_jobs(workdir, config) == {}
 
 
-def test_changed_parameter_reruns_that_cell_only(two_backends, env, tmp_path):
-    workdir, _, study, _, cells = two_backends
+def test_changed_parameter_reruns_that_cell_only(two_backends, env):
+    workdir, config, study, _, cells = two_backends
     changed = json.loads(json.dumps(study))
     changed["backends"]["transformers"]["batch_size"] = [3]
-    config = write_config(tmp_path, changed)
-    jobs, reasons = dry_run(workdir, config)
+    with edited_config(config, changed):
+        jobs, reasons = dry_run(workdir, config)
     assert jobs.pop("measure") == 1 and jobs.pop("matrix") == 1
+    assert jobs.pop("study_record") == 1  # the folder's record of the config hash
     assert set(jobs) - {"export_mlenergy"} == DOWNSTREAM
     # The new cell is a transformers cell; the vLLM cell is untouched.
     assert set(reasons) == {"transformers"}
@@ -173,7 +176,7 @@ def test_fresh_cells_are_not_stale(two_backends, env):
     # The versions the measurement process recorded (importlib.metadata, in the backend's
     # environment) agree with those read from dist-info folders. The fingerprint is the
     # recorded one: other work may be editing src/llm_energy while this runs.
-    stale, problems = find_stale(workdir / "results", ROOT,
+    stale, problems = find_stale(study_dir(workdir), ROOT,
                                  code_fingerprint=recorded["code_fingerprint"])
     assert (stale, problems) == ([], [])
 
@@ -232,23 +235,24 @@ _NEW_VALUES = {"measurement.timeout_s": 600, "measurement.retries": 2,
 
 
 @pytest.mark.parametrize("key", _operational_keys())
-def test_operational_setting_reruns_nothing(two_backends, env, tmp_path, key):
+def test_operational_setting_reruns_nothing(two_backends, env, key):
     """Job limits, retries and idle-cache housekeeping are no part of a cell: editing one
-    in a finished study leaves nothing to do."""
-    workdir, _, study, _, _ = two_backends
+    in a finished study leaves nothing to do (not even the study's record)."""
+    workdir, config, study, _, _ = two_backends
     changed = json.loads(json.dumps(study))
     section, name = key.split(".")
     changed.setdefault(section, {})[name] = _NEW_VALUES[key]
-    assert dry_run_jobs(workdir, write_config(tmp_path, changed)) == {}
+    with edited_config(config, changed):
+        assert dry_run_jobs(workdir, config) == {}
 
 
 @pytest.mark.parametrize("section", [{"carbon": {"pue": 1.2, "price_per_kwh": 0.3}},
                                      {"slo": {"ttft_ms": 50.0, "target_attainment": 0.5}}])
 def test_analysis_only_sections_rerun_the_aggregation_not_a_measurement(two_backends, env,
-                                                                         tmp_path, section):
-    workdir, _, study, _, _ = two_backends
-    config = write_config(tmp_path, {**study, **section})
-    jobs = dry_run_jobs(workdir, config)
+                                                                         section):
+    workdir, config, study, _, _ = two_backends
+    with edited_config(config, {**study, **section}):
+        jobs = dry_run_jobs(workdir, config)
     assert "measure" not in jobs and "matrix" not in jobs and jobs.get("aggregate") == 1
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SNAKEMAKE, small_study, write_config
+from conftest import ROOT, SNAKEMAKE, small_study, study_dir, write_config
 
 from llm_energy.execution import runner
 from llm_energy.study.config import ConfigError, validate_study
@@ -172,18 +172,18 @@ def hostile_study(tmp_path_factory, demo_model_dir):
 def _summary(workdir: Path):
     import pandas as pd
 
-    return pd.read_parquet(workdir / "results" / "summary.parquet").set_index("model")
+    return pd.read_parquet(study_dir(workdir) / "summary.parquet").set_index("model")
 
 
 @pytest.mark.e2e
 def test_shell_syntax_in_a_model_path_is_never_executed(hostile_study):
     workdir, models_root, _, proc = hostile_study
-    assert (workdir / "results" / "report.html").exists(), proc.stderr[-4000:]
+    assert (study_dir(workdir) / "report.html").exists(), proc.stderr[-4000:]
     no_shell_traces(workdir, models_root)
     summary = _summary(workdir)
     # The model was loaded from the path as given, every character of it.
     assert summary.loc["shell-path", "status"] == "ok", summary.loc["shell-path", "error"]
-    prov = json.loads(next((workdir / "results" / "cells" / "shell-path").rglob(
+    prov = json.loads(next((study_dir(workdir) / "cells" / "shell-path").rglob(
         "provenance.json")).read_text())
     assert prov["cell_config"]["model"]["path"].endswith("/" + EVIL)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,7 +216,7 @@ def test_secrets_never_reach_results_or_logs(hostile_study):
     assert scanned > 20  # cells' Parquet and provenance, logs, summary, report, .snakemake
     for value in SECRETS.values():
         assert value not in proc.stdout and value not in proc.stderr
-    html = (workdir / "results" / "report.html").read_text()
+    html = (study_dir(workdir) / "report.html").read_text()
     assert "provenance" in html.lower() and "HF_TOKEN" not in html
 
 

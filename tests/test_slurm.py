@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
 
@@ -70,7 +70,7 @@ def test_measure_cell_ran_as_a_slurm_job(slurm_run):
     _, slurm_id, slurm_log = submitted[0]
     assert "rule_measure" in slurm_log
     assert sacct_states([slurm_id]).get(slurm_id) == "COMPLETED"
-    cell_dir, = [p.parent for p in (workdir / "results" / "cells").glob("*/*/*/runs.parquet")]
+    cell_dir, = [p.parent for p in (study_dir(workdir) / "cells").glob("*/*/*/runs.parquet")]
     provenance = json.loads((cell_dir / "provenance.json").read_text())
     assert provenance["slurm_job_id"] == slurm_id
     assert provenance["environment"]["SLURM_JOB_ID"] == slurm_id
@@ -79,16 +79,16 @@ def test_measure_cell_ran_as_a_slurm_job(slurm_run):
 
 def test_results_are_complete(slurm_run):
     workdir, _, study, _, _ = slurm_run
-    runs = pd.read_parquet(next((workdir / "results" / "cells").glob("*/*/*/runs.parquet")))
+    runs = pd.read_parquet(next((study_dir(workdir) / "cells").glob("*/*/*/runs.parquet")))
     assert len(runs) == study["measurement"]["cycles"] and (runs["status"] == "ok").all()
     # Each cycle repeats the workload until its window is long enough.
     assert (runs["output_tokens"] == 4 * 32 * runs["repetitions"]).all()
     # Energy is positive, or absent with the reason; never a silent 0 J.
     unresolved = runs["warnings"].map(lambda ws: any("did not advance" in w for w in ws))
     assert ((runs["total_energy_j"] > 0) | (runs["total_energy_j"].isna() & unresolved)).all()
-    summary = pd.read_parquet(workdir / "results" / "summary.parquet")
+    summary = pd.read_parquet(study_dir(workdir) / "summary.parquet")
     assert list(summary["status"]) == ["ok"] and list(summary["cycles"]) == [2]
-    assert (workdir / "results" / "report.html").stat().st_size > 1000
+    assert (study_dir(workdir) / "report.html").stat().st_size > 1000
 
 
 def test_nothing_left_to_do(slurm_run):

@@ -193,8 +193,9 @@ def test_runner_fails_the_cell_naming_what_to_install(tmp_path, demo_model_dir, 
 
     monkeypatch.delenv("LLM_ENERGY_PYTHON_TENSORRT_LLM", raising=False)
     cell = _trt_cell(tmp_path)
-    log = open(tmp_path / "log.txt", "w")
-    status = runner.run_cell(cell, str(demo_model_dir), tmp_path / "a", log=log, project_dir=ROOT)
+    with open(tmp_path / "log.txt", "w") as log:
+        status = runner.run_cell(cell, str(demo_model_dir), tmp_path / "a", log=log,
+                                 project_dir=ROOT)
     row = pq.read_table(tmp_path / "a" / "runs.parquet").to_pylist()[0]
     assert status == "failed" and row["status"] == "failed"
     assert "no environment for backend 'tensorrt-llm'" in row["error"]

@@ -8,12 +8,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, VLLM_PYTHON, run_snakemake, small_study, write_config
+from conftest import ROOT, VLLM_PYTHON, run_snakemake, small_study, study_dir, write_config
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,7 +45,7 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
         measurement=MEASUREMENT)
     run_snakemake(tmp_path, write_config(tmp_path, study), timeout=900)
 
-    cells = sorted((tmp_path / "results" / "cells" / "tiny" / "vllm").iterdir())
+    cells = sorted((study_dir(tmp_path) / "cells" / "tiny" / "vllm").iterdir())
     assert len(cells) == 2
     modes = {}
     for cell in cells:

@@ -14,6 +14,7 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 MAX_NUM_SEQS = 2
 NUM_PROMPTS = 5
@@ -53,7 +54,7 @@ def main(model_dir: str) -> None:
         "mode": "offline",
     }
     rng = random.Random(0)
-    vocab = json.load(open(f"{model_dir}/config.json"))["vocab_size"]
+    vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
     prompts = [[rng.randrange(3, vocab) for _ in range(INPUT_TOKENS)] for _ in range(NUM_PROMPTS)]
 
     backend = VllmBackend(model_dir, settings, "cpu")

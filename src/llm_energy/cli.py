@@ -1,4 +1,5 @@
-"""`llm-energy`: validate a study, print its matrix or the config schema, list stale cells.
+"""`llm-energy`: validate a study, print its matrix or the config schema, compare studies,
+list stale cells, run one stage of the pipeline on a study folder, write envs/*.yaml.
 
 The pipeline itself runs with `snakemake` (see README.md)."""
 
@@ -13,9 +14,17 @@ from llm_energy.study.matrix import expand, matrix_csv
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.study.layout import check_owner, study_dir
+
     study = load_study(args.config)
     cells, pruned = expand(study)
-    print(f"{args.config}: valid; {len(cells)} cell(s), {len(pruned)} pruned")
+    # The study name must not be taken by another config file's folder (as in the pipeline).
+    check_owner(study.name, [c.cell_id for c in cells], str(Path(args.config).resolve()),
+                args.results)
+    print(f"{args.config}: valid; {len(cells)} cell(s), {len(pruned)} pruned; results in "
+          f"{study_dir(study.name, args.results)}/")
     for p in pruned:
         print(f"  pruned {p.model}/{p.backend} {p.settings}: {p.reason}")
     return 0
@@ -34,8 +43,14 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from llm_energy.analysis.compare import DEFAULT_METRICS, compare_files, format_table
+    from llm_energy.study.layout import summary_path
 
-    diff = compare_files(args.before, args.after, args.metric or DEFAULT_METRICS, args.on)
+    try:
+        before, after = (summary_path(s, args.results) for s in (args.before, args.after))
+    except FileNotFoundError as exc:
+        print(f"llm-energy: {exc}", file=sys.stderr)
+        return 1
+    diff = compare_files(before, after, args.metric or DEFAULT_METRICS, args.on)
     if args.output:
         diff.to_csv(args.output, index=False)
         print(f"wrote {args.output}")
@@ -90,12 +105,20 @@ def _stale(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_energy.analysis.stale import find_stale
+    from llm_energy.study.layout import study_dir, study_folders
 
-    only = None
+    only, folders = None, [Path(args.results)] if args.results else []
     if args.config:
-        only = {c.cell_id for c in expand(load_study(args.config))[0]}
+        study = load_study(args.config)
+        only = {c.cell_id for c in expand(study)[0]}
+        folders = folders or [Path(study_dir(study.name, args.root))]
+    folders = folders or study_folders(args.root)
     project_dir = args.project_dir or str(Path(__file__).resolve().parents[2])
-    stale, problems = find_stale(args.results, project_dir, only)
+    stale, problems = [], []
+    for folder in folders:
+        found, unreadable = find_stale(folder, project_dir, only)
+        stale += found
+        problems += unreadable
     for problem in problems:
         print(f"llm-energy: unreadable provenance skipped: {problem}", file=sys.stderr)
     for cell in stale:
@@ -109,11 +132,48 @@ def _stale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(args: argparse.Namespace) -> int:
+    from llm_energy.execution.stages import run_on_folder
+
+    run_on_folder(args.command, args.results_dir, args.output)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.execution.runner import run_cell
+
+    cell = json.loads(Path(args.cell_json).read_text())
+    status = run_cell(cell, args.model_path, Path(args.out_dir), log=sys.stdout,
+                      project_dir=Path(args.project_dir or Path(__file__).resolve().parents[2]))
+    print(f"cell {cell['cell_id']}: {status}")
+    return 0
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_energy.execution.envs import check_envs, write_envs
+
+    project = Path(args.project_dir or Path(__file__).resolve().parents[2])
+    if args.check:
+        drift = check_envs(project)
+        for line in drift:
+            print(f"llm-energy: {line}", file=sys.stderr)
+        return 1 if drift else 0
+    for path in write_envs(project):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-energy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a study config; print its cell count")
     p.add_argument("config")
+    p.add_argument("--results", default="results",
+                   help="the results root whose study folders the name must not clash with")
     p.set_defaults(func=_validate)
     p = sub.add_parser("matrix", help="print the study's cells (planned and pruned) as CSV")
     p.add_argument("config")
@@ -122,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_schema)
     p = sub.add_parser("compare", help="per-cell differences between two summaries "
                        "(before/after), marking those whose 95%% CIs do not overlap")
-    p.add_argument("before", help="summary.parquet (or .csv) of the earlier study")
-    p.add_argument("after", help="summary.parquet (or .csv) of the later study")
+    p.add_argument("before", help="the earlier study: its name, its folder (results/<study>) "
+                   "or its summary.parquet (or .csv)")
+    p.add_argument("after", help="the later study (same forms)")
+    p.add_argument("--results", default="results", help="where study names are looked up")
     p.add_argument("-o", "--output", help="write the table as CSV here (default: stdout)")
     p.add_argument("--on", choices=("cell_id", "settings"), default="cell_id",
                    help="match cells by cell_id (default) or by model, backend and settings")
@@ -150,12 +212,34 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_data_contract)
     p = sub.add_parser("stale", help="list cells measured with other code or package versions "
                        "than the current ones (Snakemake does not track package code)")
-    p.add_argument("--results", default="results", help="the results folder (default: results)")
+    p.add_argument("--results", help="one study folder (default: the --config study's folder, "
+                   "else every study under --root)")
+    p.add_argument("--root", default="results", help="the results root (default: results)")
     p.add_argument("--config", help="only the cells of this study")
     p.add_argument("--paths", action="store_true",
                    help="print only their runs.parquet paths, for `snakemake --forcerun $(...)`")
     p.add_argument("--project-dir", help="where .venvs/<backend> live (default: this checkout)")
     p.set_defaults(func=_stale)
+    for stage, what in (("aggregate", "the summary from the cells present"),
+                        ("figures", "the figures"), ("report", "the HTML report"),
+                        ("export", "the ML.ENERGY export")):
+        p = sub.add_parser(stage, help=f"write {what} of a study folder, as the pipeline "
+                           "does (by hand, without snakemake)")
+        p.add_argument("results_dir", help="the study folder, results/<study>")
+        p.add_argument("-o", "--output", help="where to write (default: as the pipeline)")
+        p.set_defaults(func=_stage)
+    p = sub.add_parser("measure", help="measure one cell as the pipeline's measure job does "
+                       "(by hand, without snakemake)")
+    p.add_argument("cell_json", help="the cell's resolved configuration (the rule's `cell` param)")
+    p.add_argument("model_path")
+    p.add_argument("out_dir", help="results/<study>/cells/<model>/<backend>/<cell_id>")
+    p.add_argument("--project-dir", help="where .venvs/<backend> live (default: this checkout)")
+    p.set_defaults(func=_measure)
+    p = sub.add_parser("envs", help="write envs/*.yaml from requirements/*.txt "
+                       "(--check: exit 1 when they differ)")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--project-dir", help="the checkout (default: this one)")
+    p.set_defaults(func=_envs)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

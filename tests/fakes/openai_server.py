@@ -32,7 +32,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
 #: Bounds: tokens per request, and seconds a connection may stay silent.
 MAX_TOKENS = 4096
 SOCKET_TIMEOUT_S = 30.0
@@ -107,7 +106,7 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 if self.path == "/health":
                     self._send(200, "")
                 elif self.path == "/v1/models":
@@ -126,7 +125,7 @@ class FakeServer:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 entry = {"body": body, "start_s": time.perf_counter(), "chunk_s": [],
                          "authorization": self.headers.get("Authorization")}

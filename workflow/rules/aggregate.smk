@@ -1,28 +1,45 @@
+rule study_record:
+    output:
+        f"{RESULTS}/study.json",
+    log:
+        f"{RESULTS}/logs/study_record.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        # Name, config hash and config file: rewritten when the study changes, and
+        # results/index.json (all studies present) rebuilt with it.
+        record=PLAN.record(),
+    script:
+        "../../scripts/study_record.py"
 
 
 rule matrix:
     output:
-        "results/matrix.csv",
+        f"{RESULTS}/matrix.csv",
+    log:
+        f"{RESULTS}/logs/matrix.log",
+    conda:
+        PIPELINE_ENV
     params:
         # The whole matrix as a param: the file is rewritten whenever the study changes.
         table=PLAN.matrix_csv(),
-    log:
-        "results/logs/matrix.log",
     script:
         "../../scripts/write_matrix.py"
 
 
 rule aggregate:
     input:
-        runs=PLAN.runs_files(),
+        runs=RUNS_FILES,
     output:
-        parquet="results/summary.parquet",
-        csv="results/summary.csv",
+        parquet=f"{RESULTS}/summary.parquet",
+        csv=f"{RESULTS}/summary.csv",
+    log:
+        f"{RESULTS}/logs/aggregate.log",
+    conda:
+        PIPELINE_ENV
     params:
         # A param, so changing the carbon/price factors re-runs only the aggregation.
         carbon=PLAN.study.carbon.model_dump(mode="json"),
         slo=PLAN.study.slo.model_dump(mode="json") if PLAN.study.slo else {},
-    log:
-        "results/logs/aggregate.log",
     script:
         "../../scripts/aggregate.py"

@@ -1,16 +1,75 @@
+# Everything the rules share: the validated study (PLAN), its folder, output lists and
+# the helper functions the rules call. Rules live in the other rule files, never here.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from llm_energy.study.plan import plan_or_exit  # noqa: E402
+from llm_energy.analysis.export import task_file
+from llm_energy.analysis.figures import FIGURES, FORMATS
+from llm_energy.execution.runner import failure_message
+from llm_energy.study.plan import plan_or_exit
 
 # No `configfile:` directive: Snakemake would merge a user's --configfile into the default
-# study key by key. Validation happens here, before any job exists.
+# study key by key. Validation happens here, before any job exists; it also refuses a study
+# name whose folder belongs to another config file (llm_energy.study.layout).
 # The project directory holds the backend environments (.venvs/<backend>).
-PLAN = plan_or_exit(config, workflow.basedir)
+PLAN = plan_or_exit(config, workflow.basedir, [str(f) for f in workflow.configfiles])
 CELLS = PLAN.cells
-SCRIPTS = Path(workflow.basedir) / "scripts"
+# Every output of this study lives under results/<study name>/.
+RESULTS = PLAN.results_dir
+ENVS = Path(workflow.basedir) / "envs"
+# The pipeline environment of all rules but `measure`: envs/pipeline.yaml,
+# generated from requirements/main.txt (`llm-energy envs`).
+PIPELINE_ENV = str(ENVS / "pipeline.yaml")
+
+# Study figures, then one power-over-time figure per cell; the PNGs go into
+# `snakemake --report`, each with its caption (workflow/report/<figure>.rst).
+STUDY_FIGURE_FILES = [f"{RESULTS}/figures/{name}.{fmt}" for name in FIGURES for fmt in FORMATS]
+# Per-cell power figures go into one directory output: listing 3 files per cell as separate
+# outputs makes Snakemake's DAG work grow with the square of the cell count.
+POWER_FIGURE_DIR = f"{RESULTS}/figures/power"
+FIGURE_FILES = STUDY_FIGURE_FILES + [POWER_FIGURE_DIR]
+
+# The summary in the ML.ENERGY leaderboard's format: index.json + one task file (the study).
+MLENERGY_FILES = [
+    f"{RESULTS}/mlenergy/index.json",
+    f"{RESULTS}/mlenergy/{task_file(PLAN.study.name)}",
+]
+
+RUNS_FILES = PLAN.runs_files()
+
+
+def cell_files(name):
+    """One file of every planned cell (requests.parquet, provenance.json, ...)."""
+    return [r.replace("runs.parquet", name) for r in RUNS_FILES]
+
+
+def demo_spec(wildcards):
+    return PLAN.demo_spec(wildcards.model)
+
+
+def cell_identity(wildcards):
+    """What the cell measures (the measure rule's `cell` param)."""
+    return PLAN.cell_identity(wildcards.cell_id)
+
+
+def backend_conda_env(spec):
+    """A backend's conda environment (registry: `BackendSpec.conda_env`), used only with
+    `--sdm conda` (the local default runs in .venvs/<backend>, README): its `-cuda` variant on
+    CUDA studies where one exists (envs/vllm-cuda.yaml), else its own file, else the
+    pipeline's."""
+    path = Path(workflow.basedir) / spec.conda_env if spec.conda_env else None
+    if path is not None and PLAN.study.measurement.device == "cuda":
+        cuda = path.with_name(f"{path.stem}-cuda.yaml")
+        if cuda.is_file():
+            return str(cuda)
+    return str(path) if path is not None and path.is_file() else PIPELINE_ENV
+
+
+def project_file(relative):
+    """A file of the project (a container image) by absolute path, or None."""
+    return str(Path(workflow.basedir) / relative) if relative else None
 
 
 wildcard_constraints:
@@ -23,9 +82,7 @@ wildcard_constraints:
 # succeeds), so the exit status is set here: non-zero, with the list, when any planned cell
 # failed or its result is unreadable. Not called on dry runs or when nothing had to be done.
 onsuccess:
-    from llm_energy.execution.runner import failure_message
-
-    _failures = failure_message(PLAN.runs_files(), "results/summary.parquet")
+    _failures = failure_message(RUNS_FILES, f"{RESULTS}/summary.parquet")
     if _failures:
         sys.stderr.write(_failures)
         raise SystemExit(1)
@@ -33,6 +90,4 @@ onsuccess:
 
 # A job failed (Snakemake exits non-zero itself): still say which cells failed.
 onerror:
-    from llm_energy.execution.runner import failure_message
-
-    sys.stderr.write(failure_message(PLAN.runs_files(), "results/summary.parquet") or "")
+    sys.stderr.write(failure_message(RUNS_FILES, f"{RESULTS}/summary.parquet") or "")

@@ -12,22 +12,6 @@
 from llm_energy.backends import registry as _registry
 
 
-def _cell(wildcards):
-    return PLAN.cell_identity(wildcards.cell_id)
-
-
-def _project_file(relative):
-    """A file of the project (container image) by absolute path, or None."""
-    return str(Path(workflow.basedir) / relative) if relative else None
-
-
-def _conda_env(relative):
-    """The backend's conda env file, or None where it has none (yet): Snakemake reads the
-    file even without --sdm conda (job metadata), so a missing one must not be named."""
-    path = _project_file(relative)
-    return path if path and Path(path).is_file() else None
-
-
 for _spec in _registry.specs().values():
 
     rule:
@@ -37,21 +21,17 @@ for _spec in _registry.specs().values():
             model=lambda wc: PLAN.model_input(wc.model),
             workload=lambda wc: PLAN.workload_file(wc.cell_id),
         output:
-            requests=f"results/cells/{{model}}/{_spec.name}/{{cell_id}}/requests.parquet",
-            timeseries=f"results/cells/{{model}}/{_spec.name}/{{cell_id}}/timeseries.parquet",
-            provenance=f"results/cells/{{model}}/{_spec.name}/{{cell_id}}/provenance.json",
-            runs=f"results/cells/{{model}}/{_spec.name}/{{cell_id}}/runs.parquet",
-        params:
-            cell=_cell,
-            model_path=lambda wc: PLAN.model_path(wc.model),
-            # Not used by the script: here so that a new package version reruns the cells.
-            software=lambda wc, backend=_spec.name: PLAN.software(backend),
+            requests=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/requests.parquet",
+            timeseries=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/timeseries.parquet",
+            provenance=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/provenance.json",
+            runs=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/runs.parquet",
         log:
-            f"results/logs/measure/{{model}}/{_spec.name}/{{cell_id}}.log",
+            f"{RESULTS}/logs/measure/{{model}}/{_spec.name}/{{cell_id}}.log",
         conda:
-            _conda_env(_spec.conda_env)
+            backend_conda_env(_spec)
         container:
-            _project_file(_spec.container_image)
+            project_file(_spec.container_image)
+        threads: PLAN.threads(lambda: workflow.cores)
         # On Slurm: gpu -> --gpus, runtime -> -t (minutes), mem_mb -> --mem, cpus_per_task ->
         # --cpus-per-task. cpus_per_task is set from threads explicitly because a profile's
         # default-resources cpus_per_task would otherwise win over threads.
@@ -62,6 +42,10 @@ for _spec in _registry.specs().values():
             runtime=PLAN.runtime_min(),
             mem_mb=lambda wc, backend=_spec.name: PLAN.mem_mb(wc.model, backend),
             cpus_per_task=lambda wc, threads: threads,
-        threads: PLAN.threads(lambda: workflow.cores)
+        params:
+            cell=cell_identity,
+            model_path=lambda wc: PLAN.model_path(wc.model),
+            # Not used by the script: here so that a new package version reruns the cells.
+            software=lambda wc, backend=_spec.name: PLAN.software(backend),
         script:
             "../../scripts/measure_cell.py"

@@ -1,16 +1,15 @@
 # Demo models are built locally (random weights, locally trained tokenizer): no download.
-
-
-def demo_spec(wildcards):
-    return PLAN.demo_spec(wildcards.model)
+# Shared by the studies of this working directory (resources/models/<model>).
 
 
 rule demo_model:
     output:
         "resources/models/{model}/config.json",
+    log:
+        f"{RESULTS}/logs/demo_model/{{model}}.log",
+    conda:
+        PIPELINE_ENV
     params:
         spec=demo_spec,
-    log:
-        "results/logs/demo_model/{model}.log",
     script:
         "../../scripts/build_demo_model.py"

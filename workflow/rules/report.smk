@@ -1,15 +1,21 @@
 rule report:
     input:
-        summary="results/summary.parquet",
-        matrix="results/matrix.csv",
-        figures=[f"results/figures/{name}.png" for name in FIGURES],
+        summary=f"{RESULTS}/summary.parquet",
+        matrix=f"{RESULTS}/matrix.csv",
+        figures=[f"{RESULTS}/figures/{name}.png" for name in FIGURES],
         power=POWER_FIGURE_DIR,
-        provenance=[r.replace("runs.parquet", "provenance.json") for r in PLAN.runs_files()],
+        provenance=cell_files("provenance.json"),
     output:
-        report("results/report.html", category="Report", caption="../report/report.rst"),
+        report(
+            f"{RESULTS}/report.html",
+            category="Report",
+            caption="../report/report.rst",
+        ),
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        PIPELINE_ENV
     params:
         title=f"llm-energy study: {PLAN.study.name}",
-    log:
-        "results/logs/report.log",
     script:
         "../../scripts/report.py"

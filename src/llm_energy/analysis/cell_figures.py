@@ -9,9 +9,10 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -124,7 +125,7 @@ def draw_cell(cell_dir: Path, stem: Path) -> list[Path]:
 def _draw_cell_or_error(cell_dir: Path, stem: Path) -> list[Path] | str:
     try:
         return draw_cell(cell_dir, stem)
-    except Exception as exc:  # noqa: BLE001 - aggregation reports unreadable cells by path
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
 

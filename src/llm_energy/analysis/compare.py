@@ -10,8 +10,8 @@ studies whose workload or protocol differ."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

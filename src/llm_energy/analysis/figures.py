@@ -8,14 +8,14 @@ below zero for the positive quantities drawn. Per-cell power figures: `cell_figu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 from llm_energy.backends import registry  # noqa: E402
 

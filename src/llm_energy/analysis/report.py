@@ -1,4 +1,4 @@
-"""`results/report.html`: one self-contained page (figures embedded, no network) with the
+"""`results/<study>/report.html`: one self-contained page (figures embedded, no network) with the
 summary per model (sortable by any column), ITL-deadline and energy-budget filters that hide
 configurations outside them (as on the ML.ENERGY leaderboard), a measured/estimated badge on
 every number, the Pareto set marked, failed and pruned cells with reasons, the environment
@@ -10,9 +10,10 @@ import base64
 import html
 import json
 import os
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -207,7 +208,7 @@ def _model_table(summary: pd.DataFrame, pareto: set[str]) -> str:
 def _slider(summary: pd.DataFrame, metric: str) -> tuple[float, float, float]:
     """(min, max, step) covering every successful cell, so the default shows all."""
     ok = summary[summary["status"] == "ok"] if len(summary) else summary
-    values = [float(v) for v in (ok[metric] if metric in ok else []) if not _is_missing(v)]
+    values = [float(v) for v in ok.get(metric, []) if not _is_missing(v)]
     if not values:
         return 0.0, 1.0, 0.01
     high = max(values) * 1.001
@@ -287,7 +288,7 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
     """The report as one HTML string. `link_base` is the directory the report is written
     to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures."""
     parts = [f"<h1>{_esc(title)}</h1>",
-             f"<p>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by llm-energy. "
+             f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
              f"{int((summary['status'] != 'ok').sum()) if len(summary) else 0} failed, "
              f"{int((matrix['status'] == 'pruned').sum()) if len(matrix) else 0} pruned.</p>"]

@@ -22,9 +22,10 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from llm_energy.backends import registry
 
@@ -111,7 +112,7 @@ def _python_version(python: str) -> str | None:
     return match.group(1) if match else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backend_software(backend: str, project_dir: str) -> dict[str, Any]:
     """The software a backend's cells run with, as the measure rule's param: the Python
     version and the versions of `measured_packages(backend)` in the backend's environment

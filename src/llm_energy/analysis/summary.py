@@ -9,6 +9,7 @@ path, not fatal. Method: docs/methodology.md."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -135,7 +136,7 @@ def _metric_columns(ok: pd.DataFrame, cells: pd.Index, available: set[str]) -> d
             continue
         if agg.how in ("max", "sum", "first"):
             values = pd.to_numeric(ok[col.name], errors="coerce").groupby(key, sort=False)
-            result = {"max": values.max, "sum": lambda: values.sum(min_count=1),
+            result = {"max": values.max, "sum": lambda v=values: v.sum(min_count=1),
                       "first": values.first}[agg.how]()
             out[col.name] = _none_if_all_missing(result.reindex(cells))
             continue
@@ -226,7 +227,7 @@ def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
         elif col.agg is None:
             continue
         elif col.agg.how == "first":
-            out[col.name] = firsts[col.name] if col.name in firsts else None
+            out[col.name] = firsts.get(col.name)
         elif col.agg.how == "join":
             # Errors of every row; anything else (energy sources) of the cycles that count.
             out[col.name] = joined(runs if col.name == "error" else ok, col.name, col.agg.sep)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -27,7 +28,7 @@ def _read_all(paths: Iterable[str | Path], read: Callable[[str | Path], pa.Table
     def attempt(path: str | Path) -> tuple[str | Path, pa.Table | None, str | None]:
         try:
             return path, read(path), None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported
+        except Exception as exc:
             return path, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     tables, problems = [], []

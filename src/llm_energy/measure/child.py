@@ -1,6 +1,6 @@
 """Measure one cell inside its backend's environment (run by `runner.py` as a child process).
 
-    python -m llm_energy.measure.child --cell cell.json --model-path DIR --out results/cells/...
+    python -m llm_energy.measure.child --cell cell.json --model-path DIR --out results/<study>/cells/...
 
 On an exception it writes `.error.json` next to the outputs and exits 1; the runner turns
 that into a `status = failed` row. With `--parent-pid PID` (the runner passes its own):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from llm_energy.backends.base import RequestRecord
 from llm_energy.results.schema import PERCENTILES  # noqa: F401 - the registry's percentiles

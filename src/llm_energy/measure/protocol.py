@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from llm_energy.backends import Backend, RequestRecord, backend_class, is_server
 from llm_energy.measure import gate

@@ -93,7 +93,7 @@ def _nvml(call: Any, *args: Any) -> Any:
     must never fail a measurement). Older bindings return bytes."""
     try:
         value = call(*args)
-    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends
+    except Exception:  # NVMLError_NotSupported and friends
         return None
     return value.decode() if isinstance(value, bytes) else value
 
@@ -106,7 +106,7 @@ def gpu_info() -> dict[str, Any]:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no library, no driver, no GPU
+    except Exception:  # no library, no driver, no GPU
         return {"gpus": [], "driver_version": None, "cuda_driver_version": None}
     try:
         gpus = []

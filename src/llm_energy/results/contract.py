@@ -6,7 +6,7 @@ written from `results.schema` (`llm-energy data-contract --write docs/data-contr
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 

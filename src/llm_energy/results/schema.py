@@ -12,6 +12,7 @@ is neither declared here nor a setting is carried in the files but never treated
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache

@@ -112,7 +112,7 @@ def expand(study: StudyConfig) -> tuple[list[Cell], list[PrunedCell]]:
 
 
 def matrix_csv(cells: list[Cell], pruned: list[PrunedCell]) -> str:
-    """One row per cell, planned or pruned, for `results/matrix.csv`."""
+    """One row per cell, planned or pruned, for `results/<study>/matrix.csv`."""
     axis_names = sorted({k for c in [*cells, *pruned] for k in c.settings})
     gpu_names = [k for k in GPU_AXES if any(k in c.measurement_axes for c in [*cells, *pruned])]
     out = io.StringIO()

@@ -7,9 +7,10 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llm_energy.backends import registry
 from llm_energy.study.config import (
@@ -20,6 +21,7 @@ from llm_energy.study.config import (
     validate_study,
 )
 from llm_energy.study.identity import identity
+from llm_energy.study.layout import check_owner, study_dir, study_record
 from llm_energy.study.matrix import Cell, PrunedCell, expand, matrix_csv
 from llm_energy.study.workload_spec import WORKLOAD_DIR, WorkloadSpec, workload_key
 
@@ -42,12 +44,24 @@ class Plan:
     pruned: list[PrunedCell]
     # Where the backend environments live (.venvs/<backend>): the workflow's directory.
     project_dir: str = "."
+    # The config file(s) the study came from (absolute; several joined with `;`): they own
+    # the study's folder (llm_energy.study.layout).
+    config_file: str = ""
     # Models by name: the Snakefile asks per job, so a scan of the list would make a
     # 10,000-cell study quadratic.
     models: dict[str, ModelConfig] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.models = {m.name: m for m in self.study.models}
+
+    @property
+    def results_dir(self) -> str:
+        """The study's folder, `results/<study name>` (relative to the working directory)."""
+        return study_dir(self.study.name)
+
+    def record(self) -> dict[str, Any]:
+        """The content of the study's `study.json` (name, config hash, config file)."""
+        return study_record(self.study.name, self.cells, self.config_file)
 
     def model_path(self, model_name: str) -> str:
         model = self.models[model_name]
@@ -176,8 +190,10 @@ class Plan:
     def matrix_csv(self) -> str:
         return matrix_csv(list(self.cells.values()), self.pruned)
 
-    def runs_files(self, results_dir: str = "results") -> list[str]:
-        return [f"{results_dir}/{c.path}/runs.parquet" for c in self.cells.values()]
+    def runs_files(self, results_dir: str | None = None) -> list[str]:
+        """Every planned cell's runs.parquet, under the study's folder by default."""
+        root = self.results_dir if results_dir is None else results_dir
+        return [f"{root}/{c.path}/runs.parquet" for c in self.cells.values()]
 
 
 def _weights_mb(model: ModelConfig) -> float | None:
@@ -194,11 +210,26 @@ def _weights_mb(model: ModelConfig) -> float | None:
     return None
 
 
-def plan_from_config(config: dict[str, Any], project_dir: str = ".") -> Plan:
-    """The study from Snakemake's `config` (filled by --configfile), or the default study."""
-    study = validate_study(config) if config else load_study(DEFAULT_CONFIG)
+def default_config(project_dir: str | Path = ".") -> Path:
+    """The study used without --configfile: `config/config.yaml` of the working directory
+    when there is one (a deployed workflow's own study), else the workflow's default."""
+    here = Path(DEFAULT_CONFIG)
+    return here.resolve() if here.is_file() else (Path(project_dir) / DEFAULT_CONFIG).resolve()
+
+
+def plan_from_config(config: dict[str, Any], project_dir: str = ".",
+                     config_files: list[str] | None = None) -> Plan:
+    """The study from Snakemake's `config` (filled by --configfile, whose paths are
+    `config_files`), or the default study (`default_config`)."""
+    if config:
+        study = validate_study(config)
+        config_file = ";".join(str(Path(f).resolve()) for f in config_files or [])
+    else:
+        path = default_config(project_dir)
+        study, config_file = load_study(path), str(path)
     cells, pruned = expand(study)
-    return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir))
+    return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir),
+                config_file=config_file)
 
 
 def cell_to_measure(cell_id: str, config: dict[str, Any], project_dir: str = ".") -> dict[str, Any]:
@@ -212,10 +243,15 @@ def cell_to_measure(cell_id: str, config: dict[str, Any], project_dir: str = "."
     return plan.cell_params(cell_id)
 
 
-def plan_or_exit(config: dict[str, Any], project_dir: str = ".") -> Plan:
-    """For the Snakefile: a config error is one line on stderr and exit status 1."""
+def plan_or_exit(config: dict[str, Any], project_dir: str = ".",
+                 config_files: list[str] | None = None) -> Plan:
+    """For the Snakefile: the validated plan, its study name checked against the study
+    folders present (`layout.check_owner`). A config error is one line on stderr and exit
+    status 1."""
     try:
-        return plan_from_config(config, project_dir)
+        plan = plan_from_config(config, project_dir, config_files)
+        check_owner(plan.study.name, plan.cells, plan.config_file)
+        return plan
     except ConfigError as exc:
         sys.stderr.write(f"llm-energy: config error: {exc}\n")
         raise SystemExit(1) from None

@@ -210,7 +210,7 @@ def gpu_idents(gpus: Any, nvml: Any = None) -> list[str]:
             nvml = nvml or _pynvml()
             uuid = nvml.nvmlDeviceGetUUID(gpu.handle)
             out.append(uuid.decode() if isinstance(uuid, bytes) else str(uuid))
-        except Exception:  # noqa: BLE001 - AMD GPUs, no handle: fall back to index and host
+        except Exception:
             out.append(f"nvml{getattr(gpu, 'gpu_index', len(out))}@{socket.gethostname()}")
     return out
 

@@ -44,13 +44,13 @@ def read_back(gpus: Any, nvml: Any = None) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"gpu": f"gpu{index}"}
         try:
             row["power_limit_w"] = gpus.get_power_management_limit(index) / 1000.0
-        except Exception:  # noqa: BLE001
+        except Exception:
             row["power_limit_w"] = None
         for key, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("memory_clock_mhz", "NVML_CLOCK_MEM")):
             try:
                 nvml = nvml or _pynvml()
                 row[key] = float(nvml.nvmlDeviceGetClockInfo(gpu.handle, getattr(nvml, clock)))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 row[key] = None
         row["throttle_reasons"] = _clock_event_bits(nvml, gpu)
         out.append(row)
@@ -73,7 +73,7 @@ def _clock_event_bits(nvml: Any, gpu: Any) -> int | None:
         if fn is not None:
             try:
                 return int(fn(gpu.handle))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return None
     return None
 
@@ -93,7 +93,9 @@ def mismatches(settings: GpuSettings, readings: Sequence[Mapping[str, Any]]) -> 
         for name, asked, key in (("SM clock", settings.sm_clock, "sm_clock_mhz"),
                                  ("memory clock", settings.memory_clock, "memory_clock_mhz")):
             got = r.get(key)
-            if asked is None or (got is not None and asked.min_mhz - CLOCK_TOLERANCE_MHZ <= got <= asked.max_mhz + CLOCK_TOLERANCE_MHZ):
+            low, high = ((asked.min_mhz - CLOCK_TOLERANCE_MHZ, asked.max_mhz + CLOCK_TOLERANCE_MHZ)
+                         if asked is not None else (0, 0))
+            if asked is None or (got is not None and low <= got <= high):
                 continue
             reasons = reason_names(r.get("throttle_reasons"))
             why = f" (clock events: {', '.join(reasons)})" if reasons else ""

@@ -76,7 +76,7 @@ def _reset(gpus: Any, index: int, knobs: Sequence[str]) -> list[str]:
         if knob in knobs:
             try:
                 calls[knob](index)
-            except Exception as exc:  # noqa: BLE001 - try every knob, report each failure
+            except Exception as exc:
                 failed.append(f"could not reset {knob.replace('_', ' ')}: {type(exc).__name__}: {exc}")
     return failed
 

@@ -3,7 +3,7 @@ sampling coverage. Times in seconds, power in watts, energy in joules."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def integrate_power(profile: Sequence[tuple[float, float]], a: float, b: float) -> float:

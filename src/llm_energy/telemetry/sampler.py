@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -146,12 +146,12 @@ class Sampler:
         for poll in self.pollers:
             try:
                 poll()
-            except Exception:  # noqa: BLE001 - a failed poll is caught at the window edge
+            except Exception:  # a failed poll is caught at the window edge
                 self.errors += 1
         for probe in self.probes:
             try:
                 self.samples.append(probe.sample(now))
-            except Exception:  # noqa: BLE001 - lose the sample (a flagged gap), not the thread
+            except Exception:  # lose the sample (a flagged gap), not the thread
                 self.errors += 1
 
     def _run(self) -> None:
@@ -189,6 +189,6 @@ def default_probes(device: str, cpu_power_per_core_w: float | None,
         for gpu in gpus or []:
             try:
                 probes.append(NvmlProbe(nvml, gpu))
-            except Exception:  # noqa: BLE001 - a GPU that vanished shows as a gap
+            except Exception:  # a GPU that vanished shows as a gap
                 pass
     return probes

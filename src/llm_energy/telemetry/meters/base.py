@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 DOMAINS = ("gpu", "cpu", "dram")
 
@@ -154,7 +154,7 @@ class Meter:
         self._last_poll_s = now
         try:
             self._poll()
-        except Exception:  # noqa: BLE001 - a failed poll is caught again at the window edge
+        except Exception:  # a failed poll is caught again at the window edge
             pass
 
     def _poll(self) -> None:
@@ -170,7 +170,7 @@ class Meter:
     def _read_safely(self) -> tuple[dict[str, float] | None, str | None]:
         try:
             return self.read_j(), None
-        except Exception as exc:  # noqa: BLE001 - a sensor error must become a flag, not a crash
+        except Exception as exc:  # a sensor error must become a flag, not a crash
             return None, f"{type(exc).__name__}: {exc}"
 
     def begin_window(self, name: str) -> None:

@@ -161,7 +161,7 @@ def other_processes(nvml: Any, gpus: list[Gpu], own_pids: set[int]) -> list[str]
     for gpu in gpus:
         try:
             procs = nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             found.append(f"{gpu.label}: could not list processes ({type(exc).__name__})")
             continue
         for p in procs:
@@ -179,7 +179,7 @@ def temperatures_c(nvml: Any, gpus: list[Gpu]) -> dict[str, float | None]:
         try:
             out[gpu.label] = float(nvml.nvmlDeviceGetTemperature(gpu.handle,
                                                                   nvml.NVML_TEMPERATURE_GPU))
-        except Exception:  # noqa: BLE001
+        except Exception:
             out[gpu.label] = None
     return out
 
@@ -191,6 +191,6 @@ def throttle_reasons(nvml: Any, handle: Any) -> int | None:
         if fn is not None:
             try:
                 return int(fn(handle))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return None
     return None

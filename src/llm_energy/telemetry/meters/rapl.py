@@ -16,9 +16,9 @@ missing or unreadable."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llm_energy.telemetry.meters.base import CounterTrack, Meter
 
