@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 from llm_energy.backends import registry
 
@@ -92,7 +92,7 @@ def test_toy_backend_runs_through_the_whole_pipeline(toy_env, tmp_path):
     config = write_config(tmp_path, study)
     proc = run_snakemake(tmp_path, config)
     assert "measure_toy" in proc.stdout + proc.stderr
-    results = tmp_path / "results"
+    results = study_dir(tmp_path)
 
     matrix = pd.read_csv(results / "matrix.csv")
     assert list(matrix["backend"]) == ["toy", "toy"] and sorted(matrix["slots"]) == [1, 2]

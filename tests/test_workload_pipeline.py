@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import dry_run_jobs, run_snakemake, small_study, write_config
+from conftest import dry_run_jobs, run_snakemake, small_study, study_dir, write_config
 
 from llm_energy.workload.build import read_workload
 
@@ -35,7 +35,7 @@ def test_dataset_study_reads_the_workload_file(tmp_path):
     run_snakemake(tmp_path, config, "--until", "measure")
     (workload_file,) = (tmp_path / "resources" / "workloads").glob("*.parquet")
     built = read_workload(workload_file)
-    (cell,) = [p.parent for p in (tmp_path / "results" / "cells").glob("*/*/*/runs.parquet")]
+    (cell,) = [p.parent for p in (study_dir(tmp_path) / "cells").glob("*/*/*/runs.parquet")]
     requests = pd.read_parquet(cell / "requests.parquet")
     # Per-request input lengths are the dataset records' token counts, in send order.
     assert sorted(requests["input_tokens"]) == sorted(len(p) for p in built.prompts)
