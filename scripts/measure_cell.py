@@ -8,9 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import logged
 
-from llm_energy.execution.processes import set_parent_death_signal
 from llm_energy.execution.runner import run_cell
 from llm_energy.study.plan import cell_to_measure
+from llm_energy.system.processes import set_parent_death_signal
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

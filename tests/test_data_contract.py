@@ -47,7 +47,7 @@ def test_settings_and_declared_columns_are_disjoint():
 def test_views_derive_from_the_registry():
     assert list(RUN_COLUMNS) == [n for n, c in schema.RUNS.items() if not c.optional]
     assert [m for m, *_ in report.TABLE_COLUMNS] == [c.name for c in schema.report_columns()]
-    assert compare.DEFAULT_METRICS == schema.compare_metrics()
+    assert schema.compare_metrics() == compare.DEFAULT_METRICS
     # Registry export names either fill the app's Configuration fields or sit in our own
     # `llm_energy` object; the app's fields that are metrics come from the registry.
     assert {"energy_per_token_joules", "avg_power_watts", "median_itl_ms"} <= set(export.EXPORTED)

@@ -8,7 +8,7 @@ import pytest
 from test_mlenergy_app_schema import check_app_files
 
 from llm_energy.analysis.export import APP_FIELDS, SIDECAR, to_mlenergy, write_mlenergy
-from llm_energy.models.facts import ModelFacts
+from llm_energy.backends.checkpoint_facts import ModelFacts
 
 # The fields the issue and the ML.ENERGY leaderboard (scripts/build_data.py) name.
 REQUIRED = ("energy_per_token_joules", "energy_per_request_joules", "avg_power_watts",

@@ -153,8 +153,8 @@ def test_the_gates_interval_is_the_summarys(seed=0):
 
     import numpy as np
 
-    from llm_energy.analysis.intervals import ratio_interval
     from llm_energy.analysis.statistics import ratio_of_sums
+    from llm_energy.results.intervals import ratio_interval
 
     rng = random.Random(seed)
     for case in range(200):

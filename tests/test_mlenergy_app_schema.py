@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 from jsonschema import validators
 
-from llm_energy.models.facts import model_facts
+from llm_energy.backends.checkpoint_facts import model_facts
 
 NUM, STR, INT = {"type": "number"}, {"type": "string"}, {"type": "integer"}
 NAMESPACE = {"llm_energy": {"type": "object"}}

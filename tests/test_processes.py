@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT, small_study
 from fakes import fault_env
 
-from llm_energy.execution.processes import start_guarded, stop_process_group
 from llm_energy.study.plan import plan_from_config
+from llm_energy.system.processes import start_guarded, stop_process_group
 
 FAKE_SERVER = ROOT / "tests" / "fakes" / "fake_server.py"
 #: How long the tree may take to be gone once the cell is ended (measured: well under 1 s).
@@ -83,7 +83,8 @@ def start_serving_cell(tmp_path: Path, cleanup: list[str], **measurement):
     cell_json = tmp_path / "cell.json"
     cell_json.write_text(json.dumps(cell))
     with open(tmp_path / "job.log", "w") as log:
-        job = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "measure_cell.py"),
+        # The job script's standalone twin (`llm-energy measure`): same runner, same signals.
+        job = subprocess.Popen([sys.executable, "-m", "llm_energy.cli", "measure",
                                 str(cell_json), "unused-model-path", str(tmp_path / "out")],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
@@ -176,7 +177,7 @@ def test_a_process_started_while_the_tree_is_killed_is_not_missed(tmp_path, clea
     record = tmp_path / "pids.json"
     parent = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from llm_energy.execution.processes import start_guarded\n"
+        "from llm_energy.system.processes import start_guarded\n"
         f"start_guarded([sys.executable, {str(FAKE_SERVER)!r}, {str(record)!r}, '--churn'], 1.0)\n"
         "time.sleep(600)")])
     deadline = time.monotonic() + 60

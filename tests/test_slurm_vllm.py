@@ -54,7 +54,7 @@ def _servers(marker: str) -> list[psutil.Process]:
     for proc in psutil.process_iter(["cmdline", "status", "cwd"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if (SERVER_MODULE in cmdline and _ours(proc.info, marker)
-                and "execution.guard" not in cmdline
+                and "system.guard" not in cmdline
                 and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     return found

@@ -202,7 +202,9 @@ def test_runner_fails_the_cell_naming_what_to_install(tmp_path, demo_model_dir, 
     assert "envs/tensorrt-llm.yaml" in row["error"]
 
     monkeypatch.setenv("LLM_ENERGY_PYTHON_TENSORRT_LLM", sys.executable)
-    status = runner.run_cell(cell, str(demo_model_dir), tmp_path / "b", log=log, project_dir=ROOT)
+    with open(tmp_path / "log.txt", "a") as log:
+        status = runner.run_cell(cell, str(demo_model_dir), tmp_path / "b", log=log,
+                                 project_dir=ROOT)
     row = pq.read_table(tmp_path / "b" / "runs.parquet").to_pylist()[0]
     assert status == "failed"
     assert row["error"].startswith("BackendUnavailable: the tensorrt-llm backend needs the "

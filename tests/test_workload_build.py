@@ -32,7 +32,9 @@ from llm_energy.workload.lengths import rng, sample_lengths
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-WORDS = ["def", "class", "return", "import", "yield", "lambda", "while", "for", "if", "else", "try", "except", "finally", "with", "assert", "global", "pass", "break", "continue", "raise"]
+WORDS = [
+    "def", "class", "return", "import", "yield", "lambda", "while", "for", "if", "else", "try",
+    "except", "finally", "with", "assert", "global", "pass", "break", "continue", "raise"]
 
 
 @pytest.fixture(scope="module")

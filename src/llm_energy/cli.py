@@ -140,10 +140,14 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
+    import signal
     from pathlib import Path
 
     from llm_energy.execution.runner import run_cell
+    from llm_energy.system.processes import set_parent_death_signal
 
+    # As the pipeline's job script: the caller gone -> SIGTERM -> the runner stops the tree.
+    set_parent_death_signal(signal.SIGTERM)
     cell = json.loads(Path(args.cell_json).read_text())
     status = run_cell(cell, args.model_path, Path(args.out_dir), log=sys.stdout,
                       project_dir=Path(args.project_dir or Path(__file__).resolve().parents[2]))

@@ -81,7 +81,7 @@ def inject(fault: str, key: str) -> None:
         (_fault_dir() / f"orphan-{os.getpid()}.json").write_text(json.dumps({"orphan": escaped.pid}))
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "server":
-        from llm_energy.execution.processes import start_guarded
+        from llm_energy.system.processes import start_guarded
 
         record = _fault_dir() / f"server-{os.getpid()}.json"
         pending = record.with_suffix(".pids")

@@ -11,7 +11,6 @@
 # "Reruns").
 from llm_energy.backends import registry as _registry
 
-
 for _spec in _registry.specs().values():
 
     rule:

@@ -8,9 +8,11 @@ rule workload:
         lambda wc: PLAN.workload_inputs(wc.key),
     output:
         "resources/workloads/{key}.parquet",
+    log:
+        f"{RESULTS}/logs/workload/{{key}}.log",
+    conda:
+        PIPELINE_ENV
     params:
         workload=lambda wc: PLAN.workload_params(wc.key),
-    log:
-        "results/logs/workload/{key}.log",
     script:
         "../../scripts/build_workload.py"

@@ -24,7 +24,7 @@ app cannot show. Field meanings where this pipeline measures the same thing as M
   the energy was measured or estimated, e.g. "CPU: AMD EPYC 7B13 (estimated CPU energy)" with
   `num_gpus` 0, or "NVIDIA H100 80GB HBM3 (measured GPU+CPU+DRAM energy)".
 - `total_params_billions`, `activated_params_billions`, `architecture`: from the checkpoint
-  (`models.facts`); `weight_precision`: the cell's dtype.
+  (`backends.checkpoint_facts`); `weight_precision`: the cell's dtype.
 
 Left out of the app files (listed with the reason in the sidecar, with the full configuration
 where there is one): failed cells; cells that fail the leaderboard's stability rule (the app has
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from llm_energy.backends import registry
-from llm_energy.models.facts import ModelFacts
+from llm_energy.backends.checkpoint_facts import ModelFacts
 from llm_energy.results import schema
 
 # The app's `Configuration` fields (src/types.ts), in its order.

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from llm_energy.backends import registry  # noqa: E402
+from llm_energy.backends import registry
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 SINGLE_COLUMN_IN = (3.5, 2.6)

@@ -42,7 +42,8 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
     (`target`, else the summary's `slo_target_attainment`; none when the study has no `slo:`)
     only those with `slo_attainment ≥ target`. The winner has the lowest `objective` (ties:
     the lower `cell_id`). Columns: `model`, workload columns, `verdict` (`ok` or
-    `no cell meets the SLO`), `cell_id`, `backend`, `settings` (text: the settings that differ within the group), the objective's value
+    `no cell meets the SLO`), `cell_id`, `backend`, `settings` (text: the settings that
+    differ within the group), the objective's value
     and its `_ci95_low`/`_ci95_high`, `slo_attainment`, `output_tokens_per_s`, the fastest
     candidate-or-not cell (`fastest_cell_id`, its objective value and throughput) and
     `energy_saving_vs_fastest_pct` = (1 − winner ÷ fastest) × 100 of the objective,

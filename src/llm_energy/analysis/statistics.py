@@ -5,14 +5,14 @@ cycles, and percentile-bootstrap intervals over requests (seeded). Method: docs/
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 # The t table and the scalar statistics live in `intervals` (pure Python: the measuring
 # process applies the validity gate with them).
-from llm_energy.analysis.intervals import _T95, mean_ci, t95  # noqa: F401
+from llm_energy.results.intervals import _T95, mean_ci, t95  # noqa: F401
 
 # Percentile bootstrap over requests: resamples per cell, and the seed (mixed with the cell id,
 # so cells do not share resampling patterns, yet every rerun gives the same interval).

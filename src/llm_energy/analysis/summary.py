@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llm_energy.analysis.intervals import interval_met, relative_half_width
 from llm_energy.analysis.slo import CYCLE_COLUMNS as SLO_CYCLE_COLUMNS
 from llm_energy.analysis.slo import slo_settings, with_slo_columns
 from llm_energy.analysis.statistics import (  # noqa: F401 - re-exported
@@ -38,6 +37,7 @@ from llm_energy.analysis.summary_io import (  # noqa: F401 - re-exported
     write_summary,
 )
 from llm_energy.results import schema
+from llm_energy.results.intervals import interval_met, relative_half_width
 from llm_energy.results.schema import LATENCIES, PERCENTILES
 
 #: Metrics with `_std`, `_ci95_low` and `_ci95_high` columns in every summary (optional

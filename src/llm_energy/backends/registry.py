@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 from llm_energy.backends.settings import BackendSettings
 

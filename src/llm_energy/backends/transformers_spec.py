@@ -3,7 +3,8 @@ Its code is `transformers_backend.py`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 

@@ -30,8 +30,8 @@ from llm_energy.backends.base import (
     RequestRecord,
     fail_short_records,
 )
+from llm_energy.backends.checkpoint_facts import count_parameters
 from llm_energy.backends.vllm_spec import INSTALL_HINT, VllmConfig
-from llm_energy.models.facts import count_parameters
 
 # On CPU, vLLM sizes the KV cache as `gpu_memory_utilization` x the memory of NUMA node 0 and
 # refuses a fraction it cannot allocate (0.9, the GPU default, fails on small or partitioned

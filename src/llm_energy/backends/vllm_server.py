@@ -1,10 +1,11 @@
 """vLLM behind its OpenAI-compatible server (`vllm` cells with `mode: server`).
 
 The server is a child process of the measurement, started from an argument list (never a
-shell string) under a guard (`execution.guard`) in its own session, so that it and everything
+shell string) under a guard (`system.guard`) in its own session, so that it and everything
 it spawns (the engine-core process, workers) form one process group that `close()` stops with
 SIGTERM, then SIGKILL, and descendants that left the group are killed one by one. The guard
-kills that tree as soon as the measurement dies, however it dies (docs/reliability.md). It listens on 127.0.0.1 on a free
+kills that tree as soon as the measurement dies, however it dies (docs/reliability.md).
+It listens on 127.0.0.1 on a free
 port; `load()` is the time until `/health` answers. The workload goes through the load
 generator (streamed `/v1/completions`, token-id prompts); `/metrics` is scraped throughout.
 
@@ -31,7 +32,7 @@ from llm_energy.backends.base import BackendUnavailable, LoadInfo, RequestRecord
 from llm_energy.backends.openai_server import OpenAIServerBackend
 from llm_energy.backends.vllm_backend import count_parameters, engine_kwargs
 from llm_energy.backends.vllm_spec import VllmConfig
-from llm_energy.execution.processes import start_guarded, stop_process_group
+from llm_energy.system.processes import start_guarded, stop_process_group
 
 SERVED_MODEL_NAME = "llm-energy"
 #: Longest wait for `/health` after starting the server (the cell's own timeout_s still

@@ -7,8 +7,9 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 

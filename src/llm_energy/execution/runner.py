@@ -28,16 +28,16 @@ from typing import Any, TextIO
 import psutil
 
 from llm_energy.backends import SCHEDULER_THREAD_VARIABLES, registry
-from llm_energy.execution.processes import (
+from llm_energy.measure import provenance
+from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
+from llm_energy.results import io as results
+from llm_energy.study.cellspec import CellSpec
+from llm_energy.system.processes import (
     become_subreaper,
     kill_processes,
     on_termination,
     stop_process_group,
 )
-from llm_energy.measure import provenance
-from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
-from llm_energy.results import io as results
-from llm_energy.study.cellspec import CellSpec
 from llm_energy.telemetry import gpu_control
 
 SRC_DIR = Path(__file__).resolve().parents[2]

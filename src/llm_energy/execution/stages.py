@@ -77,7 +77,7 @@ def export(summary: str | Path, out_dir: str | Path, task: str,
     import pandas as pd
 
     from llm_energy.analysis.export import SIDECAR, output_lengths, write_mlenergy
-    from llm_energy.models.facts import model_facts
+    from llm_energy.backends.checkpoint_facts import model_facts
 
     files = sorted(Path(summary).parent.glob("cells/*/*/*/requests.parquet"))
     lengths = output_lengths(pd.concat(

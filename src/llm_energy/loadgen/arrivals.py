@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def poisson_offsets_s(num_requests: int, rate_per_s: float, seed: int) -> list[float]:

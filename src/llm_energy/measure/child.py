@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from llm_energy.execution.processes import (
+from llm_energy.system.processes import (
     PARENT_DEATH_SIGNAL,
     TERMINATION_SIGNALS,
     become_subreaper,
@@ -56,7 +56,7 @@ def _die_with_tree(parent: int | None) -> None:
     in a new session; never a shell's job group), the group; then exit."""
     try:  # descendants that left the group (own sessions) first: they would be orphaned
         kill_descendants(timeout_s=2.0)
-    except Exception:  # noqa: BLE001, S110 - the group kill below must happen regardless
+    except Exception:
         pass
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         record = provenance.collect(cell, output.energy_sources)
         record["workload"] = output.workload
         results.write_cell(out, output.runs, output.requests, output.timeseries, record)
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the runner
+    except BaseException as exc:
         traceback.print_exc()
         error = {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500]
                  if str(exc).strip() else type(exc).__name__, "kind": error_kind(exc)}

@@ -31,9 +31,8 @@ from pathlib import Path
 
 #: Subpackages of `llm_energy` whose code runs in a measurement.
 MEASURED_CODE = ("backends", "loadgen", "measure", "results", "telemetry", "workload")
-#: Single modules outside those subpackages that measured code runs: the validity gate's
-#: interval (shared with the summary) and the checkpoint facts (parameter counts).
-MEASURED_MODULES = ("llm_energy.analysis.intervals", "llm_energy.models.facts")
+#: Single modules outside those subpackages that measured code runs (none today).
+MEASURED_MODULES: tuple[str, ...] = ()
 
 #: Modules outside MEASURED_CODE that measured code imports, and why a change to them does
 #: not make a cell stale.
@@ -45,7 +44,7 @@ NOT_FINGERPRINTED = {
                                       "file, an input of its job",
     "llm_energy.study.cellspec": "the typed cell configuration (validation and defaults, as "
                                  "study.config), hashed into its id",
-    "llm_energy.execution.processes": "stops leftover processes after a cell (operational)",
+    "llm_energy.system.processes": "stops leftover processes after a cell (operational)",
     "llm_energy.analysis.stale": "package-name lists recorded in provenance",
 }
 

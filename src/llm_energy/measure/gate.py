@@ -1,15 +1,15 @@
 """The validity gate's rules as pure functions: how many repetitions of the workload fill a
 cycle's energy window, whether a cell needs another cycle, and which cells are flagged as
 non-stationary or contended. The protocol (`protocol.py`) applies them; the summary reports
-the same interval rule (`analysis.intervals`)."""
+the same interval rule (`results.intervals`)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
-from llm_energy.analysis.intervals import (
+from llm_energy.results.intervals import (
     interval_met,
     ratio_interval,
     relative_half_width,

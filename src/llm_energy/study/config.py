@@ -434,7 +434,7 @@ class StudyConfig(_Strict):
             return self  # the dataset's own lengths: checked when the workload is built
         need = longest_in + longest_out
         tokens = (f"workload.input_tokens + workload.output_tokens = "
-                  f"{longest_in} + {longest_out} = {need} (longest)")
+                  f"{longest_in} + {longest_out} = {need}")
         for key, backend in self.backends.enabled().items():
             setting = registry.get(key).context_setting
             if setting is None:

@@ -73,7 +73,7 @@ def load_table(config: DatasetConfig) -> Any:
                                          cache_dir=cache, keep_in_memory=True)
     except DatasetError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the builders raise many types; one line for all
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "corresponds to no data" in first:  # the builders' word for a file without rows
             raise DatasetError(f"dataset {path} is empty") from None

@@ -129,18 +129,18 @@ def _inventory(nvml: Any) -> list[_Device]:
         devices.append(_Device(_text(nvml.nvmlDeviceGetUUID(handle)), handle, index))
         try:
             mig_count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
-        except Exception:  # noqa: BLE001 - not MIG-capable, or MIG off
+        except Exception:
             mig_count = 0
         for slot in range(mig_count):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                 uuid = _text(nvml.nvmlDeviceGetUUID(mig))
-            except Exception:  # noqa: BLE001, S112 - an empty slot
+            except Exception:
                 continue
             try:
                 ids = (int(nvml.nvmlDeviceGetGpuInstanceId(mig)),
                        int(nvml.nvmlDeviceGetComputeInstanceId(mig)))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 ids = (-1, -1)
             devices.append(_Device(uuid, mig, index, ids))
     return devices
@@ -159,20 +159,20 @@ def _resolve(nvml: Any, item: str, inventory: list[_Device] | None) -> tuple[_De
     if form == "index":
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(int(item))
-        except Exception as exc:  # noqa: BLE001 - NVMLError_InvalidArgument
+        except Exception as exc:
             inventory = inventory if inventory is not None else _inventory(nvml)
             raise GpuIdError(f"no GPU with index {item} ({type(exc).__name__}: {exc}); "
                              f"{_describe(inventory)}") from None
         try:
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-        except Exception:  # noqa: BLE001 - identity is a nicety; the index still maps
+        except Exception:
             uuid = item
         return _Device(uuid, handle, int(item)), inventory
     if form in ("gpu-uuid", "mig-uuid"):
         try:  # a full UUID: NVML finds it without listing every device
             handle = nvml.nvmlDeviceGetHandleByUUID(item)
             return _Device(item, handle, _parent_index(nvml, handle, form)), inventory
-        except Exception:  # noqa: BLE001, S110 - Not Found: a prefix, or no such device
+        except Exception:
             pass
     inventory = inventory if inventory is not None else _inventory(nvml)
     if form == "mig-legacy":
@@ -197,7 +197,7 @@ def _parent_index(nvml: Any, handle: Any, form: str) -> int | None:
         if form == "mig-uuid":
             handle = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
         return int(nvml.nvmlDeviceGetIndex(handle))
-    except Exception:  # noqa: BLE001 - the index is for Zeus only
+    except Exception:
         return None
 
 

@@ -6,7 +6,8 @@ The module is passed in (`nvml=`) so that tests drive every path with a fake."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from llm_energy.telemetry import integrate as metrics
 from llm_energy.telemetry.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy

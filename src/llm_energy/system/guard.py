@@ -1,6 +1,6 @@
 """Run a server so that it cannot outlive the process that started it.
 
-    python -m llm_energy.execution.guard --parent-pid PID [--grace-s S] -- COMMAND ...
+    python -m llm_energy.system.guard --parent-pid PID [--grace-s S] -- COMMAND ...
 
 Started by `processes.start_guarded` in a session of its own, the guard leads the server's
 process group and:
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from llm_energy.execution.processes import (
+from llm_energy.system.processes import (
     PARENT_DEATH_SIGNAL,
     TERMINATION_SIGNALS,
     become_subreaper,
@@ -90,7 +90,7 @@ class Guard:
         become_subreaper()
         if self.parent_gone():  # died before the death signal was armed
             self.abandon()
-        self.server = subprocess.Popen(command, preexec_fn=_server_preexec)  # noqa: PLW1509
+        self.server = subprocess.Popen(command, preexec_fn=_server_preexec)
         while self.server.returncode is None:
             time.sleep(_POLL_S)
             if self.parent_gone():
@@ -105,7 +105,7 @@ class Guard:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m llm_energy.execution.guard",
+    parser = argparse.ArgumentParser(prog="python -m llm_energy.system.guard",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--grace-s", type=float, default=20.0)

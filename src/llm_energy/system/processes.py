@@ -164,13 +164,13 @@ _OWNED_GROUPS: set[int] = set()
 
 
 def start_guarded(command: list[str], grace_s: float, **popen_kwargs: Any) -> subprocess.Popen[Any]:
-    """Start `command` under `llm_energy.execution.guard` in a session of its own: the guard
+    """Start `command` under `llm_energy.system.guard` in a session of its own: the guard
     leads the group, dies with this process and takes the command's whole tree with it
     (see guard.py). The returned Popen is the guard's; its exit status mirrors the command's.
     `popen_kwargs` go to Popen (stdout, env, ...); the guard's Python is this interpreter."""
     from pathlib import Path
 
-    guard = [sys.executable, "-m", "llm_energy.execution.guard", "--parent-pid", str(os.getpid()),
+    guard = [sys.executable, "-m", "llm_energy.system.guard", "--parent-pid", str(os.getpid()),
              "--grace-s", f"{grace_s:g}", "--", *command]
     env = dict(popen_kwargs.pop("env", None) or os.environ)
     # The guard imports this package from where this process has it.
