@@ -148,7 +148,7 @@ ALLOWED = {
     # The OpenAI API client's endpoint (any server: vLLM's, SGLang's, an external one).
     ("loadgen/client.py", "base_url"),
     # A key of Hugging Face config.json files (MPT's position limit), not TensorRT-LLM's.
-    ("study/config.py", "max_seq_len"),
+    ("study/base.py", "max_seq_len"),
 }
 
 
@@ -219,7 +219,7 @@ def test_one_lint_clean_measure_rule_per_backend(tmp_path):
                            "--configfile", str(config), "--lint"], capture_output=True, text=True,
                           timeout=300)
     text = lint.stdout + lint.stderr
-    assert "Lints for rule" in text  # other rules still have lints: the check can fail
+    assert "Congratulations" in text or "Lints for rule" in text  # the lint ran
     assert "Lints for rule measure" not in text, text
 
 

@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -26,47 +24,34 @@ from pydantic import (
 from llm_energy.backends import registry
 from llm_energy.backends.registry import BackendSpec
 from llm_energy.backends.settings import BackendSettings
+from llm_energy.study.base import (  # noqa: F401 - re-exported: config's names
+    _HUB_PART,
+    _NAME_PATTERN,
+    _OPERATIONAL,
+    ANALYSIS_ONLY,
+    CONTEXT_LIMIT_KEYS,
+    HUB_ID_PATTERN,
+    MEASURED,
+    OPERATIONAL,
+    ROLE_KEY,
+    SCHEMA_VERSION,
+    ConfigError,
+    Device,
+    EnergySourceName,
+    _as_axis,
+    _Strict,
+)
+from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's names
+    GPU_AXES,
+    MAX_RETRIES,
+    MAX_TIMEOUT_S,
+    CarbonConfig,
+    ClockSetting,
+    MeasurementConfig,
+    SloConfig,
+    WarmupConfig,
+)
 from llm_energy.study.workload_spec import WorkloadSpec
-
-SCHEMA_VERSION = 1
-
-Device = Literal["cpu", "cuda"]
-EnergySourceName = Literal["auto", "nvml-counter", "amdsmi", "nvml-power", "rapl", "estimate"]
-
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-#: Keys of a transformers config.json that give the model's position limit, in order.
-CONTEXT_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
-
-
-#: Key of the field (or section) metadata that says what a config value is for; read by
-#: `llm_energy.study.identity.role_of`, the one place that decides. Unmarked: measured.
-ROLE_KEY = "identity"
-#: Changes what a cell measures: part of the cell id and of the measure rule's params.
-MEASURED = "measured"
-#: A job limit or housekeeping setting: neither hashed nor a rerun trigger.
-OPERATIONAL = "operational"
-#: Applied after measuring (aggregation, figures): never re-measures a cell.
-ANALYSIS_ONLY = "analysis-only"
-
-_OPERATIONAL = {ROLE_KEY: OPERATIONAL}
-
-#: A hub repository id as the hub accepts it (huggingface_hub's `validate_repo_id`):
-#: `name` or `namespace/name`, each of ASCII letters, digits, `-`, `_`, `.`, at most 96
-#: characters, not starting or ending with `-` or `.`; no `--` or `..`; not ending in `.git`.
-_HUB_PART = r"(?![-.])[A-Za-z0-9_.-]{1,96}(?<![-.])"
-HUB_ID_PATTERN = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
-
-
-class ConfigError(ValueError):
-    """A study configuration is invalid; `str()` is one line naming the key and the fix."""
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: every float of the config is finite (`.inf` would hang an idle
-    # window or overflow a job's time limit; `.nan` compares false with every bound).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
 
 # ---------------------------------------------------------------- models
 
@@ -202,166 +187,6 @@ class WorkloadConfig(WorkloadSpec):
         return self
 
 
-class WarmupConfig(_Strict):
-    min_runs: int = Field(1, ge=0, le=1000)
-    max_runs: int = Field(5, ge=0, le=1000)
-    cv_threshold: float = Field(0.05, gt=0)
-
-    @model_validator(mode="after")
-    def _order(self) -> WarmupConfig:
-        if self.max_runs < self.min_runs:
-            raise ValueError("max_runs must be >= min_runs")
-        return self
-
-
-#: Sanity bounds: a cell limit beyond a week, or more retries than this, is a typo (each
-#: attempt may use the whole `timeout_s`, and a scheduler is asked for all of them at once).
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
-MAX_RETRIES = 10
-
-
-#: A locked clock in MHz: one value, or [min, max].
-ClockSetting = Annotated[int, Field(gt=0)] | Annotated[
-    list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)]
-#: Measurement keys that are sweep axes (crossed with the backends' axes in the matrix).
-GPU_AXES = ("gpu_power_limit_w", "gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
-
-
-class MeasurementConfig(_Strict):
-    device: Device = "cpu"
-    gpu_power_limit_w: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] | None = \
-        Field(None, description="axis: GPU power limit per GPU, W (device: cuda; set through Zeus, "
-              "read back, restored after the cell); unset: the node's setting")
-    gpu_sm_clock_mhz: Annotated[list[ClockSetting], Field(min_length=1)] | None = Field(
-        None, description="axis: locked graphics (SM) clock, MHz: each value one locked clock "
-        "or [min, max]; unset: not locked")
-    gpu_memory_clock_mhz: Annotated[list[ClockSetting], Field(min_length=1)] | None = Field(
-        None, description="axis: locked memory clock, MHz: each value one locked clock or "
-        "[min, max]; unset: not locked")
-    cycles: int = Field(3, gt=0, le=1000)
-    warmup: WarmupConfig = WarmupConfig()
-    idle_duration_s: float = Field(2.0, ge=0)
-    cooldown_s: float = Field(0.0, ge=0)
-    sampler_hz: float = Field(10.0, gt=0, le=1000)
-    energy_source: EnergySourceName = "auto"
-    cpu_power_per_core_w: float = Field(
-        10.0, gt=0, description="per-core power of the 'estimate' CPU model at 100% use"
-    )
-    threads: int | None = Field(None, gt=0, le=1024,
-                                description="torch threads; default: all cores")
-    steady_state_rule: Literal["mlenergy", "batch-full"] = Field(
-        "mlenergy", description="steady-state window: ML.ENERGY's RequestTracker rule (opens when "
-        "max_num_seqs requests have their first token, closes when N - max_num_seqs - 1 have "
-        "finished) or 'batch-full' (while the running requests fill the batch limit)")
-    gpus_per_cell: int = Field(1, gt=0, le=64,
-                               description="GPUs each cell requests on a cuda device")
-    timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S, json_schema_extra=_OPERATIONAL,
-                             description="per-cell wall-clock limit, seconds")
-    retries: int = Field(0, ge=0, le=MAX_RETRIES, json_schema_extra=_OPERATIONAL,
-                         description="extra attempts for a failed cell")
-    idle_cache_ttl_s: float = Field(
-        3600.0, ge=0, json_schema_extra=_OPERATIONAL,
-        description="reuse an idle baseline of this host+device for this long; 0: off")
-    idle_cache_dir: str = Field(
-        "results/.idle-cache", min_length=1, json_schema_extra=_OPERATIONAL,
-        description="where cached idle baselines live (relative to the working directory)")
-    idle_revalidate_s: float = Field(
-        1.0, gt=0, json_schema_extra=_OPERATIONAL,
-        description="short idle window that re-checks a cached baseline, seconds")
-    idle_drift_tolerance: float = Field(
-        0.10, gt=0, json_schema_extra=_OPERATIONAL,
-        description="relative drift from the cached idle power that forces a re-measure")
-    temperature_drift_c: float = Field(
-        10.0, gt=0, description="device temperature change within a cycle, or across cycle starts, "
-        "that is flagged")
-    min_window_s: float | None = Field(
-        None, ge=0, description="shortest energy window of a cycle, seconds: the workload repeats "
-        "until the window reaches it; default: what the energy source needs (max(1 s, 10 sensor "
-        "update periods)); never below 10 update periods")
-    target_ci_rel: float | None = Field(
-        0.05, gt=0, lt=1, description="validity gate: the 95% interval of J/token must be within "
-        "its value +- this share; null: no interval target")
-    max_cycles: int | None = Field(
-        None, gt=0, le=1000, description="more cycles run after `cycles` until target_ci_rel is met, up "
-        "to this many; default: cycles (no extra cycles)")
-    stationarity_cv: float = Field(
-        0.10, gt=0, description="cycles whose time per workload repetition or J/token vary "
-        "with a larger coefficient of variation are flagged as not stationary")
-    contention_cpu_cores: float = Field(
-        0.25, ge=0, description="other processes using more cores than this on average "
-        "during a cycle are flagged as contention")
-
-    @model_validator(mode="after")
-    def _max_cycles_at_least_cycles(self) -> MeasurementConfig:
-        if self.max_cycles is not None and self.max_cycles < self.cycles:
-            raise ValueError(f"max_cycles={self.max_cycles} is below cycles={self.cycles}: "
-                             "raise max_cycles or lower cycles")
-        return self
-
-    @field_validator(*GPU_AXES, mode="before")
-    @classmethod
-    def _gpu_scalar_to_axis(cls, value: Any) -> Any:
-        return value if value is None else _as_axis(value)
-
-    @field_validator("gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
-    @classmethod
-    def _clock_ranges_ordered(cls, value: list[Any] | None) -> list[Any] | None:
-        for item in value or []:
-            if isinstance(item, list) and item[0] > item[1]:
-                raise ValueError(f"clock range {item}: min must not exceed max")
-        return value
-
-    def gpu_axes(self) -> dict[str, list[Any]]:
-        """The GPU axes that are set: key -> values (an unset key is no axis)."""
-        return {k: list(getattr(self, k)) for k in GPU_AXES if getattr(self, k) is not None}
-
-
-class CarbonConfig(_Strict):
-    """Factors that turn measured energy into emissions and cost (applied in aggregation, so
-    changing them never re-measures a cell). Defaults are round public figures: replace them
-    with your site's (sources in config/README.md)."""
-
-    model_config = ConfigDict(json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
-
-    grid_intensity_g_per_kwh: float = Field(
-        480.0, ge=0, description="grid carbon intensity, g CO2e per kWh (world 2023, Ember)")
-    pue: float = Field(
-        1.58, ge=1.0, description="data-centre power usage effectiveness (Uptime Institute 2023)")
-    price_per_kwh: float = Field(
-        0.13, ge=0, description="electricity price per kWh (US commercial 2023, EIA)")
-    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price")
-
-
-class SloConfig(_Strict):
-    """Per-request latency service-level objectives (SLOs), applied in aggregation, so changing
-    them never re-measures a cell. A request meets the SLO when it succeeded and each threshold
-    set here holds for it (vLLM `bench serve --goodput`, aiperf `--goodput`); a threshold left
-    unset is not checked. Definitions: docs/methodology.md#slos-and-goodput."""
-
-    model_config = ConfigDict(json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
-
-    # Each threshold's name is the requests.parquet column it bounds.
-    ttft_ms: float | None = Field(None, gt=0, description="time to first token, ms, at most")
-    tpot_ms: float | None = Field(
-        None, gt=0, description="time per output token after the first, ms, at most (aiperf's "
-        "per-request `inter_token_latency`); a one-token answer meets it")
-    e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency, ms, at most")
-    target_attainment: float = Field(
-        0.9, gt=0, le=1, description="share of a cell's requests that must meet the SLO for the "
-        "cell to qualify in `llm-energy recommend` (0.9: the p90 request meets it)")
-
-    @model_validator(mode="after")
-    def _some_threshold(self) -> SloConfig:
-        if not self.thresholds():
-            raise ValueError("give at least one of ttft_ms, tpot_ms, e2e_ms")
-        return self
-
-    def thresholds(self) -> dict[str, float]:
-        """requests.parquet column -> upper bound (ms), for the thresholds that are set."""
-        return {name: value for name in type(self).model_fields
-                if name.endswith("_ms") and (value := getattr(self, name)) is not None}
-
-
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
     # A label of the study's outputs (report title, export task), in no cell.
@@ -460,10 +285,6 @@ def _longest(policy: Any, dataset: Any) -> int | None:
     if policy == "dataset":
         return getattr(dataset, "max_input_tokens", None) if dataset is not None else None
     return getattr(policy, "max", None)
-
-
-def _as_axis(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 _IMPORT_REGISTRY = registry.extra_backends()

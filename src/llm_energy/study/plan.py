@@ -106,10 +106,16 @@ class Plan:
     def _workload_spec(cell: Cell) -> dict[str, Any]:
         return {k: v for k, v in cell.config["workload"].items() if k in WorkloadSpec.model_fields}
 
+    @functools.cached_property
+    def _workload_files(self) -> dict[str, str]:
+        # Snakemake calls the input functions several times per job: hash each cell once.
+        return {cell_id: f"{WORKLOAD_DIR}/"
+                         f"{workload_key(self._workload_spec(cell), cell.config['model'])}.parquet"
+                for cell_id, cell in self.cells.items()}
+
     def workload_file(self, cell_id: str) -> str:
         """The workload file a cell's measurement reads (an input of its measure job)."""
-        cell = self.cells[cell_id]
-        return f"{WORKLOAD_DIR}/{workload_key(self._workload_spec(cell), cell.config['model'])}.parquet"
+        return self._workload_files[cell_id]
 
     def workload_params(self, key: str) -> dict[str, Any]:
         spec, model = self.workloads[key]
@@ -133,8 +139,15 @@ class Plan:
     def cell_identity(self, cell_id: str) -> dict[str, Any]:
         """The measure rule's `cell` param, i.e. its rerun trigger: what the cell measures
         (`identity.identity`), without operational settings, and its id."""
-        cell = self.cells[cell_id]
-        return {**identity(cell.config), "cell_id": cell.cell_id}
+        cached = self._identities.get(cell_id)
+        if cached is None:
+            cell = self.cells[cell_id]
+            cached = self._identities[cell_id] = {**identity(cell.config), "cell_id": cell.cell_id}
+        return cached
+
+    @functools.cached_property
+    def _identities(self) -> dict[str, dict[str, Any]]:
+        return {}
 
     def software(self, backend: str) -> dict[str, Any]:
         """The measure rule's `software` param: package versions of the backend's
