@@ -17,8 +17,7 @@ for _spec in _registry.specs().values():
         name:
             _spec.rule_name
         input:
-            model=lambda wc: PLAN.model_input(wc.model),
-            workload=lambda wc: PLAN.workload_file(wc.cell_id),
+            unpack(lambda wc: PLAN.measure_inputs(wc.cell_id, wc.model)),
         output:
             requests=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/requests.parquet",
             timeseries=f"{RESULTS}/cells/{{model}}/{_spec.name}/{{cell_id}}/timeseries.parquet",
@@ -37,7 +36,7 @@ for _spec in _registry.specs().values():
         resources:
             gpu=PLAN.gpus(),
             # 1 for cells that change GPU power limit/clocks: `--resources gpu_control=N` caps them.
-            gpu_control=lambda wc: PLAN.gpu_control(wc.cell_id),
+            gpu_control=PLAN.gpu_control_resource(),
             runtime=PLAN.runtime_min(),
             mem_mb=lambda wc, backend=_spec.name: PLAN.mem_mb(wc.model, backend),
             cpus_per_task=lambda wc, threads: threads,
