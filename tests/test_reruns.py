@@ -108,7 +108,7 @@ def dry_run(workdir: Path, config: Path, *args: str) -> tuple[dict[str, int], di
     reasons = {}
     for block in re.split(r"\n(?=\[)", text):
         if re.search(r"rule measure_\w+:", block):
-            backend = re.search(r"results/cells/[^/]+/([a-z-]+)/", block).group(1)
+            backend = re.search(r"results/[^/]+/cells/[^/]+/([a-z-]+)/", block).group(1)
             reasons[backend] = re.search(r"reason: (.*)", block).group(1)
     return counts, reasons
 
