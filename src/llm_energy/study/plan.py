@@ -124,7 +124,18 @@ class Plan:
 
     def workload_inputs(self, key: str) -> list[str]:
         """What a workload file is built from: the model's tokenizer (demo models are built by
-        the DAG), the dataset's files and the trace, so editing them rebuilds it."""
+        the DAG), the dataset's files and the trace, so editing them rebuilds it. Computed once
+        per key (Snakemake asks for each job that needs the file)."""
+        cached = self._workload_inputs.get(key)
+        if cached is None:
+            cached = self._workload_inputs[key] = self._find_workload_inputs(key)
+        return cached
+
+    @functools.cached_property
+    def _workload_inputs(self) -> dict[str, list[str]]:
+        return {}
+
+    def _find_workload_inputs(self, key: str) -> list[str]:
         spec, model = self.workloads[key]
         files = list(self.model_input(model))
         dataset = (spec.get("dataset") or {}).get("path")
