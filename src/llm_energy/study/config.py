@@ -213,7 +213,22 @@ class StudyConfig(_Strict):
         if not backends.enabled():
             raise ValueError("no backend enabled: configure at least one of "
                              f"{', '.join(registry.names())}")
+        for key, backend in backends.enabled().items():
+            for setting, values in backend.axes().items():
+                seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+                repeated = sorted({s for s in seen if seen.count(s) > 1})
+                if repeated:  # the same cell twice: a wrong count in the matrix
+                    raise ValueError(f"backends.{key}.{setting}: repeated value(s) "
+                                     f"{', '.join(repeated)}; list each value once")
         return backends
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_results_file(cls, name: str) -> str:
+        if name.lower().endswith(".json"):  # results/index.json lists the studies
+            raise ValueError(f"{name!r} would be a folder beside results/index.json; "
+                             "give a name that does not end in .json")
+        return name
 
     @model_validator(mode="after")
     def _fits_allocation(self) -> StudyConfig:
