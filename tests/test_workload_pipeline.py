@@ -32,13 +32,17 @@ def test_dataset_study_reads_the_workload_file(tmp_path):
         measurement={"cycles": 1, "idle_duration_s": 0.2, "threads": 1,
                      "warmup": {"min_runs": 0, "max_runs": 0}})
     config = write_config(tmp_path, study)
-    run_snakemake(tmp_path, config, "--until", "measure")
+    from llm_energy.backends import registry
+
+    run_snakemake(tmp_path, config, "--until", registry.get("transformers").rule_name)
     (workload_file,) = (tmp_path / "resources" / "workloads").glob("*.parquet")
     built = read_workload(workload_file)
     (cell,) = [p.parent for p in (study_dir(tmp_path) / "cells").glob("*/*/*/runs.parquet")]
     requests = pd.read_parquet(cell / "requests.parquet")
-    # Per-request input lengths are the dataset records' token counts, in send order.
-    assert sorted(requests["input_tokens"]) == sorted(len(p) for p in built.prompts)
+    # Per-request input lengths are the dataset records' token counts, once per repetition of
+    # the workload (a cycle repeats it until its energy window is long enough).
+    reps = int(pd.read_parquet(cell / "runs.parquet")["repetitions"].sum())
+    assert sorted(requests["input_tokens"]) == sorted(len(p) for p in built.prompts * reps)
     assert len({len(p) for p in built.prompts}) > 1
     provenance = json.loads((cell / "provenance.json").read_text())
     assert provenance["workload"]["token_ids_sha256"] == built.token_ids_sha256
