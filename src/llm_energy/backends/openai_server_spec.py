@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from llm_energy.backends.registry import BackendSpec
+from llm_energy.backends.registry import PIPELINE_ENVIRONMENT, BackendSpec
 from llm_energy.backends.settings import BackendSettings
 
 
@@ -33,12 +33,7 @@ SPEC = BackendSpec(
     batch_setting=None,
     packages=("httpx", "aiohttp"),
     import_name="httpx",
-    venv=".venv",
-    make_target="venv",
-    requirements="requirements/main.txt",
-    conda_env="envs/pipeline.yaml",
-    container="envs/containers/pipeline.Dockerfile",
-    container_image="resources/containers/pipeline.sif",
+    **PIPELINE_ENVIRONMENT,
     install_hint="needs only httpx, part of the pipeline's own environment (`make venv`)",
     # Frozen (study.identity): the settings release 1 hashed.
     release_1_settings=("base_url", "served_model", "api_key_env", "server_extensions"),

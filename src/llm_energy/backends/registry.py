@@ -47,6 +47,18 @@ MODE_SETTING = "mode"
 Prune = Callable[[Mapping[str, Any], str], "str | None"]
 
 
+#: The pipeline's own environment (.venv from requirements/main.txt), where backends that need
+#: no engine of their own run: one declaration for every spec that uses it.
+PIPELINE_ENVIRONMENT: dict[str, str] = {
+    "venv": ".venv",
+    "make_target": "venv",
+    "requirements": "requirements/main.txt",
+    "conda_env": "envs/pipeline.yaml",
+    "container": "envs/containers/pipeline.Dockerfile",
+    "container_image": "resources/containers/pipeline.sif",
+}
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """Everything the pipeline needs to know about one backend.

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from llm_energy.backends.registry import BackendSpec
+from llm_energy.backends.registry import PIPELINE_ENVIRONMENT, BackendSpec
 from llm_energy.backends.settings import (
     BackendSettings,
     BoolAxis,
@@ -45,12 +45,7 @@ SPEC = BackendSpec(
     prune=_prune,
     packages=("torch", "transformers", "tokenizers", "accelerate", "bitsandbytes", "torchao"),
     import_name="transformers",
-    venv=".venv",
-    make_target="venv",
-    requirements="requirements/main.txt",
-    conda_env="envs/pipeline.yaml",
-    container="envs/containers/pipeline.Dockerfile",
-    container_image="resources/containers/pipeline.sif",
+    **PIPELINE_ENVIRONMENT,
     install_hint="run `make venv` (torch + transformers into .venv)",
     base_mem_mb=3072,
     # Frozen (study.identity): the settings release 1 hashed.
