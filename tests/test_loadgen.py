@@ -61,8 +61,11 @@ def test_poisson_arrivals_follow_the_schedule():
         result = run_load(Endpoint(server.base_url, "fake-model"), PROMPTS, 3, spec)
     expected = poisson_offsets_s(len(PROMPTS), 10.0, 7)
     sent = [r.arrival_s - result.start_s for r in result.records]
+    # Never early; late only by scheduling delay (loose bound: CI machines are busy), and the
+    # offsets are absolute, so one late request does not push the later ones back.
     for want, got in zip(expected, sent):
-        assert got == pytest.approx(want, abs=0.05)
+        assert want - 0.005 <= got <= want + 0.5
+    assert sent == sorted(sent)
     assert all(r.success for r in result.records)
 
 

@@ -489,8 +489,8 @@ def test_workload_file_offsets_drive_the_load_generator():
     with FakeServer(token_delay_s=0.001) as server:
         result = run_load(Endpoint(server.base_url, "fake-model"), prompts, 2, spec)
     sent = [r.arrival_s - result.start_s for r in result.records]
-    for want, got in zip(offsets, sent):
-        assert got == pytest.approx(want, abs=0.05)
+    for want, got in zip(offsets, sent):     # never early; late only by scheduling delay
+        assert want - 0.005 <= got <= want + 0.5
     assert all(r.success for r in result.records)
     with pytest.raises(ValueError, match="needs the offsets of the workload file"):
         LoadSpec(arrival="trace")
