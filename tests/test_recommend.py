@@ -115,3 +115,24 @@ def test_cli_on_a_summary_written_by_the_aggregation(tmp_path):
     run = subprocess.run([sys.executable, "-m", "llm_energy.cli", "recommend", str(parquet),
                           "--target", "0.5"], check=False, capture_output=True, text=True)
     assert "model=tiny: bbbbbbbbbbb2" in run.stdout, run.stdout + run.stderr
+
+
+def test_power_caps_and_clocks_are_configurations_like_any_other_axis():
+    """A power-cap × clock sweep: the winner is the capped cell that still meets the SLO, and
+    its settings name the cap and the clock (hand-computed below)."""
+    def capped(cell_id, cap_w, clock_mhz, j_per_token, attainment, tokens_per_s):
+        row = _cell(cell_id, "m", j_per_token, attainment, tokens_per_s, seqs=8)
+        return {**row, "gpu_power_limit_w": cap_w, "gpu_sm_clock_mhz": clock_mhz}
+
+    summary = pd.DataFrame([
+        capped("p700", 700.0, 1980.0, 0.50, 0.99, 1000.0),   # fastest, most energy
+        capped("p500", 500.0, 1980.0, 0.40, 0.95, 900.0),
+        capped("p300", 300.0, 1410.0, 0.30, 0.91, 600.0),    # cheapest that meets 0.9
+        capped("p200", 200.0, 1410.0, 0.25, 0.70, 400.0),    # cheaper still, misses 0.9
+    ])
+    row = rec.recommend(summary).iloc[0]
+    assert row["cell_id"] == "p300"
+    assert row["settings"] == "gpu_power_limit_w=300.0, gpu_sm_clock_mhz=1410.0"
+    assert row["fastest_cell_id"] == "p700"
+    assert row["energy_saving_vs_fastest_pct"] == pytest.approx(40.0)     # 1 − 0.30/0.50
+    assert row["throughput_cost_vs_fastest_pct"] == pytest.approx(40.0)   # 1 − 600/1000
