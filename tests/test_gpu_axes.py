@@ -121,7 +121,7 @@ class Phase(GpuSettingsPhase):
     def __init__(self, tmp_path, **measurement):
         self.measurement = {"device": "cuda", "gpu_state_dir": str(tmp_path / "state"), **measurement}
         self.device = "cuda"
-        self.detection = SimpleNamespace(gpus=[SimpleNamespace(ident="GPU-fake-0")])
+        self.detection = SimpleNamespace(gpus=[SimpleNamespace(ident="GPU-fake-0")], nvidia=None)
         self.log = lambda _m: None
 
 
@@ -130,7 +130,7 @@ def fake(tmp_path, monkeypatch):
     gpus = FakeZeusGPUs(tmp_path / "gpus.json")
     monkeypatch.setattr(gc, "zeus_gpus", lambda: gpus)
     monkeypatch.setattr(gc, "gpu_idents", lambda g, nvml=None: ["GPU-fake-0"])
-    monkeypatch.setattr(gpu_readback, "_pynvml", lambda: gpus)  # the read-only clock getters
+    monkeypatch.setattr(gpu_readback, "_nvml", lambda: gpus)  # the read-only clock getters
     return gpus
 
 

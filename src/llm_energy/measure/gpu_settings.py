@@ -24,6 +24,12 @@ class GpuSettingsPhase:
         if self.device != "cuda":  # type: ignore[attr-defined]
             return
         settings = self._gpu_settings()
+        nvidia = self.detection.nvidia  # type: ignore[attr-defined]
+        if not settings.empty and nvidia is not None and nvidia.mig:
+            raise gc.GpuControlError(
+                f"cannot set {settings.describe()} on a MIG slice: power limits and clocks are "
+                "device-wide and would change every slice of the GPU (other users' jobs "
+                "included); run GPU power/clock axes on whole GPUs")
         state_dir = self.measurement.get("gpu_state_dir", gc.DEFAULT_STATE_DIR)  # type: ignore[attr-defined]
         idents = [g.ident for g in self.detection.gpus]  # type: ignore[attr-defined]
         self._gpu_locks = gc.GpuLocks(state_dir, idents, exclusive=not settings.empty).__enter__()
