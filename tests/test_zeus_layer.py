@@ -107,3 +107,25 @@ def test_gpu_axes_on_a_mig_slice_fail_before_anything_is_set(tmp_path):
     phase.detection = SimpleNamespace(gpus=[], nvidia=SimpleNamespace(mig=True))
     with pytest.raises(GpuControlError, match="MIG slice: power limits and clocks are device-wide"):
         phase._apply_gpu_settings([])
+
+
+@pytest.mark.parametrize("zeusd_ids, job_gpus, refused", [
+    ([0, 1, 2, 3], 4, False),   # the job sees the whole node: its indices are zeusd's
+    ([0, 1, 2, 3], 1, True),    # a Slurm job confined to 1 GPU sees it as index 0
+    ([0], 1, False),
+])
+def test_zeusd_indices_must_be_the_jobs_before_anything_is_set(zeusd_ids, job_gpus, refused):
+    from fake_hw import FakeGpu, FakeNvml
+
+    client = SimpleNamespace(gpu_ids=zeusd_ids, endpoint="/run/zeusd/zeusd.sock")
+    nvml = FakeNvml([FakeGpu(f"GPU-{i}", [0]) for i in range(job_gpus)])
+    problem = nvidia.zeusd_index_mismatch(nvml, client)
+    assert (problem is not None) == refused
+    if refused:
+        assert "manages GPU indices [0, 1, 2, 3] but this job's NVML sees 1 GPU(s)" in problem
+
+
+def test_without_zeusd_there_is_nothing_to_compare(monkeypatch):
+    monkeypatch.delenv("ZEUSD_SOCK_PATH", raising=False)
+    monkeypatch.delenv("ZEUSD_HOST_PORT", raising=False)
+    assert nvidia.zeusd_index_mismatch() is None

@@ -47,8 +47,14 @@ class GpuSettingsPhase:
             return
         if not settings.empty and sorted(zeus_idents) != sorted(idents):
             raise gc.GpuControlError(
-                f"Zeus sees GPUs {zeus_idents}, the cell meters {idents}: set "
-                "CUDA_VISIBLE_DEVICES to NVML indices for cells with GPU power/clock axes")
+                f"Zeus sees GPUs {zeus_idents}, the cell meters {idents}: refusing to change "
+                "GPUs the cell does not meter")
+        if not settings.empty:
+            from llm_energy.telemetry.nvidia import zeusd_index_mismatch
+
+            problem = zeusd_index_mismatch()
+            if problem:
+                raise gc.GpuControlError(f"cannot set {settings.describe()}: {problem}")
         self._gpu_control = gc.GpuControl(gpus, zeus_idents, settings, state_dir,
                                           log=self.log)  # type: ignore[attr-defined]
         self._gpu_control.apply()

@@ -173,3 +173,26 @@ def mig_warning(entries: Sequence[Gpu], metered: Sequence[Gpu]) -> str | None:
     return (f"MIG: {', '.join(slices)} metered as the whole GPU ({', '.join(whole)}): NVML has "
             "no per-slice energy or power, so energy, power and clocks include every other "
             "slice's work on that GPU (gpu_mig_whole_gpu)")
+
+
+def zeusd_index_mismatch(nvml: Any = None, client: Any = None) -> str | None:
+    """With zeusd in use (ZEUSD_SOCK_PATH / ZEUSD_HOST_PORT): why its GPU indices may not be
+    the job's, or None. Zeus sends zeusd the job's NVML index; zeusd runs outside the job and
+    indexes every GPU of the node. Where the job sees fewer GPUs than zeusd (Slurm with
+    `ConstrainDevices`, a container given some GPUs), the job's GPU 0 need not be zeusd's GPU
+    0, and a setter could change another job's GPU. zeusd reports indices and names but no
+    UUIDs, so the two views can only be compared by their index lists."""
+    from zeus.utils.zeusd import ZeusdClient, ZeusdConfig
+
+    config = ZeusdConfig.from_env() if client is None else None
+    if client is None and config is None:
+        return None
+    client = client or ZeusdClient(config)
+    local = ng.device_count(nvml or ng.load_nvml())
+    theirs = sorted(int(i) for i in client.gpu_ids)
+    if theirs == list(range(local)):
+        return None
+    return (f"zeusd at {client.endpoint} manages GPU indices {theirs} but this job's NVML sees "
+            f"{local} GPU(s) (indices 0-{local - 1}): the job sees a subset of the node's GPUs "
+            "(device cgroups or a container), so an index zeusd is sent may name another job's "
+            "GPU. Run GPU power/clock axes with the whole node allocated (docs/zeusd.md)")
