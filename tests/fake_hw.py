@@ -146,23 +146,23 @@ class FakeZeusNvidia:
         except Exception as exc:
             raise ZeusGPUUnknownError(str(exc)) from exc
 
-    def supports_get_total_energy_consumption(self, index: int) -> bool:
-        return getattr(self.gpus[index].handle, "supports_counter", True)
+    def supports_get_total_energy_consumption(self, gpu_index: int) -> bool:
+        return getattr(self.gpus[gpu_index].handle, "supports_counter", True)
 
-    def get_total_energy_consumption(self, index: int) -> int:
-        return self._call("nvmlDeviceGetTotalEnergyConsumption", index)
+    def get_total_energy_consumption(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetTotalEnergyConsumption", gpu_index)
 
-    def get_instant_power_usage(self, index: int) -> int:
-        return self._call("nvmlDeviceGetPowerUsage", index)
+    def get_instant_power_usage(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetPowerUsage", gpu_index)
 
-    def get_gpu_temperature(self, index: int) -> int:
-        return self._call("nvmlDeviceGetTemperature", index, 0)
+    def get_gpu_temperature(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetTemperature", gpu_index, 0)
 
-    def get_name(self, index: int) -> str:
-        return self._call("nvmlDeviceGetName", index)
+    def get_name(self, gpu_index: int) -> str:
+        return self._call("nvmlDeviceGetName", gpu_index)
 
-    def get_power_management_limit(self, index: int) -> int:
-        return self._call("nvmlDeviceGetPowerManagementLimit", index)
+    def get_power_management_limit(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetPowerManagementLimit", gpu_index)
 
 
 class ZeusOpener:

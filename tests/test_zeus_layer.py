@@ -129,3 +129,22 @@ def test_without_zeusd_there_is_nothing_to_compare(monkeypatch):
     monkeypatch.delenv("ZEUSD_SOCK_PATH", raising=False)
     monkeypatch.delenv("ZEUSD_HOST_PORT", raising=False)
     assert nvidia.zeusd_index_mismatch() is None
+
+
+def test_the_fake_manager_has_the_signatures_of_zeus_gpus():
+    """Every getter the meters call on the fake exists on Zeus 0.16's GPUs with the same
+    parameters, and `NvidiaGpus` calls nothing else on Zeus."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from fake_hw import FakeZeusNvidia
+    from zeus.device.gpu.common import GPUs
+
+    getters = [n for n in vars(FakeZeusNvidia) if not n.startswith("_")]
+    for name in getters:
+        ours = list(inspect.signature(getattr(FakeZeusNvidia, name)).parameters)
+        theirs = list(inspect.signature(getattr(GPUs, name)).parameters)
+        assert ours == theirs, name
+    called = set(re.findall(r"self\.zeus\.(\w+)\(", Path(nvidia.__file__).read_text()))
+    assert called and called <= set(getters), called - set(getters)
