@@ -1,10 +1,14 @@
-"""Fakes of hardware interfaces for unit tests: an NVML module and a powercap tree."""
+"""Fakes of hardware interfaces for unit tests: an NVML module, Zeus's NVIDIA GPU manager over
+it, and a powercap tree."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+
+# Imported before any test swaps `pynvml` in sys.modules for a fake.
+from zeus.device.gpu import ZeusGPUUnknownError
 
 
 class FakeNVMLError(Exception):
@@ -33,6 +37,7 @@ class FakeNvml:
 
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
     NVMLError = FakeNVMLError
 
     def __init__(self, gpus: list[FakeGpu]) -> None:
@@ -116,13 +121,68 @@ class FakeNvml:
         return SimpleNamespace(used=1024 * 2**20)
 
     def nvmlDeviceGetClockInfo(self, gpu: FakeGpu, kind: int) -> int:
-        return 1400
+        return 1400 if kind == self.NVML_CLOCK_SM else 2619
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, gpu: FakeGpu) -> int:
         return gpu.throttle
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu):
         return [SimpleNamespace(pid=p, usedGpuMemory=512 * 2**20) for p in gpu.processes]
+
+
+class FakeZeusNvidia:
+    """Zeus 0.16's `NVIDIAGPUs` over a fake NVML module: like Zeus, one GPU object per NVML
+    index it is given, in that order, whose `handle` is NVML's; each getter one NVML call on
+    that handle, with NVML's errors turned into Zeus's (as `_handle_nvml_errors` does)."""
+
+    def __init__(self, nvml, indices) -> None:
+        self.nvml = nvml
+        self.gpus = [SimpleNamespace(gpu_index=i, handle=nvml.nvmlDeviceGetHandleByIndex(i))
+                     for i in indices]
+
+    def _call(self, name, index, *args):
+        try:
+            return getattr(self.nvml, name)(self.gpus[index].handle, *args)
+        except Exception as exc:
+            raise ZeusGPUUnknownError(str(exc)) from exc
+
+    def supports_get_total_energy_consumption(self, gpu_index: int) -> bool:
+        return getattr(self.gpus[gpu_index].handle, "supports_counter", True)
+
+    def get_total_energy_consumption(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetTotalEnergyConsumption", gpu_index)
+
+    def get_instant_power_usage(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetPowerUsage", gpu_index)
+
+    def get_gpu_temperature(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetTemperature", gpu_index, 0)
+
+    def get_name(self, gpu_index: int) -> str:
+        return self._call("nvmlDeviceGetName", gpu_index)
+
+    def get_power_management_limit(self, gpu_index: int) -> int:
+        return self._call("nvmlDeviceGetPowerManagementLimit", gpu_index)
+
+
+class ZeusOpener:
+    """Stands for `telemetry.nvidia.open_zeus`: records the NVML indices Zeus is given."""
+
+    def __init__(self, nvml) -> None:
+        self.nvml = nvml
+        self.asked: list[list[int]] = []
+
+    def __call__(self, indices):
+        self.asked.append(list(indices))
+        return FakeZeusNvidia(self.nvml, self.asked[-1])
+
+
+def nvidia_for(nvml, ids):
+    """The job's GPUs as the meters see them: CUDA entries mapped, then opened through Zeus."""
+    from llm_energy.telemetry.meters.gpu_ids import job_gpus
+    from llm_energy.telemetry.nvidia import open_job
+
+    return open_job(nvml, job_gpus(nvml, list(ids)), ZeusOpener(nvml))
 
 
 def powercap_tree(root: Path, zones: dict[str, tuple[str, int, int]]) -> Path:

@@ -137,3 +137,18 @@ def test_env_file_content(tmp_path):
     assert "      - --extra-index-url https://download.pytorch.org/whl/cpu\n" in text
     assert "      - torch==2.13.0+cpu\n      - zeus==0.16.0\n" in text
     assert "name: llm-energy-x\n" in text
+
+
+def test_pynvml_is_imported_only_by_the_nvml_getters_module():
+    """NVIDIA GPUs are read through Zeus's device layer (telemetry/nvidia.py); the NVML reads
+    Zeus lacks live in one documented module. Any other `import pynvml` in src/ is a second
+    hardware client."""
+    allowed = {PACKAGE / "telemetry" / "nvml_getters.py"}
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "pynvml" or n.startswith("pynvml.") for n in names):
+                found.add(path)
+    assert found == allowed, sorted(str(p.relative_to(PACKAGE)) for p in found - allowed)

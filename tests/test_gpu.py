@@ -1,5 +1,6 @@
-"""On a real NVIDIA GPU: the energy counter and integrated NVML power agree on a real window,
-detection meters only the visible GPU(s), and the health queries answer. Skipped, with the
+"""On a real NVIDIA GPU, read through Zeus's device layer (telemetry/nvidia.py): the energy
+counter and integrated power agree on a real window, detection meters only the visible GPU(s),
+and the health queries answer. Skipped, with the
 reason, where NVML finds no GPU. Loads the GPU with torch when torch has CUDA; otherwise the
 window is idle (still a real cross-check of the two sources)."""
 
@@ -15,7 +16,6 @@ from llm_energy.telemetry.meters.nvml import (
     NvmlPowerMeter,
     other_processes,
     temperatures_c,
-    throttle_reasons,
 )
 from llm_energy.telemetry.sampler import Sampler, default_probes
 
@@ -58,17 +58,19 @@ def test_detect_uses_the_counter_of_the_visible_gpu_only(nvml, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     d = detect("cuda", "auto", 10.0, nvml=nvml)
     assert d.meter.sources.get("gpu") == "nvml-counter", d.notes
-    assert len(d.gpus) == 1 and d.gpus[0].ident.startswith(("GPU-", "MIG-"))
+    assert len(d.gpus) == 1 and d.gpus[0].ident.startswith("GPU-")
+    assert type(d.nvidia.zeus).__name__ == "NVIDIAGPUs"   # Zeus's own manager
+    assert [g.gpu_index for g in d.nvidia.zeus.gpus] == [0]
 
 
 @pytest.mark.parametrize("seconds", [8.0])
 def test_counter_and_integrated_power_agree_on_a_real_window(nvml, monkeypatch, seconds):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     d = detect("cuda", "nvml-counter", 10.0, nvml=nvml)
-    counter = NvmlCounterMeter(nvml, d.gpus)
+    counter = NvmlCounterMeter(d.nvidia)
     period_s = 0.05
     power = NvmlPowerMeter(d.gpus, period_s)
-    sampler = Sampler(default_probes("cuda", None, d.gpus, nvml), 1 / period_s,
+    sampler = Sampler(default_probes("cuda", None, d.nvidia), 1 / period_s,
                       pollers=[counter.poll]).start()
     power.attach_sampler(sampler)
     try:
@@ -85,7 +87,8 @@ def test_counter_and_integrated_power_agree_on_a_real_window(nvml, monkeypatch, 
     c, p = by_counter.energy_j["gpu"], by_power.energy_j["gpu"]
     print(f"\n{load} window {by_counter.duration_s:.2f} s: nvml-counter {c:.1f} J "
           f"({c / by_counter.duration_s:.1f} W), nvml-power {p:.1f} J "
-          f"({p / by_power.duration_s:.1f} W), sampler thread {sampler.thread_cpu_s:.3f} s CPU")
+          f"({p / by_power.duration_s:.1f} W), sampler thread {sampler.thread_cpu_s:.3f} s CPU, "
+          f"NVML fallbacks for Zeus getters: {sorted(d.nvidia.fallbacks) or 'none'}")
     assert c is not None and c > 0 and p is not None and p > 0
     assert by_counter.warnings == [], by_counter.warnings
     # NVML power is averaged over up to 1 s on recent GPUs: the integral lags at the edges.
@@ -95,10 +98,11 @@ def test_counter_and_integrated_power_agree_on_a_real_window(nvml, monkeypatch, 
 def test_health_queries_answer_on_a_real_gpu(nvml, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     d = detect("cuda", "auto", 10.0, nvml=nvml)
-    temps = temperatures_c(nvml, d.gpus)
+    temps = temperatures_c(d.nvidia)
     assert all(t is not None and 5 < t < 110 for t in temps.values()), temps
-    assert isinstance(throttle_reasons(nvml, d.gpus[0].handle), int)
-    assert isinstance(other_processes(nvml, d.gpus, set()), list)
+    assert isinstance(d.nvidia.clock_event_bits(d.gpus[0]), int)
+    assert isinstance(other_processes(d.nvidia, set()), list)
+    assert d.nvidia.power_limit_w(d.gpus[0]) > 0 and d.nvidia.name(d.gpus[0])
 
 
 def test_gpu_control_reads_limits_and_settings_without_changing_them(nvml, monkeypatch):

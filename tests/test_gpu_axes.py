@@ -121,7 +121,7 @@ class Phase(GpuSettingsPhase):
     def __init__(self, tmp_path, **measurement):
         self.measurement = {"device": "cuda", "gpu_state_dir": str(tmp_path / "state"), **measurement}
         self.device = "cuda"
-        self.detection = SimpleNamespace(gpus=[SimpleNamespace(ident="GPU-fake-0")])
+        self.detection = SimpleNamespace(gpus=[SimpleNamespace(ident="GPU-fake-0")], nvidia=None)
         self.log = lambda _m: None
 
 
@@ -130,7 +130,7 @@ def fake(tmp_path, monkeypatch):
     gpus = FakeZeusGPUs(tmp_path / "gpus.json")
     monkeypatch.setattr(gc, "zeus_gpus", lambda: gpus)
     monkeypatch.setattr(gc, "gpu_idents", lambda g, nvml=None: ["GPU-fake-0"])
-    monkeypatch.setattr(gpu_readback, "_pynvml", lambda: gpus)  # the read-only clock getters
+    monkeypatch.setattr(gpu_readback, "_nvml", lambda: gpus)  # the read-only clock getters
     return gpus
 
 
@@ -183,7 +183,7 @@ def test_plain_gpu_cell_without_zeus_only_loses_the_read_back(tmp_path, monkeypa
 
 def test_phase_refuses_when_zeus_sees_other_gpus_than_the_cell_meters(tmp_path, fake, monkeypatch):
     monkeypatch.setattr(gc, "gpu_idents", lambda g, nvml=None: ["GPU-other"])
-    with pytest.raises(gc.GpuControlError, match="CUDA_VISIBLE_DEVICES to NVML indices"):
+    with pytest.raises(gc.GpuControlError, match="refusing to change GPUs the cell does not meter"):
         Phase(tmp_path, gpu_power_limit_w=300.0)._apply_gpu_settings([])
     assert fake.is_default()
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fake_hw import FakeGpu, FakeNvml, StepClock, powercap_tree, set_energy
+from fake_hw import FakeGpu, FakeNvml, StepClock, ZeusOpener, nvidia_for, powercap_tree, set_energy
 
 from llm_energy.telemetry.meters import CompositeMeter, detect
 from llm_energy.telemetry.meters.base import Meter
@@ -37,7 +37,8 @@ def tied(meter):
 
 
 def counter_meter(nvml, ids=("0",), step=1.0, poll_interval_s=0.0):
-    return tied(NvmlCounterMeter(nvml, job_gpus(nvml, list(ids)), clock=StepClock(step=step),
+    """The counter meter reading the fake GPUs through a fake of Zeus's GPU manager."""
+    return tied(NvmlCounterMeter(nvidia_for(nvml, ids), clock=StepClock(step=step),
                                  poll_interval_s=poll_interval_s))
 
 
@@ -199,25 +200,27 @@ def test_unmappable_or_ambiguous_ids_fail_with_the_entry_named(visible, message)
 @pytest.mark.parametrize("visible, for_zeus", [
     ("GPU-8932a,GPU-5e", "1,2"),      # Zeus int()s every entry: it gets the NVML indices
     ("1,-1,0", "1"),                  # what CUDA uses, not what the variable says
-    ("2,0", None),                    # plain indices: unchanged
-    ("MIG-1b9f", None),               # Zeus refuses MIG with its own message
+    ("2,0", "2,0"),                   # plain indices: unchanged
+    ("MIG-1b9f", "3"),                # a MIG slice: its whole GPU (Zeus refuses MIG ids)
+    ("MIG-1b9f,MIG-GPU-77aa0b1c/1/0,0", "3,0"),   # two slices of GPU 3: it is opened once
     (None, None),
 ])
-def test_zeus_is_given_the_nvml_indices_cuda_uses(monkeypatch, visible, for_zeus):
+def test_zeus_is_given_the_nvml_indices_cuda_uses(visible, for_zeus):
     from llm_energy.telemetry import gpu_control
-    from llm_energy.telemetry.meters import nvml as nvml_module
 
-    monkeypatch.setattr(nvml_module, "load_nvml", node)
     env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
-    assert gpu_control.zeus_visible_devices(env) == for_zeus
+    assert gpu_control.zeus_visible_devices(env, nvml=node()) == for_zeus
 
 
 def test_detect_meters_the_gpu_a_uuid_prefix_names():
     # Before: NVML answered "Not Found" to the prefix, the error was swallowed and the cuda
     # cell was metered by the CPU estimate. Now GPU 1's counter: 14 J between two reads.
-    d = detect("cuda", "auto", 10.0, nvml=node(), powercap_root=NO_RAPL,
+    nvml = node()
+    zeus = ZeusOpener(nvml)
+    d = detect("cuda", "auto", 10.0, nvml=nvml, zeus=zeus, powercap_root=NO_RAPL,
                environ={"CUDA_VISIBLE_DEVICES": "GPU-8932a1"})
     assert isinstance(d.meter, NvmlCounterMeter) and [g.ident for g in d.gpus] == [NODE_UUIDS[1]]
+    assert zeus.asked == [[1]]          # Zeus was given the NVML index, not the prefix
     d.meter.gpus[0].handle.reads = 0
     assert window(d.meter).energy_j["gpu"] == pytest.approx(14.0)
 
@@ -239,7 +242,8 @@ def test_cuda_without_a_gpu_meter_fails_unless_estimate_was_asked_for(
     monkeypatch.setattr(meters, "load_nvml", no_nvml)
     # RAPL is readable, so the CPU part could be measured: still not a cuda cell's energy.
     root = powercap_tree(tmp_path, {"intel-rapl:0": ("package-0", 1_000_000, 10**12)})
-    kwargs = {"nvml": node() if nvml else None, "powercap_root": root,
+    fake = node()
+    kwargs = {"nvml": fake if nvml else None, "zeus": ZeusOpener(fake), "powercap_root": root,
               "environ": {"CUDA_VISIBLE_DEVICES": visible}}
     with pytest.raises(RuntimeError, match=f"device is 'cuda' but no GPU energy meter.*{why}"
                                            ".*energy_source: estimate"):
@@ -259,7 +263,7 @@ def test_only_the_jobs_gpus_get_handles_by_index_or_uuid():
 def test_detect_meters_visible_gpu_only_and_says_cpu_is_not_measured():
     # The first reading of each GPU goes to the detection's support probe.
     nvml = nvml_with([0, 0, 1000], [0, 0, 99_000])
-    d = detect("cuda", "auto", 10.0, nvml=nvml, powercap_root=NO_RAPL,
+    d = detect("cuda", "auto", 10.0, nvml=nvml, zeus=ZeusOpener(nvml), powercap_root=NO_RAPL,
                environ={"CUDA_VISIBLE_DEVICES": "1"})
     assert isinstance(d.meter, NvmlCounterMeter) and [g.ident for g in d.gpus] == ["GPU-bbbb"]
     assert d.meter.sources == {"gpu": "nvml-counter"}
@@ -269,19 +273,20 @@ def test_detect_meters_visible_gpu_only_and_says_cpu_is_not_measured():
 
 def test_detect_falls_back_to_nvml_power_without_a_counter():
     nvml = nvml_with([0], supports_counter=False)
-    d = detect("cuda", "auto", 10.0, nvml=nvml, powercap_root=NO_RAPL,
+    d = detect("cuda", "auto", 10.0, nvml=nvml, zeus=ZeusOpener(nvml), powercap_root=NO_RAPL,
                environ={"CUDA_VISIBLE_DEVICES": "0"})
     assert isinstance(d.meter, NvmlPowerMeter)
     assert any("no total-energy counter" in n for n in d.notes)
     with pytest.raises(RuntimeError, match="nvml-counter.*not available"):
-        detect("cuda", "nvml-counter", 10.0, nvml=nvml, powercap_root=NO_RAPL,
+        detect("cuda", "nvml-counter", 10.0, nvml=nvml, zeus=ZeusOpener(nvml),
+               powercap_root=NO_RAPL,
                environ={"CUDA_VISIBLE_DEVICES": "0"})
 
 
 def test_detect_combines_gpu_counter_and_rapl(tmp_path):
     root = powercap_tree(tmp_path, {"intel-rapl:0": ("package-0", 1_000_000, 10**12)})
     nvml = nvml_with([0, 0, 50_000])
-    d = detect("cuda", "auto", 10.0, nvml=nvml, powercap_root=root,
+    d = detect("cuda", "auto", 10.0, nvml=nvml, zeus=ZeusOpener(nvml), powercap_root=root,
                environ={"CUDA_VISIBLE_DEVICES": "0"})
     assert isinstance(d.meter, CompositeMeter)
     assert d.meter.sources == {"gpu": "nvml-counter", "cpu": "rapl"}
@@ -294,7 +299,7 @@ def test_detect_combines_gpu_counter_and_rapl(tmp_path):
 
 def test_other_processes_excludes_our_own():
     nvml = FakeNvml([FakeGpu(UUIDS[0], [0], processes=[os.getpid(), 4242])])
-    found = other_processes(nvml, job_gpus(nvml, ["0"]), {os.getpid()})
+    found = other_processes(nvidia_for(nvml, ["0"]), {os.getpid()})
     assert found == ["gpu0: pid 4242 (512 MiB)"]
 
 

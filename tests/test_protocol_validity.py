@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 from conftest import ROOT, small_study
-from fake_hw import FakeGpu, FakeNvml
+from fake_hw import FakeGpu, FakeNvml, nvidia_for
 
 from llm_energy.analysis.summary import add_carbon_and_cost
 from llm_energy.measure.idle_cache import IdleCache, IdleEntry, drifted
@@ -18,7 +18,6 @@ from llm_energy.study.config import CarbonConfig, validate_study
 from llm_energy.study.matrix import expand
 from llm_energy.telemetry.meters import Detection
 from llm_energy.telemetry.meters.base import Meter, WindowEnergy
-from llm_energy.telemetry.meters.nvml import job_gpus
 from llm_energy.telemetry.sampler import Sample
 
 
@@ -117,7 +116,8 @@ def gpu_samples(start, end, period=0.1, power=100.0, temps=(40.0, 55.0), throttl
 def test_cycle_flags_gap_drift_throttle_neighbour_and_counter_disagreement(tmp_path):
     nvml = FakeNvml([FakeGpu("GPU-a", [0], processes=[os.getpid(), 31337])])
     runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))
-    runner.detection = Detection(runner.meter, nvml, job_gpus(nvml, ["0"]))
+    nvidia = nvidia_for(nvml, ["0"])
+    runner.detection = Detection(runner.meter, nvidia, nvidia.gpus)
     samples = gpu_samples(100.0, 110.0, throttle=0x40 | 0x04, gap=(103.0, 106.0))
     window = WindowEnergy(10.0, {"gpu": 2000.0, "cpu": None, "dram": None},
                           {"gpu": "nvml-counter"})
@@ -138,13 +138,15 @@ def test_cycle_flags_gap_drift_throttle_neighbour_and_counter_disagreement(tmp_p
 def test_clean_cycle_has_no_flags(tmp_path):
     nvml = FakeNvml([FakeGpu("GPU-a", [0])])
     runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))
-    runner.detection = Detection(runner.meter, nvml, job_gpus(nvml, ["0"]))
+    nvidia = nvidia_for(nvml, ["0"])
+    runner.detection = Detection(runner.meter, nvidia, nvidia.gpus)
     samples = gpu_samples(100.0, 110.0, temps=(50.0, 53.0))
     window = WindowEnergy(10.0, {"gpu": 1010.0, "cpu": None, "dram": None},
                           {"gpu": "nvml-counter"})
     warnings, columns = runner._cycle_validity(0, 100.0, 110.0, window, samples,
                                                [("cycle0", 100.0, 110.0)])
     assert warnings == []
+    assert columns["gpu_mig_whole_gpu"] is False    # a whole GPU, not a MIG slice
     # A later cycle starting 12 degC hotter than the first is flagged.
     later = gpu_samples(120.0, 130.0, temps=(62.0, 63.0))
     warnings, _ = runner._cycle_validity(1, 120.0, 130.0, window, later,
@@ -152,11 +154,29 @@ def test_clean_cycle_has_no_flags(tmp_path):
     assert warnings == ["gpu0 started cycle 1 at 62 degC vs 50 degC for the first cycle (> 10)"]
 
 
+def test_a_mig_slice_metered_as_its_whole_gpu_is_flagged_in_the_rows(tmp_path):
+    from fake_hw import ZeusOpener
+    from test_meters_sources import NO_RAPL, node
+
+    from llm_energy.telemetry.meters import detect
+
+    nvml = node()
+    runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))
+    runner.detection = detect("cuda", "auto", 10.0, nvml=nvml, zeus=ZeusOpener(nvml),
+                              powercap_root=NO_RAPL, environ={"CUDA_VISIBLE_DEVICES": "MIG-1b9f"})
+    window = WindowEnergy(1.0, {"gpu": 5.0, "cpu": None, "dram": None}, {"gpu": "nvml-counter"})
+    _, columns = runner._cycle_validity(0, 0.0, 1.0, window, [], [("cycle0", 0.0, 1.0)])
+    assert columns["gpu_mig_whole_gpu"] is True
+    assert any("metered as the whole GPU" in w for w in runner.detection.warnings)
+
+
 def test_negative_net_energy_is_flagged(tmp_path):
     runner = CellRunner(cell_config(tmp_path), "unused", meter=PowerMeter(1.0))
     window = WindowEnergy(1.0, {"gpu": None, "cpu": 5.0, "dram": None}, {"cpu": "rapl"})
-    warnings, _ = runner._cycle_validity(0, 0.0, 1.0, window, [], [("cycle0", 0.0, 1.0)], -0.5)
+    warnings, columns = runner._cycle_validity(0, 0.0, 1.0, window, [], [("cycle0", 0.0, 1.0)],
+                                               -0.5)
     assert any("net energy negative (-0.5 J) in cycle 0" in w for w in warnings)
+    assert columns["gpu_mig_whole_gpu"] is None      # no NVIDIA GPU
     warnings, _ = runner._cycle_validity(0, 0.0, 1.0, window, [], [("cycle0", 0.0, 1.0)], 0.5)
     assert warnings == []
 

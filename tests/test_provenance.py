@@ -1,6 +1,7 @@
 """Provenance per cell: resolved config, package versions, code fingerprint, git commit and
 dirty flag, host, CPU and GPU models, driver and CUDA versions, Slurm job id. The GPU is a
-fake NVML module (this machine has none); everything else is read for real."""
+fake NVML module read through a fake of Zeus's GPU manager (this machine has none); everything
+else is read for real."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import types
 
 import pytest
 from conftest import ROOT, VLLM_PYTHON
+from fake_hw import ZeusOpener
 
 from llm_energy.analysis.stale import measured_packages
 from llm_energy.execution import runner
@@ -65,8 +67,12 @@ CELL = {"cell_id": "0123456789ab", "backend": "transformers", "settings": {"batc
 
 
 def test_collect_records_hardware_software_and_job(monkeypatch):
+    from llm_energy.telemetry import nvidia
+
     nvml = _FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    zeus = ZeusOpener(nvml)
+    monkeypatch.setattr(nvidia, "open_zeus", zeus)
     for name in provenance.RECORDED_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -80,7 +86,7 @@ def test_collect_records_hardware_software_and_job(monkeypatch):
                                "memory_mb": 80 * 1024, "power_limit_w": 700.0}
     assert prov["gpus"][1]["power_limit_w"] is None and prov["gpus"][1]["uuid"] == "GPU-00000001"
     assert prov["driver_version"] == "550.54.15" and prov["cuda_driver_version"] == "12.4"
-    assert nvml.shut_down
+    assert zeus.asked == [[0, 1]]   # name and power limit through Zeus, over every GPU
     assert prov["slurm_job_id"] == "4242"
     assert prov["environment"] == {"SLURM_JOB_ID": "4242", "SLURM_JOB_PARTITION": "gpu",
                                    "CUDA_VISIBLE_DEVICES": "GPU-00000001"}

@@ -4,10 +4,9 @@ counters every tick, takes edge samples on demand; coverage and gaps are measure
 import time
 
 import pytest
-from fake_hw import FakeGpu, FakeNvml
+from fake_hw import FakeGpu, FakeNvml, nvidia_for
 
 from llm_energy.measure import metrics
-from llm_energy.telemetry.meters.nvml import job_gpus
 from llm_energy.telemetry.sampler import (
     CpuProbe,
     NvmlProbe,
@@ -54,13 +53,36 @@ def test_sample_now_records_every_probe_at_the_given_time():
 
 
 def test_nvml_probe_reads_the_jobs_gpu_with_throttle_bits():
+    # Power and temperature through (a fake of) Zeus's GPU object, clocks and clock-event
+    # bits through the NVML getters Zeus lacks, on that object's handle.
     nvml = FakeNvml([FakeGpu("GPU-a", [0]), FakeGpu("GPU-b", [0], power_mw=150_500.0,
                                                     temperature_c=61.0, throttle=0x44)])
-    probes = default_probes("cuda", None, job_gpus(nvml, ["GPU-b"]), nvml)
+    nvidia = nvidia_for(nvml, ["GPU-b"])
+    probes = default_probes("cuda", None, nvidia)
     assert [p.device for p in probes] == ["cpu", "gpu0"]
     s = probes[1].sample(1.0)
-    assert (s.power_w, s.temperature_c, s.throttle_reasons, s.sm_clock_mhz) == (150.5, 61.0, 0x44, 1400)
-    assert NvmlProbe(nvml, 0).device == "gpu0"   # by NVML index still works
+    assert (s.power_w, s.temperature_c, s.throttle_reasons, s.sm_clock_mhz,
+            s.memory_clock_mhz) == (150.5, 61.0, 0x44, 1400, 2619)
+    assert (s.utilization_pct, s.memory_mb) == (50, 1024)
+    assert isinstance(NvmlProbe(nvidia, nvidia.gpus[0]), NvmlProbe)
+    assert default_probes("cuda", None, None)[0].device == "cpu"   # no NVIDIA GPUs: CPU only
+
+
+def test_nvml_probe_falls_back_when_zeus_power_is_not_supported():
+    # Zeus reads power through NVML field values (drivers >= 530): on an older driver the
+    # probe uses nvmlDeviceGetPowerUsage, and stops asking Zeus after the first failure.
+    nvml = FakeNvml([FakeGpu("GPU-a", [0], power_mw=90_000.0)])
+    nvidia = nvidia_for(nvml, ["0"])
+    calls = []
+
+    def unsupported(index):
+        calls.append(index)
+        raise RuntimeError("Not Supported")
+
+    nvidia.zeus.get_instant_power_usage = unsupported
+    probe = NvmlProbe(nvidia, nvidia.gpus[0])
+    assert [probe.sample(t).power_w for t in (1.0, 2.0)] == [90.0, 90.0]
+    assert calls == [0] and nvidia.fallbacks == {"power"}
 
 
 def test_coverage_and_gaps_exact():

@@ -24,6 +24,12 @@ class GpuSettingsPhase:
         if self.device != "cuda":  # type: ignore[attr-defined]
             return
         settings = self._gpu_settings()
+        nvidia = self.detection.nvidia  # type: ignore[attr-defined]
+        if not settings.empty and nvidia is not None and nvidia.mig:
+            raise gc.GpuControlError(
+                f"cannot set {settings.describe()} on a MIG slice: power limits and clocks are "
+                "device-wide and would change every slice of the GPU (other users' jobs "
+                "included); run GPU power/clock axes on whole GPUs")
         state_dir = self.measurement.get("gpu_state_dir", gc.DEFAULT_STATE_DIR)  # type: ignore[attr-defined]
         idents = [g.ident for g in self.detection.gpus]  # type: ignore[attr-defined]
         self._gpu_locks = gc.GpuLocks(state_dir, idents, exclusive=not settings.empty).__enter__()
@@ -41,8 +47,14 @@ class GpuSettingsPhase:
             return
         if not settings.empty and sorted(zeus_idents) != sorted(idents):
             raise gc.GpuControlError(
-                f"Zeus sees GPUs {zeus_idents}, the cell meters {idents}: set "
-                "CUDA_VISIBLE_DEVICES to NVML indices for cells with GPU power/clock axes")
+                f"Zeus sees GPUs {zeus_idents}, the cell meters {idents}: refusing to change "
+                "GPUs the cell does not meter")
+        if not settings.empty:
+            from llm_energy.telemetry.nvidia import zeusd_index_mismatch
+
+            problem = zeusd_index_mismatch()
+            if problem:
+                raise gc.GpuControlError(f"cannot set {settings.describe()}: {problem}")
         self._gpu_control = gc.GpuControl(gpus, zeus_idents, settings, state_dir,
                                           log=self.log)  # type: ignore[attr-defined]
         self._gpu_control.apply()

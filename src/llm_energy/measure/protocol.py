@@ -325,7 +325,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         base_warnings.extend(self._preflight())
         sampler = Sampler(default_probes(self.device, self.measurement["cpu_power_per_core_w"]
                                          if estimate else None,
-                                         self.detection.gpus, self.detection.nvml),
+                                         self.detection.nvidia),
                           self.measurement["sampler_hz"], pollers=[self.meter.poll]).start()
         self._sampler = sampler
         attach = getattr(self.meter, "attach_sampler", None)

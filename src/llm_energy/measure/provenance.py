@@ -88,12 +88,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _nvml(call: Any, *args: Any) -> Any:
-    """One NVML query; None where the device does not support it (a provenance record
-    must never fail a measurement). Older bindings return bytes."""
+def _query(call: Any, *args: Any) -> Any:
+    """One GPU query; None where the device does not support it (a provenance record must
+    never fail a measurement). Older bindings return bytes."""
     try:
         value = call(*args)
-    except Exception:  # NVMLError_NotSupported and friends
+    except Exception:  # NotSupported and friends
         return None
     return value.decode() if isinstance(value, bytes) else value
 
@@ -101,28 +101,33 @@ def _nvml(call: Any, *args: Any) -> Any:
 def gpu_info() -> dict[str, Any]:
     """Every GPU NVML sees (on Slurm with device cgroups: the job's GPUs), the driver and
     the CUDA version the driver supports. `environment.CUDA_VISIBLE_DEVICES` (indices or
-    UUIDs) says which of them the measurement used."""
-    try:
-        import pynvml
+    UUIDs) says which of them the measurement used. Name and power limit through Zeus's
+    device layer (`telemetry/nvidia.py`); count, UUID, memory and versions, which Zeus has no
+    getter for, through `telemetry/nvml_getters.py`."""
+    from llm_energy.telemetry import nvidia
+    from llm_energy.telemetry import nvml_getters as ng
 
-        pynvml.nvmlInit()
-    except Exception:  # no library, no driver, no GPU
+    try:
+        nvml = ng.load_nvml()
+        count = ng.device_count(nvml)
+    except Exception:  # NoGpus: no library, no driver, no GPU
         return {"gpus": [], "driver_version": None, "cuda_driver_version": None}
     try:
-        gpus = []
-        for i in range(_nvml(pynvml.nvmlDeviceGetCount) or 0):
-            h = _nvml(pynvml.nvmlDeviceGetHandleByIndex, i)
-            memory = _nvml(pynvml.nvmlDeviceGetMemoryInfo, h)
-            limit_mw = _nvml(pynvml.nvmlDeviceGetPowerManagementLimit, h)
-            gpus.append({"index": i, "name": _nvml(pynvml.nvmlDeviceGetName, h),
-                         "uuid": _nvml(pynvml.nvmlDeviceGetUUID, h),
-                         "memory_mb": memory.total / 2**20 if memory is not None else None,
-                         "power_limit_w": limit_mw / 1000 if limit_mw is not None else None})
-        cuda = _nvml(pynvml.nvmlSystemGetCudaDriverVersion)
-        return {"gpus": gpus, "driver_version": _nvml(pynvml.nvmlSystemGetDriverVersion),
-                "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None}
-    finally:
-        _nvml(pynvml.nvmlShutdown)
+        zeus = nvidia.open_zeus(range(count)) if count else None
+    except Exception:  # zeusd unreachable: the names and limits are unknown, not the rest
+        zeus = None
+    gpus = []
+    for i in range(count):
+        h = zeus.gpus[i].handle if zeus is not None else _query(ng.handle_by_index, nvml, i)
+        memory_mb = _query(ng.memory_total_mb, nvml, h)
+        limit_mw = _query(zeus.get_power_management_limit, i) if zeus is not None else None
+        gpus.append({"index": i,
+                     "name": _query(zeus.get_name, i) if zeus is not None else None,
+                     "uuid": _query(ng.uuid, nvml, h),
+                     "memory_mb": memory_mb,
+                     "power_limit_w": limit_mw / 1000 if limit_mw is not None else None})
+    driver, cuda = ng.driver_versions(nvml)
+    return {"gpus": gpus, "driver_version": driver, "cuda_driver_version": cuda}
 
 
 def _cpus_allowed() -> int | None:

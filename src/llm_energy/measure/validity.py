@@ -34,16 +34,16 @@ class ValidityChecks:
 
     def _preflight(self) -> list[str]:
         """Before loading: someone else's processes on the job's GPUs, and temperatures."""
-        nvml, gpus = self.detection.nvml, self.detection.gpus
-        if nvml is None or not gpus:
+        nvidia = self.detection.nvidia
+        if nvidia is None or not nvidia.gpus:
             return []
         from llm_energy.telemetry.meters.nvml import other_processes, temperatures_c
 
         warnings = []
-        others = other_processes(nvml, gpus, self._own_pids())
+        others = other_processes(nvidia, self._own_pids())
         if others:
             warnings.append("other processes on the device at preflight: " + "; ".join(others))
-        self.preflight_temperature_c = temperatures_c(nvml, gpus)
+        self.preflight_temperature_c = temperatures_c(nvidia)
         return warnings
 
     def _phase_sample_warnings(self, samples: list[Sample],
@@ -130,8 +130,8 @@ class ValidityChecks:
                 warnings.append(f"gpu energy counter ({counter_j:.1f} J) and integrated NVML power "
                                 f"({integral_j:.1f} J) disagree by more than "
                                 f"{POWER_CROSSCHECK_TOLERANCE:.0%} in cycle {cycle}")
-        if self.detection.nvml is not None and self.detection.gpus:
-            others = other_processes(self.detection.nvml, self.detection.gpus, self._own_pids())
+        if self.detection.nvidia is not None and self.detection.gpus:
+            others = other_processes(self.detection.nvidia, self._own_pids())
             if others:
                 warnings.append(f"other processes on the device after cycle {cycle}: "
                                 + "; ".join(others))
@@ -150,5 +150,7 @@ class ValidityChecks:
         columns = {"idle_baseline": getattr(self, "idle_baseline", None),
                    "other_processes_cpu_s": other_cpu_s,
                    "gpu_power_integral_j": integral_j,
-                   "preflight_temperature_c": max(temps0) if temps0 else None}
+                   "preflight_temperature_c": max(temps0) if temps0 else None,
+                   "gpu_mig_whole_gpu": (self.detection.nvidia.mig
+                                         if self.detection.nvidia is not None else None)}
         return warnings, columns

@@ -167,6 +167,10 @@ RUNS = _declare([
            "the cross-check of `nvml-counter` (null without NVML)", MEAN, basis="energy"),
     Column("preflight_temperature_c", _F, ST, "°C", "hottest job GPU before loading (null "
            "without NVML)", FIRST),
+    Column("gpu_mig_whole_gpu", _B, ST, "", "true when a `CUDA_VISIBLE_DEVICES` entry is a MIG "
+           "slice, metered as its whole GPU (NVML has no per-slice energy or power: the energy, "
+           "power and clocks include every other slice's work; a line in `warnings` says so); "
+           "null without NVIDIA GPUs", FIRST),
     # GPU settings read back each cycle on `cuda` (telemetry/gpu_control.py, docs/methodology.md).
     *(Column(name, dtype, kind, unit, text, agg, optional="GPU cells (cuda)")
       for name, dtype, kind, unit, text, agg in (

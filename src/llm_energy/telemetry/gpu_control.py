@@ -9,9 +9,11 @@ all taking the job-relative GPU index first): `get_power_management_limit_constr
 `get_supported_graphics_clocks(memory_clock_mhz=...)` (MHz), `set_memory_locked_clocks`,
 `reset_memory_locked_clocks`, `set_gpu_locked_clocks`, `reset_gpu_locked_clocks`.
 
-Zeus 0.16 has no getter for the current SM/memory clocks nor for clock-event (throttle)
-reasons, so those are read with NVML getters on the handle of Zeus's own GPU object
-(`gpus.gpus[i].handle`): read-only, no NVML setter is written here.
+Zeus 0.16 has no getter for the current SM/memory clocks, clock-event (throttle) reasons nor
+UUIDs, so those are read with the NVML getters of `nvml_getters.py` on the handle of Zeus's own
+GPU object (`gpus.gpus[i].handle`): read-only, no NVML setter is written anywhere. The manager
+is the one the meters read (`nvidia.open_zeus`, given NVML indices mapped from
+`CUDA_VISIBLE_DEVICES`; a MIG slice's parent GPU).
 
 Restoring is layered so that a GPU is never left capped:
 1. the cell resets what it set in a `finally` (normal end, exception);
@@ -38,7 +40,7 @@ from typing import Any
 from llm_energy.telemetry.gpu_readback import (  # noqa: F401 - re-exported
     CLOCK_EVENT_REASONS,
     CLOCK_TOLERANCE_MHZ,
-    _pynvml,
+    _nvml,
     cycle_readings,
     mismatches,
     read_back,
@@ -151,46 +153,49 @@ class GpuSettings:
 # ------------------------------------------------------------------------------- Zeus access
 
 
-def zeus_visible_devices(environ: Mapping[str, str] | None = None) -> str | None:
-    """CUDA_VISIBLE_DEVICES as the NVML indices Zeus can read (it `int()`s every entry), or
-    None when it is unset, already plain indices, or names MIG instances (Zeus refuses those
-    with its own message). UUIDs and UUID prefixes are mapped by CUDA's rules
-    (`meters.gpu_ids`); GpuIdError / NoGpus when an entry names no GPU."""
+def zeus_visible_devices(environ: Mapping[str, str] | None = None, nvml: Any = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES as the NVML indices Zeus is given (it `int()`s every entry): UUIDs,
+    UUID prefixes and MIG ids mapped by CUDA's rules (`meters.gpu_ids`; a MIG slice gives its
+    parent GPU, each GPU once), or None when the variable is unset. GpuIdError / NoGpus when an
+    entry names no GPU."""
     from llm_energy.telemetry.meters.gpu_ids import job_gpus, parse_visible_devices
-    from llm_energy.telemetry.meters.nvml import load_nvml
+    from llm_energy.telemetry.nvidia import zeus_indices
 
     env = os.environ if environ is None else environ
-    value = env.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
+    if env.get("CUDA_VISIBLE_DEVICES") is None:
         return None
     ids = parse_visible_devices(dict(env)).ids
-    if any(i.startswith("MIG-") for i in ids) or (
-            all(i.isdigit() for i in ids) and ",".join(ids) == value):
-        return None
-    return ",".join(str(g.nvml_index) for g in job_gpus(load_nvml(), ids))
+    return ",".join(str(i) for i in zeus_indices(job_gpus(nvml or _nvml(), ids)))
 
 
 def zeus_gpus() -> Any:
     """Zeus's GPU manager for this job's GPUs (respects CUDA_VISIBLE_DEVICES, given to Zeus as
-    NVML indices, see `zeus_visible_devices`; uses zeusd when ZEUSD_SOCK_PATH is set).
-    GpuControlError when Zeus cannot reach NVML or zeusd, or an entry names no GPU."""
-    try:
-        from zeus.device import get_gpus
+    NVML indices, see `zeus_visible_devices`; uses zeusd when ZEUSD_SOCK_PATH is set); without
+    NVML, Zeus's own choice (`get_gpus()`: AMD GPUs). GpuControlError when Zeus cannot reach
+    NVML or zeusd, or an entry names no GPU."""
+    from llm_energy.telemetry.meters.gpu_ids import NoGpus
+    from llm_energy.telemetry.nvidia import open_zeus
 
-        mapped = zeus_visible_devices()
-        if mapped is None:
-            return get_gpus()
-        original = os.environ["CUDA_VISIBLE_DEVICES"]
-        os.environ["CUDA_VISIBLE_DEVICES"] = mapped
+    try:
         try:
+            mapped = zeus_visible_devices()
+        except NoGpus:  # no NVML: Zeus's own choice (AMD GPUs through amdsmi)
+            from zeus.device import get_gpus
+
             return get_gpus()
-        finally:
-            os.environ["CUDA_VISIBLE_DEVICES"] = original
+        return open_zeus(range(_device_count()) if mapped is None
+                         else [int(i) for i in mapped.split(",")])
     except Exception as exc:  # ZeusGPUInitError (no NVML, zeusd unreachable or not allowed)
         via = (f"zeusd at ZEUSD_SOCK_PATH={os.environ['ZEUSD_SOCK_PATH']}"
                if os.environ.get("ZEUSD_SOCK_PATH") else "NVML")
         raise GpuControlError(f"cannot open the GPUs through Zeus ({via}): "
                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def _device_count() -> int:
+    from llm_energy.telemetry.nvml_getters import device_count
+
+    return device_count(_nvml())
 
 
 def _is_permission_error(exc: BaseException) -> bool:
@@ -205,11 +210,12 @@ def _is_permission_error(exc: BaseException) -> bool:
 def gpu_idents(gpus: Any, nvml: Any = None) -> list[str]:
     """A stable name per GPU of the manager (NVML UUID; 'nvml<index>@host' without one)."""
     out = []
+    from llm_energy.telemetry.nvml_getters import uuid
+
     for gpu in gpus.gpus:
         try:
-            nvml = nvml or _pynvml()
-            uuid = nvml.nvmlDeviceGetUUID(gpu.handle)
-            out.append(uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+            nvml = nvml or _nvml()
+            out.append(uuid(nvml, gpu.handle))
         except Exception:
             out.append(f"nvml{getattr(gpu, 'gpu_index', len(out))}@{socket.gethostname()}")
     return out

@@ -2,12 +2,15 @@
 and comparing it with what a cell asked (see gpu_control.py).
 
 Zeus 0.16 offers `get_power_management_limit` but no getter for current clocks or clock-event
-reasons, so those are read with NVML getters (read-only) on the handle of Zeus's GPU object."""
+reasons, so those are read with the NVML getters of `nvml_getters.py` (read-only) on the handle
+of Zeus's GPU object."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from llm_energy.telemetry import nvml_getters as ng
 
 if TYPE_CHECKING:
     from llm_energy.telemetry.gpu_control import GpuSettings
@@ -38,7 +41,8 @@ def reason_names(bits: int | None) -> list[str]:
 def read_back(gpus: Any, nvml: Any = None) -> list[dict[str, Any]]:
     """Per GPU of Zeus's manager: `power_limit_w` (Zeus `get_power_management_limit`, mW → W),
     `sm_clock_mhz` / `memory_clock_mhz` (NVML `nvmlDeviceGetClockInfo` on the GPU object's
-    handle) and `throttle_reasons` (clock-event bits); None where a reading fails."""
+    handle) and `throttle_reasons` (clock-event bits); None where a reading fails. `nvml`:
+    the module for the getters Zeus lacks (`nvml_getters.load_nvml()` by default)."""
     out = []
     for index, gpu in enumerate(gpus.gpus):
         row: dict[str, Any] = {"gpu": f"gpu{index}"}
@@ -46,36 +50,22 @@ def read_back(gpus: Any, nvml: Any = None) -> list[dict[str, Any]]:
             row["power_limit_w"] = gpus.get_power_management_limit(index) / 1000.0
         except Exception:
             row["power_limit_w"] = None
-        for key, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("memory_clock_mhz", "NVML_CLOCK_MEM")):
+        try:
+            nvml = nvml or _nvml()
+        except Exception:  # NoGpus: no NVML getters (an AMD GPU through Zeus)
+            nvml = None
+        for key, which in (("sm_clock_mhz", "sm"), ("memory_clock_mhz", "mem")):
             try:
-                nvml = nvml or _pynvml()
-                row[key] = float(nvml.nvmlDeviceGetClockInfo(gpu.handle, getattr(nvml, clock)))
+                row[key] = ng.clock_mhz(nvml, gpu.handle, which)
             except Exception:
                 row[key] = None
-        row["throttle_reasons"] = _clock_event_bits(nvml, gpu)
+        row["throttle_reasons"] = ng.clock_event_bits(nvml, gpu.handle) if nvml else None
         out.append(row)
     return out
 
 
-def _pynvml() -> Any:
-    import pynvml
-
-    return pynvml
-
-
-def _clock_event_bits(nvml: Any, gpu: Any) -> int | None:
-    try:
-        nvml = nvml or _pynvml()
-    except ImportError:
-        return None
-    for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
-        fn = getattr(nvml, name, None)
-        if fn is not None:
-            try:
-                return int(fn(gpu.handle))
-            except Exception:
-                return None
-    return None
+def _nvml() -> Any:
+    return ng.load_nvml()
 
 
 def mismatches(settings: GpuSettings, readings: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -96,16 +96,14 @@ class CpuProbe:
 
 
 class NvmlProbe:
-    """One NVIDIA GPU through nvidia-ml-py (`gpu`: a meters.nvml.Gpu or an NVML index)."""
+    """One NVIDIA GPU of the job (`gpu`: a metered `Gpu` of `nvidia`, a `telemetry.nvidia.
+    NvidiaGpus`): power and temperature through Zeus, clocks, clock-event reasons,
+    utilisation and memory through the NVML getters Zeus lacks, on Zeus's GPU object."""
 
-    def __init__(self, nvml: Any, gpu: Any) -> None:
-        self._nvml = nvml
-        if isinstance(gpu, int):
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu)
-            self.device = f"gpu{gpu}"
-        else:
-            self._handle = gpu.handle
-            self.device = gpu.label
+    def __init__(self, nvidia: Any, gpu: Any) -> None:
+        self._nvidia = nvidia
+        self._gpu = gpu
+        self.device = gpu.label
 
     def _read(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -114,18 +112,15 @@ class NvmlProbe:
             return None
 
     def sample(self, t_s: float) -> Sample:
-        from llm_energy.telemetry.meters.nvml import throttle_reasons
-
-        nvml, h = self._nvml, self._handle
-        power_mw = self._read(lambda: nvml.nvmlDeviceGetPowerUsage(h))
-        temp = self._read(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU))
-        util = self._read(lambda: nvml.nvmlDeviceGetUtilizationRates(h).gpu)
-        mem = self._read(lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20)
-        clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM))
-        mem_clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM))
-        return Sample(t_s, self.device, None if power_mw is None else power_mw / 1000.0,
-                      "nvml-power" if power_mw is not None else None, temp, util, mem, clock,
-                      throttle_reasons(nvml, h), mem_clock)
+        hw, g = self._nvidia, self._gpu
+        power_w = self._read(lambda: hw.power_w(g))
+        return Sample(t_s, self.device, power_w, "nvml-power" if power_w is not None else None,
+                      self._read(lambda: hw.temperature_c(g)),
+                      self._read(lambda: hw.utilization_pct(g)),
+                      self._read(lambda: hw.memory_used_mb(g)),
+                      self._read(lambda: hw.clock_mhz(g, "sm")),
+                      self._read(lambda: hw.clock_event_bits(g)),
+                      self._read(lambda: hw.clock_mhz(g, "mem")))
 
 
 class Sampler:
@@ -183,13 +178,10 @@ class Sampler:
 
 
 def default_probes(device: str, cpu_power_per_core_w: float | None,
-                   gpus: list[Any] | None = None, nvml: Any = None) -> list[Any]:
-    """The CPU probe, plus one NVML probe per GPU of the job (`gpus` from meters.nvml)."""
+                   nvidia: Any = None) -> list[Any]:
+    """The CPU probe, plus one probe per NVIDIA GPU of the job (`nvidia`: the detection's
+    `telemetry.nvidia.NvidiaGpus`)."""
     probes: list[Any] = [CpuProbe(cpu_power_per_core_w)]
-    if device == "cuda" and nvml is not None:
-        for gpu in gpus or []:
-            try:
-                probes.append(NvmlProbe(nvml, gpu))
-            except Exception:  # a GPU that vanished shows as a gap
-                pass
+    if device == "cuda" and nvidia is not None:
+        probes.extend(NvmlProbe(nvidia, gpu) for gpu in nvidia.gpus)
     return probes

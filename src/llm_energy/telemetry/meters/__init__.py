@@ -2,7 +2,8 @@
 
 Per domain, the best source found wins:
 
-    gpu:       nvml-counter > amdsmi > nvml-power
+    gpu:       nvml-counter > amdsmi > nvml-power   (NVIDIA ones read through Zeus's
+               device layer, `telemetry/nvidia.py`)
     cpu, dram: rapl
     fallback:  estimate (CPU busy time × per-core power) when no sensor at all is found
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_energy.telemetry.meters.base import (
     DOMAINS,
@@ -37,10 +38,12 @@ from llm_energy.telemetry.meters.nvml import (
     job_gpus,
     load_nvml,
     parse_visible_devices,
-    supports_energy_counter,
 )
 from llm_energy.telemetry.meters.rapl import POWERCAP_ROOT, RaplMeter, RaplUnavailable
 from llm_energy.telemetry.meters.zeus_meter import ZeusMeter
+
+if TYPE_CHECKING:
+    from llm_energy.telemetry.nvidia import NvidiaGpus, Opener
 
 GPU_SOURCES = ("nvml-counter", "amdsmi", "nvml-power")
 
@@ -48,19 +51,22 @@ GPU_SOURCES = ("nvml-counter", "amdsmi", "nvml-power")
 @dataclass
 class Detection:
     meter: Meter
-    nvml: Any = None                    # the pynvml module when the job has NVIDIA GPUs
-    gpus: list[Gpu] = field(default_factory=list)
+    nvidia: NvidiaGpus | None = None    # the job's NVIDIA GPUs through Zeus, if it has any
+    gpus: list[Gpu] = field(default_factory=list)   # one per physical GPU metered
     warnings: list[str] = field(default_factory=list)  # hold for every run of the cell
     notes: list[str] = field(default_factory=list)     # why a source was not used
 
 
 def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
            sample_period_s: float = 0.1, gpus_per_cell: int = 1, nvml: Any = None,
-           powercap_root: str | os.PathLike = POWERCAP_ROOT,
+           zeus: Opener | None = None, powercap_root: str | os.PathLike = POWERCAP_ROOT,
            environ: dict[str, str] | None = None) -> Detection:
+    """`nvml`: the module for the getters Zeus lacks (pynvml by default); `zeus`: opens Zeus's
+    GPU manager over NVML indices (`nvidia.open_zeus` by default). Both are for tests."""
     notes: list[str] = []
     warnings: list[str] = []
     gpus: list[Gpu] = []
+    nvidia: NvidiaGpus | None = None
     gpu_meter: Meter | None = None
     gpu_ids: list[str] = []
     if device == "cuda":
@@ -76,19 +82,33 @@ def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
             try:
                 # GpuIdError (an entry naming no device, or several) propagates: the cell
                 # fails with the entry named rather than metering other GPUs.
-                gpus = job_gpus(nvml, gpu_ids, visible.source or "CUDA_VISIBLE_DEVICES")
+                entries = job_gpus(nvml, gpu_ids, visible.source or "CUDA_VISIBLE_DEVICES")
             except NoGpus as exc:
                 notes.append(f"NVIDIA GPUs: {exc}")
-                nvml = None
+                entries = []
+            if entries:
+                from llm_energy.telemetry.nvidia import mig_warning, open_job
+
+                try:
+                    nvidia = open_job(nvml, entries, zeus)
+                    gpus = nvidia.gpus
+                    warnings.extend(w for w in [mig_warning(entries, gpus)] if w)
+                except GpuIdError:
+                    raise
+                except Exception as exc:  # ZeusGPUInitError: NVML, or zeusd unreachable
+                    via = (f"zeusd at ZEUSD_SOCK_PATH={os.environ['ZEUSD_SOCK_PATH']}"
+                           if os.environ.get("ZEUSD_SOCK_PATH") else "NVML")
+                    notes.append(f"NVIDIA GPUs: Zeus cannot open them ({via}): "
+                                 f"{type(exc).__name__}: {exc}")
     # A GPU source named: only that one; otherwise (auto, rapl) the best GPU source found.
     gpu_choice = energy_source if energy_source in GPU_SOURCES else "auto"
     if device == "cuda" and energy_source != "estimate":
-        if gpus and gpu_choice in ("auto", "nvml-counter"):
-            if supports_energy_counter(nvml, gpus):
-                gpu_meter = NvmlCounterMeter(nvml, gpus)
+        if nvidia is not None and gpu_choice in ("auto", "nvml-counter"):
+            if nvidia.supports_energy_counter():
+                gpu_meter = NvmlCounterMeter(nvidia)
             else:
-                notes.append("nvml-counter: the GPU has no total-energy counter (pre-Volta "
-                             "or MIG)")
+                notes.append("nvml-counter: the GPU has no total-energy counter (pre-Volta), "
+                             "or its first read through Zeus failed")
         if gpu_meter is None and not gpus and gpu_choice in ("auto", "amdsmi"):
             indices = [int(i) for i in gpu_ids if i.isdigit()] or [0]
             gpu_meter = ZeusMeter.probe(device, indices)
@@ -128,7 +148,7 @@ def detect(device: str, energy_source: str, cpu_power_per_core_w: float, *,
                 ": refusing to report CPU energy as the cell's energy. Fix the GPU access, or "
                 "set measurement.energy_source: estimate to measure this study with the CPU "
                 "estimate only")
-    return Detection(meter, nvml, gpus, warnings, notes)
+    return Detection(meter, nvidia, gpus, warnings, notes)
 
 
 def detect_meter(device: str, energy_source: str, cpu_power_per_core_w: float,

@@ -22,7 +22,8 @@ nodes with mixed GPUs unless `CUDA_DEVICE_ORDER=PCI_BUS_ID` (schedulers set UUID
 
 Zeus's device layer (`zeus.device.gpu.get_gpus`) parses the variable with `int()` and refuses
 MIG entries, so it cannot do this mapping; `Gpu.nvml_index` is the NVML index to give it
-(`gpu_control.zeus_visible_devices`)."""
+(`telemetry/nvidia.py`; a MIG entry gives its parent GPU's). Zeus has no UUID or MIG getter,
+so the `nvml` module used here is pynvml from `nvml_getters.load_nvml` (or a test's fake)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llm_energy.telemetry.nvml_getters import NoGpus
+
 _INDEX = re.compile(r"^\d+$")
 _GPU_UUID = re.compile(r"^GPU-[0-9A-Fa-f-]+$")
 _MIG_UUID = re.compile(r"^MIG-[0-9A-Fa-f-]+$")
 _MIG_LEGACY = re.compile(r"^MIG-(GPU-[0-9A-Fa-f-]+)/(\d+)/(\d+)$")
-
-
-class NoGpus(RuntimeError):
-    """No NVIDIA GPU visible to this job (or NVML absent)."""
 
 
 class GpuIdError(RuntimeError):
@@ -51,6 +50,8 @@ class Gpu:
     handle: Any
     ident: str       # UUID where NVML gives one, else the NVML index
     nvml_index: int | None = None   # NVML index of the GPU (of the parent GPU for MIG)
+    mig: bool = False               # a MIG instance (metered as its whole GPU, see nvidia.py)
+    zeus_index: int | None = None   # position in Zeus's GPU manager (set by nvidia.open_job)
 
 
 @dataclass
@@ -219,7 +220,8 @@ def job_gpus(nvml: Any, ids: list[str], variable: str = "CUDA_VISIBLE_DEVICES") 
             raise GpuIdError(f"{variable} entries {seen[device.uuid]!r} and {item!r} name the "
                              f"same device ({device.uuid}): it would be metered twice")
         seen[device.uuid] = item
-        gpus.append(Gpu(f"gpu{position}", device.handle, device.uuid, device.nvml_index))
+        gpus.append(Gpu(f"gpu{position}", device.handle, device.uuid, device.nvml_index,
+                        mig=entry_form(item) in ("mig-uuid", "mig-legacy")))
     if not gpus:
         raise NoGpus(f"no GPU visible ({variable} names none)")
     return gpus

@@ -1,13 +1,18 @@
-"""NVIDIA GPUs through nvidia-ml-py (`pynvml`): the job's GPUs only, their energy counter,
-power samples integrated (the fallback for pre-Volta GPUs and a cross-check), and the
-preflight/health queries (other processes, temperature, throttle reasons).
+"""NVIDIA GPU meters and health queries on the job's GPUs, read through Zeus's device layer
+(`telemetry/nvidia.py`: the same Zeus GPU objects that set power limits and clocks): the
+energy counter, power samples integrated (the fallback for pre-Volta GPUs and a cross-check),
+and the preflight/health queries (other processes, temperature).
 
-The module is passed in (`nvml=`) so that tests drive every path with a fake."""
+Our own checks stay on top of Zeus's raw readings (`base.CounterTrack`): a window shorter
+than 10x the counter's update period is flagged, a counter that goes backwards (driver reload)
+or stalls invalidates the window, a failed read is a flag, and no window ever reports a
+silent 0 J. The GPUs come in as an `NvidiaGpus` (or a fake with its interface) so that tests
+drive every path."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_energy.telemetry import integrate as metrics
 from llm_energy.telemetry.meters.base import DOMAINS, CounterTrack, Meter, WindowEnergy
@@ -19,32 +24,15 @@ from llm_energy.telemetry.meters.gpu_ids import (  # noqa: F401 - re-exported
     parse_visible_devices,
     visible_gpu_ids,
 )
+from llm_energy.telemetry.nvml_getters import load_nvml  # noqa: F401 - re-exported
 
-
-def load_nvml() -> Any:
-    """The initialised pynvml module, or NoGpus."""
-    try:
-        import pynvml
-    except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency of zeus
-        raise NoGpus("nvidia-ml-py is not installed") from exc
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded on CPU machines
-        raise NoGpus(f"NVML unavailable: {exc}") from exc
-    return pynvml
-
-
-def supports_energy_counter(nvml: Any, gpus: list[Gpu]) -> bool:
-    try:
-        for gpu in gpus:
-            nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)
-        return True
-    except Exception:  # NVMLError_NotSupported before Volta; MIG instances
-        return False
+if TYPE_CHECKING:
+    from llm_energy.telemetry.nvidia import NvidiaGpus
 
 
 class NvmlCounterMeter(Meter):
-    """nvmlDeviceGetTotalEnergyConsumption (mJ since driver load), summed over the job's GPUs.
+    """The GPUs' total-energy counters (NVML's, mJ since driver load, read with Zeus's
+    `get_total_energy_consumption`), summed over the job's GPUs.
 
     The 64-bit counter does not wrap in practice; a lower reading is a reset (driver reload)
     or a glitch, so the window is flagged rather than guessed."""
@@ -56,15 +44,16 @@ class NvmlCounterMeter(Meter):
     # costs ~5 ms of CPU on an H100 (measured), so poll rarely.
     poll_interval_s = 10.0
 
-    def __init__(self, nvml: Any, gpus: list[Gpu], clock: Callable[[], float] | None = None,
+    def __init__(self, nvidia: NvidiaGpus, clock: Callable[[], float] | None = None,
                  poll_interval_s: float | None = None) -> None:
         super().__init__(*(c for c in (clock,) if c is not None))
         if poll_interval_s is not None:
             self.poll_interval_s = poll_interval_s
-        self.nvml = nvml
-        self.gpus = gpus
+        self.nvidia = nvidia
+        self.gpus = nvidia.gpus
         log: list[str] = []
-        self._tracks = {g.label: CounterTrack(f"{g.label} (NVML)", fault_log=log) for g in gpus}
+        self._tracks = {g.label: CounterTrack(f"{g.label} (NVML)", fault_log=log)
+                        for g in self.gpus}
 
     @property
     def sources(self) -> dict[str, str]:
@@ -78,7 +67,7 @@ class NvmlCounterMeter(Meter):
         now = self.clock()
         total = 0.0
         for gpu in self.gpus:
-            mj = self.nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)
+            mj = self.nvidia.energy_mj(gpu)
             total += self._tracks[gpu.label].update(mj / 1000.0, now)
         return {"gpu": total}
 
@@ -155,13 +144,13 @@ THROTTLE_REASONS = {
 POWER_CAP_REASON = 0x04
 
 
-def other_processes(nvml: Any, gpus: list[Gpu], own_pids: set[int]) -> list[str]:
+def other_processes(nvidia: NvidiaGpus, own_pids: set[int]) -> list[str]:
     """'gpu0: pid 1234 (2048 MiB)' for each compute process of someone else on the job's
     GPUs; an unsupported query (some MIG setups, containers without PID namespace) is noted."""
     found = []
-    for gpu in gpus:
+    for gpu in nvidia.gpus:
         try:
-            procs = nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
+            procs = nvidia.processes(gpu)
         except Exception as exc:
             found.append(f"{gpu.label}: could not list processes ({type(exc).__name__})")
             continue
@@ -174,24 +163,11 @@ def other_processes(nvml: Any, gpus: list[Gpu], own_pids: set[int]) -> list[str]
     return found
 
 
-def temperatures_c(nvml: Any, gpus: list[Gpu]) -> dict[str, float | None]:
+def temperatures_c(nvidia: NvidiaGpus) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for gpu in gpus:
+    for gpu in nvidia.gpus:
         try:
-            out[gpu.label] = float(nvml.nvmlDeviceGetTemperature(gpu.handle,
-                                                                  nvml.NVML_TEMPERATURE_GPU))
+            out[gpu.label] = nvidia.temperature_c(gpu)
         except Exception:
             out[gpu.label] = None
     return out
-
-
-def throttle_reasons(nvml: Any, handle: Any) -> int | None:
-    for name in ("nvmlDeviceGetCurrentClocksEventReasons",
-                 "nvmlDeviceGetCurrentClocksThrottleReasons"):
-        fn = getattr(nvml, name, None)
-        if fn is not None:
-            try:
-                return int(fn(handle))
-            except Exception:
-                return None
-    return None

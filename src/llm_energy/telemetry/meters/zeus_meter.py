@@ -1,7 +1,8 @@
 """AMD GPU energy (amdsmi) through Zeus.
 
-NVIDIA GPUs are read with nvidia-ml-py directly (`nvml.py`) and CPU/DRAM with powercap
-(`rapl.py`), so Zeus is asked for GPUs only (`cpu_indices=[]`). Zeus answers with empty dicts
+NVIDIA GPUs are read through Zeus's device layer by `nvml.py` (`telemetry/nvidia.py`), with our
+own counter checks on top, and CPU/DRAM with powercap (`rapl.py`), so this monitor is asked for
+AMD GPUs only (`cpu_indices=[]`). Zeus answers with empty dicts
 and 0 J when it finds no sensor; `ZeusMeter.probe` turns that into "not available" so that no
 0 J is ever recorded as a measurement."""
 
