@@ -71,6 +71,35 @@ def test_snakemake_rejects_before_any_job(tmp_path, name):
     assert not (tmp_path / "results").exists()
 
 
+def test_config_overrides_without_a_study_file_say_where_the_study_comes_from():
+    from llm_energy.study.plan import plan_from_config
+
+    with pytest.raises(ConfigError) as info:
+        plan_from_config({"name": "x"}, str(ROOT))
+    assert str(info.value) == (
+        "missing key 'models': it is required (see config/README.md) (and 1 more problem(s)); "
+        "give the study file with --configfile FILE (--config KEY=VALUE alone is not read on "
+        "top of the default, config/config.yaml)")
+    # A study file that lacks the key: the file is the problem, no hint about --configfile.
+    with pytest.raises(ConfigError) as info:
+        plan_from_config({"name": "x", "models": []}, str(ROOT), ["study.yaml"])
+    assert "--configfile" not in str(info.value)
+    # Every required key given: other errors carry no hint either.
+    with pytest.raises(ConfigError) as info:
+        plan_from_config(small_study(measurement={"cycles": 0}), str(ROOT))
+    assert "--configfile" not in str(info.value)
+
+
+def test_snakemake_config_without_configfile_hints_at_configfile(tmp_path):
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--cores", "1", "-n", "--config", "name=x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("llm-energy:")]
+    assert len(errors) == 1 and "missing key 'models'" in errors[0]
+    assert "--configfile FILE" in errors[0] and "config/config.yaml" in errors[0]
+
+
 def test_snakemake_reports_malformed_yaml(tmp_path):
     path = ROOT / "tests" / "bad_configs" / "malformed_yaml.yaml"
     proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
