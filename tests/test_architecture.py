@@ -117,6 +117,19 @@ def test_env_files_are_generated_from_requirements():
     assert check_envs(ROOT) == []
 
 
+def test_workflow_takes_the_pipeline_environment_from_the_registry():
+    """The rules' environment files are the registry's (`PIPELINE_ENVIRONMENT`): no file of
+    the workflow spells one of its file names in code (comments are prose)."""
+    from llm_energy.backends.registry import PIPELINE_ENVIRONMENT
+
+    names = {Path(value).name for value in PIPELINE_ENVIRONMENT.values() if "/" in value}
+    assert "pipeline.yaml" in names
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        code = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        spelled = sorted(name for name in names if name in code)
+        assert not spelled, f"{path.name} spells {spelled}: use registry.PIPELINE_ENVIRONMENT"
+
+
 def test_env_drift_is_detected(tmp_path):
     shutil.copytree(ROOT / "requirements", tmp_path / "requirements")
     (tmp_path / "envs").mkdir()

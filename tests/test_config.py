@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,35 @@ def test_snakemake_rejects_before_any_job(tmp_path, name):
               if line.startswith("llm-energy: config error")]
     assert len(errors) == 1 and expected_message(path) in errors[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_config_overrides_without_a_study_file_say_where_the_study_comes_from():
+    from llm_energy.study.plan import plan_from_config
+
+    with pytest.raises(ConfigError) as info:
+        plan_from_config({"name": "x"}, str(ROOT))
+    assert str(info.value) == (
+        "missing key 'models': it is required (see config/README.md) (and 1 more problem(s)); "
+        "give the study file with --configfile FILE (--config KEY=VALUE alone is not read on "
+        "top of the default, config/config.yaml)")
+    # A study file that lacks the key: the file is the problem, no hint about --configfile.
+    with pytest.raises(ConfigError) as info:
+        plan_from_config({"name": "x", "models": []}, str(ROOT), ["study.yaml"])
+    assert "--configfile" not in str(info.value)
+    # Every required key given: other errors carry no hint either.
+    with pytest.raises(ConfigError) as info:
+        plan_from_config(small_study(measurement={"cycles": 0}), str(ROOT))
+    assert "--configfile" not in str(info.value)
+
+
+def test_snakemake_config_without_configfile_hints_at_configfile(tmp_path):
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--cores", "1", "-n", "--config", "name=x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("llm-energy:")]
+    assert len(errors) == 1 and "missing key 'models'" in errors[0]
+    assert "--configfile FILE" in errors[0] and "config/config.yaml" in errors[0]
 
 
 def test_snakemake_reports_malformed_yaml(tmp_path):
@@ -142,6 +173,80 @@ def test_non_finite_floats_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError) as info:
         validate_study(study)
     assert f"'{key}'" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ strict types
+
+
+def _scalar_field(annotation):
+    """(int, float or bool, whether a list of them) for a field typed as one (optional, with
+    constraints, or a sweep axis of them); None for other fields."""
+    axis = False
+    for _ in range(4):
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            others = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(others) != 1:
+                return None
+            annotation = others[0]
+        elif typing.get_origin(annotation) is list and not axis:
+            axis, annotation = True, typing.get_args(annotation)[0]
+    return (annotation, axis) if annotation in (int, float, bool) else None
+
+
+def _config_models():
+    from pydantic import BaseModel
+
+    from llm_energy.backends import registry
+    from llm_energy.study import config as c
+    from llm_energy.study import sections, workload_spec
+
+    found = {m for module in (c, sections, workload_spec) for m in vars(module).values()
+             if isinstance(m, type) and issubclass(m, BaseModel)
+             and m.__module__.startswith("llm_energy.study")}
+    return sorted(found | {s.config for s in registry.specs().values()},
+                  key=lambda m: m.__name__)
+
+
+#: Values YAML gives typed that lax validation would turn into another type.
+COERCIBLE = {int: [True, "3", 3.0], float: [True, "1.5"], bool: [1, "true", "yes"]}
+TYPE_ERRORS = {int: "int_type", float: "float_type", bool: "bool_type"}
+
+
+def test_every_number_and_switch_of_every_section_refuses_other_types():
+    """`retries: true`, `timeout_s: "1800"`, `enforce_eager: 1`: each one an error at its key,
+    in every section and every backend's settings (lax pydantic would take them)."""
+    checked = 0
+    for model in _config_models():
+        for name, field in model.model_fields.items():
+            kind = _scalar_field(field.annotation)
+            if kind is None:
+                continue
+            scalar, axis = kind
+            for bad in COERCIBLE[scalar]:
+                with pytest.raises(Exception) as info:
+                    model.model_validate({field.alias or name: [bad] if axis else bad})
+                where = (name, 0) if axis else (name,)
+                assert any(e["loc"][:len(where)] == where and e["type"] == TYPE_ERRORS[scalar]
+                           for e in info.value.errors()), (model.__name__, name, bad)
+                checked += 1
+    assert checked > 150
+
+
+def test_yaml_integers_are_still_floats():
+    study = validate_study(small_study(
+        backends={"vllm": {"gpu_memory_utilization": 1}},
+        workload={"num_prompts": 4, "input_tokens": 8, "output_tokens": 8, "arrival": "poisson",
+                  "request_rate_per_s": 2, "request_timeout_s": 60},
+        measurement={"idle_duration_s": 2, "timeout_s": 1800, "warmup": {"cv_threshold": 1}},
+        carbon={"pue": 2}, slo={"ttft_ms": 100}))
+    values = [study.backends.vllm.gpu_memory_utilization, study.workload.request_rate_per_s,
+              study.workload.request_timeout_s, study.measurement.idle_duration_s,
+              study.measurement.timeout_s, study.measurement.warmup.cv_threshold,
+              study.carbon.pue, study.slo.ttft_ms]
+    assert values == [1.0, 2.0, 60.0, 2.0, 1800.0, 1.0, 2.0, 100.0]
+    assert all(type(v) is float for v in values)
 
 
 # ------------------------------------------------------------------ limits known before any job

@@ -268,3 +268,46 @@ def test_backend_without_a_batch_setting_exports_no_batch_limit():
     summary = summary_table().head(1).assign(backend="openai-server")
     config = configuration(summary.iloc[0], [], stable_why=(True, ""))
     assert config["max_num_seqs"] is None
+
+
+def test_export_stage_reads_lengths_and_reports_an_unreadable_requests_file(
+        tmp_path, monkeypatch, capsys):
+    """`llm-energy export` / rule export_mlenergy: output lengths of each cell's successful
+    requests (a null length dropped); an unreadable requests.parquet leaves its cell out of
+    the app files with its reason and is reported, and the export still runs."""
+    from llm_energy.backends import checkpoint_facts
+    from llm_energy.execution import stages
+
+    study = tmp_path / "results" / "study"
+    cells = {cell: study / "cells" / "m" / "vllm" / cell for cell in ("aaaaaaaaaaa1",
+                                                                        "aaaaaaaaaaa4")}
+    for path in cells.values():
+        path.mkdir(parents=True)
+    summary_table().to_parquet(study / "summary.parquet")
+    pd.DataFrame({"cell_id": ["aaaaaaaaaaa1"] * 5, "cycle": [0, 0, 0, 1, 1],
+                  "output_tokens": [70, 80, 90, None, 5],
+                  "success": [True, True, True, True, False]}).to_parquet(
+        cells["aaaaaaaaaaa1"] / "requests.parquet")
+    (cells["aaaaaaaaaaa4"] / "requests.parquet").write_bytes(b"not parquet")
+    checkpoints = {model: tmp_path / model.replace("/", "__") for model in FACTS}
+    for directory in checkpoints.values():
+        directory.mkdir()
+    by_dir = {str(d): FACTS[model] for model, d in checkpoints.items()}
+    monkeypatch.setattr(checkpoint_facts, "model_facts", lambda d: by_dir[str(d)])
+
+    stages.export(study / "summary.parquet", study / "mlenergy", "study",
+                  {m: str(d) for m, d in checkpoints.items()})
+
+    out = capsys.readouterr().out
+    assert f"unreadable requests skipped: {cells['aaaaaaaaaaa4'] / 'requests.parquet'}" in out
+    task = json.loads((study / "mlenergy" / "tasks" / "study.json").read_text())
+    (config,) = task["configurations"]
+    assert config["llm_energy"]["cell_id"] == "aaaaaaaaaaa1"
+    detail = json.loads(next((study / "mlenergy" / "models").glob("*llama*")).read_text())
+    (detailed,) = detail["configurations"]
+    assert sum(detailed["output_length_distribution"]["counts"]) == 3  # 70, 80, 90
+    assert detailed["output_length_distribution"]["bins"][0] == 70
+    assert detailed["output_length_distribution"]["bins"][-1] == 90
+    sidecar = json.loads((study / "mlenergy" / SIDECAR).read_text())
+    reasons = {e["cell_id"]: e["reason"] for e in sidecar["left_out"]}
+    assert reasons["aaaaaaaaaaa4"] == "missing:output_length_distribution"

@@ -7,6 +7,7 @@ import re
 from typing import Annotated
 
 import pytest
+import yaml
 from conftest import ROOT, small_study
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +64,22 @@ def test_default_study_keeps_its_release_1_ids():
                      "cell_id": cell.cell_id}
         assert plan.cell_identity(cell.cell_id) == release_1
         assert repr(plan.cell_identity(cell.cell_id)) == repr(release_1)  # order too
+
+
+def test_max_cycles_written_out_at_its_default_moves_no_id():
+    """`measurement.max_cycles` defaults to `cycles`: writing that value out is the same
+    study (same cell ids and measure params); another value makes new cells."""
+    study = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    study["measurement"]["max_cycles"] = study["measurement"]["cycles"]
+    assert ids(study) == DEFAULT_STUDY_IDS
+    base = small_study()
+    explicit = with_key(base, "measurement.max_cycles", base["measurement"]["cycles"])
+    assert ids(explicit) == ids(base)
+    same, plain = plan_from_config(explicit, ROOT), plan_from_config(base, ROOT)
+    assert [same.cell_identity(i) for i in same.cells] == [plain.cell_identity(i)
+                                                           for i in plain.cells]
+    more = with_key(base, "measurement.max_cycles", base["measurement"]["cycles"] + 1)
+    assert not set(ids(more)) & set(ids(base))
 
 
 def as_in_release_1(config: dict, keys: dict, backend: str) -> dict:

@@ -6,11 +6,21 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dry_run_jobs, run_snakemake, small_study, study_dir, write_config
+from conftest import (
+    ROOT,
+    SNAKEMAKE,
+    dry_run_jobs,
+    run_snakemake,
+    small_study,
+    study_dir,
+    write_config,
+)
 
 from llm_energy.backends import registry
 
@@ -78,6 +88,60 @@ def test_malformed_extra_backend_is_refused(monkeypatch):
     monkeypatch.setenv(registry.EXTRA_BACKENDS_ENV, "nosuch=fakes.toy_backend:ToyBackend")
     with pytest.raises(ValueError, match="registered name"):
         registry.specs()
+
+
+BROKEN_MODULE = "raise RuntimeError('engine missing\\nsecond line')\n"
+
+
+@pytest.mark.parametrize("extra,problem", [
+    ("fakes.no_such_module", "module 'fakes.no_such_module' does not import "
+                             "(ModuleNotFoundError: No module named 'fakes.no_such_module')"),
+    ("broken_spec", "module 'broken_spec' does not import "
+                    "(RuntimeError: engine missing second line)"),
+    ("json", "module 'json' must define SPEC = BackendSpec(...); it has none"),
+    ("fakes.toy_backend:ToyConfig", "module 'fakes.toy_backend' must define "
+                                    "ToyConfig = BackendSpec(...); it is the class ToyConfig"),
+])
+def test_bad_extra_backend_is_one_config_error_line(monkeypatch, tmp_path, extra, problem):
+    from llm_energy.study.config import ConfigError, validate_study
+
+    (tmp_path / "broken_spec.py").write_text(BROKEN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.setenv(registry.EXTRA_BACKENDS_ENV, extra)
+    with pytest.raises(ConfigError) as caught:
+        validate_study(small_study())
+    assert str(caught.value) == f"{registry.EXTRA_BACKENDS_ENV}: {extra!r}: {problem}"
+
+
+def _fresh_env(extra: str) -> dict[str, str]:
+    return {**os.environ, registry.EXTRA_BACKENDS_ENV: extra,
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT / "src")])}
+
+
+def test_bad_extra_backend_fails_validate_in_one_line(tmp_path):
+    """In a fresh process (the registry is read when the study is validated, not when the
+    config module is imported): `llm-energy validate` prints one line, no traceback."""
+    config = write_config(tmp_path, small_study())
+    proc = subprocess.run([sys.executable, "-m", "llm_energy.cli", "validate", str(config),
+                           "--results", str(tmp_path / "results")], capture_output=True,
+                          text=True, env=_fresh_env("fakes.no_such_module"), timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"llm-energy: config error: {registry.EXTRA_BACKENDS_ENV}: 'fakes.no_such_module': "
+        "module 'fakes.no_such_module' does not import (ModuleNotFoundError: No module named "
+        "'fakes.no_such_module')"]
+
+
+def test_bad_extra_backend_stops_snakemake_before_any_job(tmp_path):
+    config = write_config(tmp_path, small_study())
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(config), "--cores", "1", "-n"],
+                          capture_output=True, text=True, env=_fresh_env("json"), timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert (f"llm-energy: config error: {registry.EXTRA_BACKENDS_ENV}: 'json': module 'json' "
+            "must define SPEC = BackendSpec(...); it has none") in proc.stderr.splitlines()
+    assert not (tmp_path / "results").exists()
 
 
 # ------------------------------------------------------------------ the whole pipeline

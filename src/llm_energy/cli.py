@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from llm_energy.backends.registry import ExtraBackendsError
 from llm_energy.study.config import ConfigError, json_schema, load_study
 from llm_energy.study.matrix import expand, matrix_csv
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, ExtraBackendsError) as exc:  # a bad study or backend registration
         print(f"llm-energy: config error: {exc}", file=sys.stderr)
         return 1
 

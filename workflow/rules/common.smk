@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from llm_energy.analysis.export import task_file
 from llm_energy.analysis.figures import FIGURES, FORMATS
+from llm_energy.backends.registry import PIPELINE_ENVIRONMENT
 from llm_energy.execution.runner import failure_message
 from llm_energy.study.plan import plan_or_exit
 
@@ -18,10 +19,9 @@ PLAN = plan_or_exit(config, workflow.basedir, [str(f) for f in workflow.configfi
 CELLS = PLAN.cells
 # Every output of this study lives under results/<study name>/.
 RESULTS = PLAN.results_dir
-ENVS = Path(workflow.basedir) / "envs"
-# The pipeline environment of all rules but `measure`: envs/pipeline.yaml,
-# generated from requirements/main.txt (`llm-energy envs`).
-PIPELINE_ENV = str(ENVS / "pipeline.yaml")
+# The pipeline environment of all rules but `measure` (registry: PIPELINE_ENVIRONMENT's
+# conda env file, generated from its requirements by `llm-energy envs`).
+PIPELINE_ENV = str(Path(workflow.basedir) / PIPELINE_ENVIRONMENT["conda_env"])
 
 # Study figures, then one power-over-time figure per cell; the PNGs go into
 # `snakemake --report`, each with its caption (workflow/report/<figure>.rst).

@@ -373,6 +373,10 @@ def write_mlenergy(summary: pd.DataFrame, out_dir: str | Path, task: str,
     return paths
 
 
+#: The requests.parquet columns `output_lengths` reads.
+OUTPUT_LENGTH_COLUMNS = ("cell_id", "output_tokens", "success")
+
+
 def output_lengths(requests: pd.DataFrame) -> dict[str, list[int]]:
     """Cell id → output tokens of its successful requests (requests.parquet rows)."""
     ok = requests[requests["success"].fillna(False).astype(bool)]

@@ -31,8 +31,8 @@ from llm_energy.backends import registry
 
 # Packages whose version can change a backend's measurements: a new version of any of them
 # reruns that backend's cells (the Snakefile puts them into the measure rule's params): these
-# common ones and each backend's `BackendSpec.packages`. `provenance.PACKAGES` records at
-# least these in every cell.
+# common ones and each backend's `BackendSpec.packages`. `provenance.recorded_packages()`
+# records at least these in every cell.
 COMMON_PACKAGES = ("llm-energy", "zeus", "nvidia-ml-py", "amdsmi")
 
 MISSING_ENVIRONMENT = "missing"

@@ -74,13 +74,16 @@ _REQUEST_FIELDS = ["cell_id", "cycle", "success", "output_tokens", "first_token_
                    *(f"{name}_ms" for name in LATENCIES)]  # output_tokens: SLO-meeting tokens
 
 
-def read_requests(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
-    """The columns the statistics need from each cell's requests.parquet; a missing or
-    unreadable file only costs that cell its bootstrap intervals and batch size."""
+def read_requests(paths: Iterable[str | Path], columns: Iterable[str] | None = None,
+                  ) -> tuple[pd.DataFrame, list[str]]:
+    """`columns` (default: those the statistics need) of each cell's requests.parquet; a
+    missing or unreadable file only costs that cell its bootstrap intervals and batch size
+    (in the export: its output lengths), and is reported."""
+    fields = list(columns) if columns is not None else _REQUEST_FIELDS
     tables, problems = _read_all(
-        paths, lambda path: pq.ParquetFile(path).read(columns=_REQUEST_FIELDS, use_threads=False))
+        paths, lambda path: pq.ParquetFile(path).read(columns=fields, use_threads=False))
     if not tables:
-        return pd.DataFrame(columns=_REQUEST_FIELDS), problems
+        return pd.DataFrame(columns=fields), problems
     return _concat_to_pandas(tables), problems
 
 

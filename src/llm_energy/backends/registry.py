@@ -176,11 +176,34 @@ class BackendSpec:
         return Path(project_dir) / self.requirements if self.requirements else None
 
 
+class ExtraBackendsError(ValueError):
+    """`LLM_ENERGY_EXTRA_BACKENDS` names no usable backend; `str()` is one line naming the
+    variable, the item and the problem (shown as a config error, never as a traceback)."""
+
+
 def _load_spec(target: str) -> BackendSpec:
     module_name, _, attr = target.partition(":")
     spec = getattr(importlib.import_module(module_name), attr or "SPEC")
     if not isinstance(spec, BackendSpec):
         raise TypeError(f"{target} is a {type(spec).__name__}, not a BackendSpec")
+    return spec
+
+
+def _load_extra(item: str, target: str) -> BackendSpec:
+    """An extra backend's spec, or `ExtraBackendsError` saying why there is none."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any failure of a foreign module: one line
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ExtraBackendsError(f"{EXTRA_BACKENDS_ENV}: {item!r}: module {module_name!r} "
+                                 f"does not import ({problem})") from None
+    spec = getattr(module, attr or "SPEC", None)
+    if not isinstance(spec, BackendSpec):
+        found = ("has none" if spec is None else f"is the class {spec.__name__}"
+                 if isinstance(spec, type) else f"is a {type(spec).__name__}")
+        raise ExtraBackendsError(f"{EXTRA_BACKENDS_ENV}: {item!r}: module {module_name!r} "
+                                 f"must define {attr or 'SPEC'} = BackendSpec(...); it {found}")
     return spec
 
 
@@ -192,13 +215,19 @@ def _specs(extra: str) -> dict[str, BackendSpec]:
         if eq:  # name=module:Class: another implementation of a registered backend
             name = name.strip()
             if name not in specs or ":" not in target:
-                raise ValueError(f"{EXTRA_BACKENDS_ENV}: {item!r}: expected name=module:Class "
-                                 f"with a registered name ({', '.join(specs)})")
+                raise ExtraBackendsError(
+                    f"{EXTRA_BACKENDS_ENV}: {item!r}: expected name=module:Class with a "
+                    f"registered name ({', '.join(specs)})")
             specs[name] = replace(specs[name], implementation=target.strip(), modes={})
         else:  # module[:ATTR]: a whole backend, declared outside the package
-            spec = _load_spec(target.strip())
+            spec = _load_extra(item, target.strip())
             specs[spec.name] = spec
     return specs
+
+
+def builtin_specs() -> dict[str, BackendSpec]:
+    """The built-in backends by name, whatever `LLM_ENERGY_EXTRA_BACKENDS` says."""
+    return _specs("")
 
 
 def extra_backends() -> str:

@@ -24,8 +24,8 @@ class BackendSettings(BaseModel):
     """Per-backend sweep: list fields are axes, crossed with each other; scalars are fixed for
     all of the backend's cells. `enabled: false` keeps a section without running it."""
 
-    # allow_inf_nan=False: every float of a study config is finite (as in study.config).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # As in study.config: every float finite; strict: no bool as int, no string as number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     enabled: bool = True
 

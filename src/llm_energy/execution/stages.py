@@ -70,19 +70,27 @@ def export(summary: str | Path, out_dir: str | Path, task: str,
            checkpoints: dict[str, str] | None = None) -> None:
     """The summary in the ML.ENERGY leaderboard app's layout (`out_dir`/index.json,
     tasks/<task>.json, models/..., and the sidecar of cells left out). Output lengths come
-    from the cells' requests.parquet under the summary's folder; parameter counts from each
+    from the cells' requests.parquet under the summary's folder (read as the summary reads
+    them; an unreadable one leaves its cell out, reported); parameter counts from each
     model's checkpoint directory in `checkpoints` (model name -> directory)."""
     import json
 
     import pandas as pd
 
-    from llm_energy.analysis.export import SIDECAR, output_lengths, write_mlenergy
+    from llm_energy.analysis.export import (
+        OUTPUT_LENGTH_COLUMNS,
+        SIDECAR,
+        output_lengths,
+        write_mlenergy,
+    )
+    from llm_energy.analysis.summary_io import read_requests
     from llm_energy.backends.checkpoint_facts import model_facts
 
     files = sorted(Path(summary).parent.glob("cells/*/*/*/requests.parquet"))
-    lengths = output_lengths(pd.concat(
-        pd.read_parquet(f, columns=["cell_id", "output_tokens", "success"]) for f in files)) \
-        if files else {}
+    requests, problems = read_requests(files, OUTPUT_LENGTH_COLUMNS)
+    for problem in problems:
+        print(f"unreadable requests skipped: {problem}")
+    lengths = output_lengths(requests)
     facts = {m: model_facts(d) if Path(d).is_dir() else None
              for m, d in (checkpoints or {}).items()}
     for path in write_mlenergy(pd.read_parquet(summary), Path(out_dir), task, facts, lengths):

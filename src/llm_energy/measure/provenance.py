@@ -22,9 +22,13 @@ from llm_energy.measure.fingerprint import code_fingerprint
 __all__ = ["code_fingerprint", "collect", "git_state", "gpu_info", "package_versions",
            "requirements_lock"]
 
-# Every package whose version `llm-energy stale` compares (stale.py), and the data stack.
-PACKAGES = tuple(dict.fromkeys([*all_measured_packages(),
-                                "pydantic", "pandas", "pyarrow", "numpy", "psutil"]))
+DATA_STACK = ("pydantic", "pandas", "pyarrow", "numpy", "psutil")
+
+
+def recorded_packages() -> tuple[str, ...]:
+    """Every package whose version `llm-energy stale` compares (stale.py), and the data
+    stack. Asked when recording (not at import: the registry is read then)."""
+    return tuple(dict.fromkeys([*all_measured_packages(), *DATA_STACK]))
 
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION",
                 "SLURM_CLUSTER_NAME", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE",
@@ -38,7 +42,7 @@ PROJECT_DIR = _PACKAGE_ROOT.parent.parent
 
 def package_versions() -> dict[str, str]:
     versions = {}
-    for name in PACKAGES:
+    for name in recorded_packages():
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -48,7 +48,9 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     # allow_inf_nan=False: every float of the config is finite (`.inf` would hang an idle
     # window or overflow a job's time limit; `.nan` compares false with every bound).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict=True: YAML gives typed values, so `retries: true` or `timeout_s: "1800"` is a
+    # typo, not a number (an int is still a float: `idle_duration_s: 2`).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 def _as_axis(value: Any) -> list[Any]:

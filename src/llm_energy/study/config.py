@@ -165,7 +165,7 @@ def backends_model(specs: tuple[BackendSpec, ...]) -> type[_BackendsBase]:
     return create_model("BackendsConfig", __base__=_BackendsBase, **fields)
 
 
-BackendsConfig = backends_model(tuple(registry.specs().values()))
+BackendsConfig = backends_model(tuple(registry.builtin_specs().values()))
 
 
 # ---------------------------------------------------------------- workload + protocol
@@ -302,12 +302,9 @@ def _longest(policy: Any, dataset: Any) -> int | None:
     return getattr(policy, "max", None)
 
 
-_IMPORT_REGISTRY = registry.extra_backends()
-
-
 @functools.lru_cache(maxsize=8)
 def _study_model(extra_backends: str) -> type[StudyConfig]:
-    if extra_backends == _IMPORT_REGISTRY:
+    if not extra_backends:
         return StudyConfig
     section = backends_model(tuple(registry.specs().values()))
     return create_model("StudyConfig", __base__=StudyConfig, backends=(section, ...))
@@ -315,8 +312,11 @@ def _study_model(extra_backends: str) -> type[StudyConfig]:
 
 def study_model() -> type[StudyConfig]:
     """`StudyConfig` with the `backends:` section of the backends registered now (extra
-    backends given after this module was imported included)."""
-    return _study_model(registry.extra_backends())
+    backends included); a bad `LLM_ENERGY_EXTRA_BACKENDS` is a `ConfigError`."""
+    try:
+        return _study_model(registry.extra_backends())
+    except registry.ExtraBackendsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- loading

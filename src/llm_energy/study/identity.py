@@ -84,6 +84,10 @@ RELEASE_1_OPERATIONAL: dict[str, dict[str, Any]] = {
                     "idle_drift_tolerance": 0.1},
 }
 
+#: Keys whose default (None) means "the value of another key of the section": set to that
+#: value, they are at their default (hashed alike, so writing the default out moves no id).
+DEFAULT_IS_KEY: dict[str, dict[str, str]] = {"measurement": {"max_cycles": "cycles"}}
+
 
 # ---------------------------------------------------------------- roles
 
@@ -207,11 +211,19 @@ def _measured(values: Mapping[str, Any], model: type[BaseModel] | None,
     return out
 
 
+def _defaults_spelled_out(section: str, values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`values` with each `DEFAULT_IS_KEY` key that equals its other key back at None."""
+    same = {name: None for name, other in DEFAULT_IS_KEY.get(section, {}).items()
+            if values.get(name) is not None and values[name] == values.get(other)}
+    return {**values, **same} if same else values
+
+
 def identity(cell_config: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies a cell: its resolved configuration (`model`, `backend`, `settings`,
     `workload`, `measurement` as `matrix.expand` builds it) with operational and
     analysis-only keys taken out (release-1 operational keys pinned to their release-1
-    values) and keys newer than release 1 left out at their default. Key order is kept.
+    values) and keys newer than release 1 left out at their default (`DEFAULT_IS_KEY`: also
+    at the value their default stands for). Key order is kept.
     This is the measure rule's `cell` param and what `cell_hash` hashes."""
     backend = str(cell_config.get("backend"))
     sections: dict[str, tuple[type[BaseModel] | None, Any]] = {
@@ -226,6 +238,7 @@ def identity(cell_config: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if key in sections and isinstance(value, Mapping):
             model, release_1 = sections[key]
+            value = _defaults_spelled_out(key, value)
             value = _measured(value, model, release_1, RELEASE_1_OPERATIONAL.get(key, {}))
         elif key in StudyConfig.model_fields and role_of(StudyConfig, key) != MEASURED:
             continue                   # e.g. an analysis-only section copied into a cell

@@ -259,7 +259,7 @@ def plan_from_config(config: dict[str, Any], project_dir: str = ".",
     """The study from Snakemake's `config` (filled by --configfile, whose paths are
     `config_files`), or the default study (`default_config`)."""
     if config:
-        study = validate_study(config)
+        study = _validate_given(config, config_files)
         config_file = ";".join(str(Path(f).resolve()) for f in config_files or [])
     else:
         path = default_config(project_dir)
@@ -267,6 +267,20 @@ def plan_from_config(config: dict[str, Any], project_dir: str = ".",
     cells, pruned = expand(study)
     return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir),
                 config_file=config_file)
+
+
+def _validate_given(config: dict[str, Any], config_files: list[str] | None) -> StudyConfig:
+    """Snakemake's `config`; without a --configfile and with required keys missing, the
+    error says where a study comes from (`--config name=x` alone is no study)."""
+    try:
+        return validate_study(config)
+    except ConfigError as exc:
+        required = [k for k, f in StudyConfig.model_fields.items() if f.is_required()]
+        if config_files or all(k in config for k in required):
+            raise
+        raise ConfigError(f"{exc}; give the study file with --configfile FILE (--config "
+                          f"KEY=VALUE alone is not read on top of the default, "
+                          f"{DEFAULT_CONFIG})") from None
 
 
 def cell_to_measure(cell_id: str, config: dict[str, Any], project_dir: str = ".") -> dict[str, Any]:

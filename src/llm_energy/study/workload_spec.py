@@ -32,8 +32,8 @@ DEFAULT_PROMPT_FIELD = {"prompt": "prompt", "messages": "messages", "sharegpt": 
 
 
 class _Strict(BaseModel):
-    # As study.config's: unknown keys refused, every float finite.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # As study.config's: unknown keys refused, every float finite, no type coercion.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class DatasetConfig(_Strict):
