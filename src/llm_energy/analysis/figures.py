@@ -130,11 +130,14 @@ def tradeoff_data(summary: pd.DataFrame, x: str, y: str,
 
 
 def _draw_reference(ax: plt.Axes, ok: pd.DataFrame, ref: pd.DataFrame, x: str, y: str) -> None:
-    """Reference rows: hollow diamonds on a dotted line, grey, one series per reference and
-    model, labelled "reference: <label>" in the legend."""
-    for i, ((source, model), group) in enumerate(ref.groupby(["source", "model"], sort=True)):
+    """Reference rows: hollow diamonds on a dotted line, grey, one series per reference,
+    model and GPU count, labelled "reference: <label>" in the legend."""
+    ref = ref.assign(_gpus=ref["num_gpus"].fillna(1) if "num_gpus" in ref else 1)
+    series = ref.groupby(["source", "model", "_gpus"], sort=True)
+    for i, ((source, model, gpus), group) in enumerate(series):
         group = group.sort_values(x)
         name = source if ok["model"].nunique() <= 1 else f"{model}: {source}"
+        name += f" ({gpus:g} GPUs)" if gpus > 1 else ""
         ax.plot(group[x], group[y], linestyle=":", marker="D", markersize=4,
                 markerfacecolor="none", color=("0.35", "0.6", "0.15")[i % 3], label=name)
         for _, row in group.iterrows():
