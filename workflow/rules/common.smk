@@ -25,8 +25,11 @@ PIPELINE_ENV = str(ENVS / "pipeline.yaml")
 
 # Published measurements drawn beside the cells (`references:`, analysis-only): their files
 # are inputs and their entries params of the figures and report rules only.
-REFERENCES = [r.model_dump(mode="json") for r in PLAN.study.references]
-REFERENCE_FILES = [r.path for r in PLAN.study.references]
+REFERENCES = [
+    {**r.model_dump(mode="json"), "path": str(Path(r.path).expanduser())}
+    for r in PLAN.study.references
+]
+REFERENCE_FILES = [r["path"] for r in REFERENCES]
 MODEL_IDS = PLAN.study.reference_model_ids() if REFERENCES else {}
 
 # Study figures, then one power-over-time figure per cell; the PNGs go into

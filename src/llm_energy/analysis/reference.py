@@ -234,7 +234,7 @@ def load_references(references: Sequence[Mapping[str, Any]], summary: pd.DataFra
         return None
     frames = []
     for ref in references:
-        frame = READERS[ref["kind"]](ref["path"], ref["label"])
+        frame = READERS[ref["kind"]](Path(ref["path"]).expanduser(), ref["label"])
         frames.append(match(frame, summary, {**model_ids, **(ref.get("models") or {})}))
     return pd.concat(frames, ignore_index=True)
 
