@@ -14,4 +14,5 @@ if __name__ == "__main__":
         stages.figures(snakemake.input.summary,
                        [Path(r).parent for r in snakemake.input.runs],
                        Path(snakemake.output.power).parent,
-                       snakemake.params.cache_dir, snakemake.threads)
+                       snakemake.params.cache_dir, snakemake.threads,
+                       list(snakemake.params.references), dict(snakemake.params.model_ids))

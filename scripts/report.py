@@ -12,4 +12,5 @@ with logged(snakemake):
     stages.report(snakemake.input.summary, snakemake.input.matrix,
                   list(snakemake.input.figures), list(snakemake.input.provenance),
                   sorted(Path(snakemake.input.power).glob("*.png")),
-                  snakemake.output[0], snakemake.params.title)
+                  snakemake.output[0], snakemake.params.title,
+                  list(snakemake.params.references), dict(snakemake.params.model_ids))

@@ -140,6 +140,19 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_merge(args: argparse.Namespace) -> int:
+    from llm_energy.analysis.export_merge import MergeConflict, write_merged
+
+    try:
+        paths = write_merged(args.studies, args.out, force=args.force)
+    except (MergeConflict, FileNotFoundError) as exc:
+        print(f"llm-energy: export-merge refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(paths)} files to {args.out} (put them in the leaderboard app's "
+          "public/data/)")
+    return 0
+
+
 def _measure(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
@@ -233,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("results_dir", help="the study folder, results/<study>")
         p.add_argument("-o", "--output", help="where to write (default: as the pipeline)")
         p.set_defaults(func=_stage)
+    p = sub.add_parser("export-merge", help="merge several studies' ML.ENERGY exports "
+                       "into one data/ folder for the leaderboard app (refuses a configuration "
+                       "found in two studies)")
+    p.add_argument("studies", nargs="+", metavar="STUDY_DIR",
+                   help="a study folder (results/<study>) or its mlenergy/ export folder")
+    p.add_argument("--out", required=True, help="the data/ folder to write")
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
+    p.set_defaults(func=_export_merge)
     p = sub.add_parser("measure", help="measure one cell as the pipeline's measure job does "
                        "(by hand, without snakemake)")
     p.add_argument("cell_json", help="the cell's resolved configuration (the rule's `cell` param)")

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from llm_energy.analysis.export import task_file
-from llm_energy.analysis.figures import FIGURES, FORMATS
+from llm_energy.analysis.figures import FORMATS, figure_names
 from llm_energy.backends.registry import PIPELINE_ENVIRONMENT
 from llm_energy.execution.runner import failure_message
 from llm_energy.study.plan import plan_or_exit
@@ -23,9 +23,21 @@ RESULTS = PLAN.results_dir
 # conda env file, generated from its requirements by `llm-energy envs`).
 PIPELINE_ENV = str(Path(workflow.basedir) / PIPELINE_ENVIRONMENT["conda_env"])
 
+# Published measurements drawn beside the cells (`references:`, analysis-only): their files
+# are inputs and their entries params of the figures and report rules only.
+REFERENCES = [
+    {**r.model_dump(mode="json"), "path": str(Path(r.path).expanduser())}
+    for r in PLAN.study.references
+]
+REFERENCE_FILES = [r["path"] for r in REFERENCES]
+MODEL_IDS = PLAN.study.reference_model_ids() if REFERENCES else {}
+
 # Study figures, then one power-over-time figure per cell; the PNGs go into
 # `snakemake --report`, each with its caption (workflow/report/<figure>.rst).
-STUDY_FIGURE_FILES = [f"{RESULTS}/figures/{name}.{fmt}" for name in FIGURES for fmt in FORMATS]
+STUDY_FIGURES = figure_names(bool(REFERENCES))
+STUDY_FIGURE_FILES = [
+    f"{RESULTS}/figures/{name}.{fmt}" for name in STUDY_FIGURES for fmt in FORMATS
+]
 # Per-cell power figures go into one directory output: listing 3 files per cell as separate
 # outputs makes Snakemake's DAG work grow with the square of the cell count.
 POWER_FIGURE_DIR = f"{RESULTS}/figures/power"

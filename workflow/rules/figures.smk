@@ -4,6 +4,7 @@ rule figures:
         requests=cell_files("requests.parquet"),
         timeseries=cell_files("timeseries.parquet"),
         runs=RUNS_FILES,
+        references=REFERENCE_FILES,
     output:
         [
             report(
@@ -11,7 +12,7 @@ rule figures:
                 category="Figures",
                 caption=f"../report/{name}.rst",
             )
-            for name in FIGURES
+            for name in STUDY_FIGURES
         ],
         [f for f in STUDY_FIGURE_FILES if not f.endswith(".png")],
         power=report(
@@ -30,5 +31,7 @@ rule figures:
         # Unchanged cells' power figures are reused from here (Snakemake empties the
         # output directory before each run of this rule).
         cache_dir=f"{RESULTS}/.figure-cache/power",
+        references=REFERENCES,
+        model_ids=MODEL_IDS,
     script:
         "../../scripts/figures.py"

@@ -2,9 +2,10 @@ rule report:
     input:
         summary=f"{RESULTS}/summary.parquet",
         matrix=f"{RESULTS}/matrix.csv",
-        figures=[f"{RESULTS}/figures/{name}.png" for name in FIGURES],
+        figures=[f"{RESULTS}/figures/{name}.png" for name in STUDY_FIGURES],
         power=POWER_FIGURE_DIR,
         provenance=cell_files("provenance.json"),
+        references=REFERENCE_FILES,
     output:
         report(
             f"{RESULTS}/report.html",
@@ -17,5 +18,7 @@ rule report:
         PIPELINE_ENV
     params:
         title=f"llm-energy study: {PLAN.study.name}",
+        references=REFERENCES,
+        model_ids=MODEL_IDS,
     script:
         "../../scripts/report.py"

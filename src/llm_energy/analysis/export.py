@@ -74,6 +74,13 @@ HISTOGRAM_BINS = 50  # the leaderboard's (scripts/build_data.py)
 # in ML.ENERGY's data, where all three are the steady state's).
 EXPORTED = schema.export_columns()
 
+# App fields that are a cell's keys or settings (the reference reader, `analysis.reference`,
+# reads them back through these): field -> column, and field -> the backend registry's role
+# of the setting (its column depends on the backend).
+KEY_FIELDS = {"model_id": "model", "weight_precision": "dtype",
+              "expert_parallel": "expert_parallel_size", "data_parallel": "data_parallel_size"}
+ROLE_FIELDS = {"max_num_seqs": "batch_setting", "tensor_parallel": "parallel_setting"}
+
 # The leaderboard's stability rule: ml-energy/data, mlenergy_data/records/runs.py
 # (`_llm_stability_status`, `_stability_map_for_scoped_runs`), commit
 # b37408f35fcdd08a9f5c3daf3dfedcd59a87a58b.
@@ -201,17 +208,19 @@ def configuration(row: pd.Series, settings: list[str],
     avg_out = out_tokens / n_req if out_tokens is not None and n_req else None
     cuda = row.get("device") == "cuda"
     stable, why = stable_why if stable_why is not None else stability(row)
-    tp = _int(registry.setting_of(row, "parallel_setting")) or 1
+    keys = {f: _value(row.get(c)) for f, c in KEY_FIELDS.items()}
+    tp = _int(registry.setting_of(row, ROLE_FIELDS["tensor_parallel"])) or 1
     config: dict[str, Any] = {
-        "model_id": row["model"], "nickname": row["model"], "gpu_model": device_label(row),
-        "num_gpus": tp * (_int(row.get("data_parallel_size")) or 1) if cuda else 0,
+        "model_id": keys["model_id"], "nickname": keys["model_id"],
+        "gpu_model": device_label(row),
+        "num_gpus": tp * (_int(keys["data_parallel"]) or 1) if cuda else 0,
         "total_params_billions": facts.total_params_billions if facts else None,
         "activated_params_billions": facts.activated_params_billions if facts else None,
         "architecture": facts.architecture if facts else None,
-        "weight_precision": _value(row.get("dtype")),
+        "weight_precision": keys["weight_precision"],
         "max_num_seqs": max_num_seqs(row), "tensor_parallel": tp,
-        "expert_parallel": _int(row.get("expert_parallel_size")) or 1,
-        "data_parallel": _int(row.get("data_parallel_size")) or 1,
+        "expert_parallel": _int(keys["expert_parallel"]) or 1,
+        "data_parallel": _int(keys["data_parallel"]) or 1,
         "energy_per_token_joules": energy,
         "energy_per_request_joules": energy * avg_out
         if energy is not None and avg_out is not None else None,

@@ -3,8 +3,10 @@ fonts, single- and double-column sizes; each figure saved as PDF (vector), SVG a
 
 Study figures: energy per output token vs median ITL (the ML.ENERGY time-energy tradeoff)
 and vs throughput, with the Pareto frontier ringed; energy per token and throughput vs batch
-size; the TTFT distribution per cell. Error bars are the 95% intervals across cycles, never
-below zero for the positive quantities drawn. Per-cell power figures: `cell_figures`."""
+size; the TTFT distribution per cell. With `references:`, the same two tradeoffs in ML.ENERGY's
+steady-state window with the matching reference rows beside the cells (`REFERENCE_FIGURES`).
+Error bars are the 95% intervals across cycles, never below zero for the positive quantities
+drawn. Per-cell power figures: `cell_figures`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from llm_energy.analysis.reference import field_columns
 from llm_energy.backends import registry
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -109,12 +112,48 @@ def _series_name(ok: pd.DataFrame, model: str, series: str) -> str:
     return series if ok["model"].nunique() == 1 else f"{model}: {series}"
 
 
+def tradeoff_data(summary: pd.DataFrame, x: str, y: str,
+                  reference: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a tradeoff figure draws: the successful cells with both values, and the
+    reference rows with both values that match one of those cells (same model and GPU)."""
+    def both(frame: pd.DataFrame) -> pd.DataFrame:
+        if x not in frame or y not in frame:
+            return frame.iloc[0:0]
+        return frame[(frame["status"] == "ok") & frame[x].notna() & frame[y].notna()].copy()
+
+    ok = both(summary)
+    if reference is None or reference.empty:
+        return ok, pd.DataFrame(columns=["source", "model", x, y])
+    ref = both(reference)
+    shown = set(ok["cell_id"])
+    return ok, ref[ref["matched_cells"].map(lambda cells: bool(set(cells) & shown))]
+
+
+def _draw_reference(ax: plt.Axes, ok: pd.DataFrame, ref: pd.DataFrame, x: str, y: str) -> None:
+    """Reference rows: hollow diamonds on a dotted line, grey, one series per reference,
+    model and GPU count, labelled "reference: <label>" in the legend."""
+    ref = ref.assign(_gpus=ref["num_gpus"].fillna(1) if "num_gpus" in ref else 1)
+    series = ref.groupby(["source", "model", "_gpus"], sort=True)
+    for i, ((source, model, gpus), group) in enumerate(series):
+        group = group.sort_values(x)
+        name = source if ok["model"].nunique() <= 1 else f"{model}: {source}"
+        name += f" ({gpus:g} GPUs)" if gpus > 1 else ""
+        ax.plot(group[x], group[y], linestyle=":", marker="D", markersize=4,
+                markerfacecolor="none", color=("0.35", "0.6", "0.15")[i % 3], label=name)
+        for _, row in group.iterrows():
+            batch = batch_of(row)
+            if batch is not None:
+                ax.annotate(str(batch), (row[x], row[y]), textcoords="offset points",
+                            xytext=(3, -7), fontsize=5, color="0.35")
+
+
 def tradeoff(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, stem: Path,
              minimize_x: bool, title: str | None = None, log_x: bool | None = None,
-             log_y: bool | None = None) -> list[Path]:
-    """One line per backend/precision, points labelled by batch size, the Pareto set ringed.
+             log_y: bool | None = None, reference: pd.DataFrame | None = None) -> list[Path]:
+    """One line per backend/precision, points labelled by batch size, the Pareto set ringed;
+    with `reference`, the matching reference rows beside them (`tradeoff_data`).
     `log_x`/`log_y` None: logarithmic when the values span more than 20×."""
-    ok = summary[(summary["status"] == "ok") & summary[x].notna() & summary[y].notna()].copy()
+    ok, ref = tradeoff_data(summary, x, y, reference)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=SINGLE_COLUMN_IN)
         if ok.empty:
@@ -138,10 +177,12 @@ def tradeoff(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, st
                 ax.scatter(pts[x], pts[y], s=60, facecolors="none", edgecolors="0.2",
                            linewidths=0.8, label=None if labelled else "Pareto frontier", zorder=3)
                 labelled = True
+            _draw_reference(ax, ok, ref, x, y)
             ax.legend(frameon=False)
-            if log_x if log_x is not None else _wide(ok[x]):
+            drawn = pd.concat([ok[[x, y]], ref[[x, y]]])
+            if log_x if log_x is not None else _wide(drawn[x]):
                 ax.set_xscale("log")
-            if log_y if log_y is not None else _wide(ok[y]):
+            if log_y if log_y is not None else _wide(drawn[y]):
                 ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -236,6 +277,16 @@ def ttft_distribution(summary: pd.DataFrame, requests: pd.DataFrame | None, stem
         return save(fig, stem)
 
 
+def reference_tradeoff(summary: pd.DataFrame, reference: pd.DataFrame | None, x_field: str,
+                       xlabel: str, stem: Path, minimize_x: bool) -> list[Path]:
+    """Energy per token (y) against an ML.ENERGY field (x), both in ML.ENERGY's window (the
+    steady state: the export's mapping inverted), the cells beside the reference rows."""
+    columns = field_columns()
+    return tradeoff(summary, columns[x_field], columns["energy_per_token_joules"], xlabel,
+                    "Energy per output token,\nsteady state (J)", stem, minimize_x,
+                    reference=reference)
+
+
 Draw = Callable[[pd.DataFrame, "pd.DataFrame | None", Path], list[Path]]
 
 # Study-level figures: name → draw(summary, requests, stem). Requests (all cells'
@@ -247,6 +298,21 @@ FIGURES: dict[str, Draw] = {
     "ttft_distribution": ttft_distribution,
 }
 
+# Drawn only for a study with `references:`: name -> draw(summary, reference, stem).
+REFERENCE_FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame | None, Path], list[Path]]] = {
+    "reference_energy_vs_itl": lambda summary, reference, stem: reference_tradeoff(
+        summary, reference, "median_itl_ms", "Median inter-token latency (ms)", stem, True),
+    "reference_energy_vs_throughput": lambda summary, reference, stem: reference_tradeoff(
+        summary, reference, "output_throughput_tokens_per_sec",
+        "Throughput, steady state (output tokens/s)", stem, False),
+}
+
+
+def figure_names(with_reference: bool) -> list[str]:
+    """The study figures a study draws (the reference ones only with `references:`)."""
+    return [*FIGURES, *(REFERENCE_FIGURES if with_reference else ())]
+
+
 CAPTIONS = {
     "energy_vs_itl": "Energy per output token against median inter-token latency (the time-energy "
                      "tradeoff), one line per backend and precision, points labelled by batch size; "
@@ -257,13 +323,27 @@ CAPTIONS = {
                                   "against batch size, log scale.",
     "ttft_distribution": "Time to first token of every request, per cell (box: quartiles and "
                          "median; whiskers: 1.5 IQR).",
+    "reference_energy_vs_itl": "Energy per output token against median inter-token latency in "
+                               "the steady-state window (ML.ENERGY's), the study's cells beside "
+                               "the reference rows of the same model and GPU (hollow diamonds, "
+                               "dotted, labelled by batch size). Reference energy is what its "
+                               "publisher measured (ML.ENERGY: GPU energy only); the cells' is "
+                               "their energy source's domains (the report's energy column).",
+    "reference_energy_vs_throughput": "Energy per output token against output throughput, both "
+                                      "in the steady-state window, the cells beside the "
+                                      "matching reference rows (hollow diamonds).",
     "power": "Power over one cell's run: load, idle baseline, warmup and the measured cycles; "
              "the steady-state window of each cycle is shaded darker.",
 }
 
 
-def draw_study(summary: pd.DataFrame, requests: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+def draw_study(summary: pd.DataFrame, requests: pd.DataFrame | None, out_dir: Path,
+               reference: pd.DataFrame | None = None) -> list[Path]:
+    """The study figures; with `reference` (a study with `references:`, even when no row
+    matches) the reference figures too."""
     paths: list[Path] = []
     for name, draw in FIGURES.items():
         paths += draw(summary, requests, Path(out_dir) / name)
+    for name, draw_reference in (REFERENCE_FIGURES.items() if reference is not None else ()):
+        paths += draw_reference(summary, reference, Path(out_dir) / name)
     return paths

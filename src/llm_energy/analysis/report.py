@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
+from llm_energy.analysis.reference import report_section
 from llm_energy.results import schema
 
 # The report's table: the registry's columns with a `report` position, each with its label,
@@ -284,9 +285,10 @@ def _power_section(power_figures: dict[str, Path], link_base: Path | None) -> li
 def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
            provenance: dict[str, dict[str, Any]], problems: list[str], title: str,
            power_figures: dict[str, Path] | None = None,
-           link_base: Path | None = None) -> str:
+           link_base: Path | None = None, reference: pd.DataFrame | None = None) -> str:
     """The report as one HTML string. `link_base` is the directory the report is written
-    to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures."""
+    to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures.
+    `reference`: the study's reference rows (`analysis.reference.load_references`)."""
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
@@ -317,6 +319,7 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
         for model, group in summary.groupby("model", sort=True):
             parts.append(f"<h3>Model: {_esc(model)}</h3>")
             parts.append(_model_table(group, pareto))
+    parts.append(report_section(reference, summary))
     warnings = [(r["cell_id"], w) for _, r in summary.iterrows() for w in _as_list(r.get("warnings"))]
     if warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(

@@ -30,9 +30,25 @@ def aggregate(runs: list[str | Path], parquet: str | Path, csv: str | Path,
     print(f"{len(agg.summary)} cell(s) aggregated into {parquet}")
 
 
+def _reference(frame: Any, references: list[dict[str, Any]] | None,
+               model_ids: dict[str, str] | None) -> Any:
+    """The study's `references` read and matched to the summary (None without any)."""
+    from llm_energy.analysis.reference import load_references
+
+    reference = load_references(references or [], frame, model_ids or {})
+    if reference is not None:
+        print(f"{len(reference)} reference row(s), "
+              f"{int(reference['matched_cells'].map(bool).sum())} matching cells of the study")
+    return reference
+
+
 def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
-            cache_dir: str | Path, workers: int) -> None:
-    """The study figures and one power figure per cell (under `out_dir`/power)."""
+            cache_dir: str | Path, workers: int,
+            references: list[dict[str, Any]] | None = None,
+            model_ids: dict[str, str] | None = None) -> None:
+    """The study figures and one power figure per cell (under `out_dir`/power).
+    `references`: the study's `references` entries; `model_ids`: study model name -> the
+    model id reference rows are matched by."""
     import pandas as pd
 
     from llm_energy.analysis.cell_figures import draw_cells
@@ -43,7 +59,8 @@ def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
     request_frame, problems = read_requests([d / "requests.parquet" for d in cell_dirs])
     for problem in problems:
         print(f"unreadable requests skipped: {problem}")
-    for path in draw_study(frame, request_frame, out_dir):
+    for path in draw_study(frame, request_frame, out_dir,
+                           _reference(frame, references, model_ids)):
         print(f"wrote {path}")
     power = draw_cells(cell_dirs, out_dir, cache_dir=Path(cache_dir), workers=workers)
     print(f"wrote {len(power)} power figure files of {len(cell_dirs)} cells to "
@@ -51,17 +68,21 @@ def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
 
 
 def report(summary: str | Path, matrix: str | Path, figure_files: list[Path],
-           provenance: list[Path], power: list[Path], out: str | Path, title: str) -> None:
-    """The self-contained HTML report."""
+           provenance: list[Path], power: list[Path], out: str | Path, title: str,
+           references: list[dict[str, Any]] | None = None,
+           model_ids: dict[str, str] | None = None) -> None:
+    """The self-contained HTML report (`references`, `model_ids`: as for `figures`)."""
     import pandas as pd
 
     from llm_energy.analysis.report import read_provenance, render
     from llm_energy.analysis.summary import read_problems
 
-    html = render(pd.read_parquet(summary), pd.read_csv(matrix), [Path(f) for f in figure_files],
+    frame = pd.read_parquet(summary)
+    html = render(frame, pd.read_csv(matrix), [Path(f) for f in figure_files],
                   read_provenance(provenance), read_problems(summary), title,
                   power_figures={Path(p).stem: Path(p) for p in power},
-                  link_base=Path(out).parent)
+                  link_base=Path(out).parent,
+                  reference=_reference(frame, references, model_ids))
     Path(out).write_text(html)
     print(f"wrote {out}")
 

@@ -48,6 +48,8 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
     CarbonConfig,
     ClockSetting,
     MeasurementConfig,
+    ReferenceConfig,
+    ReferenceKind,
     SloConfig,
     WarmupConfig,
 )
@@ -197,6 +199,9 @@ class StudyConfig(_Strict):
     measurement: MeasurementConfig = MeasurementConfig()
     carbon: CarbonConfig = CarbonConfig()
     slo: SloConfig | None = None
+    # Published measurements drawn beside the cells (figures, report): in no cell.
+    references: list[ReferenceConfig] = Field(default_factory=list,
+                                              json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
 
     @field_validator("models")
     @classmethod
@@ -221,6 +226,26 @@ class StudyConfig(_Strict):
                     raise ValueError(f"backends.{key}.{setting}: repeated value(s) "
                                      f"{', '.join(repeated)}; list each value once")
         return backends
+
+    @model_validator(mode="after")
+    def _references_fit(self) -> StudyConfig:
+        labels = [r.label for r in self.references]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"references.label: {repeated} given twice; each reference needs "
+                             "a label of its own")
+        names = {m.name for m in self.models}
+        for ref in self.references:
+            unknown = sorted(set(ref.models) - names)
+            if unknown:
+                raise ValueError(f"references.models: {unknown} of reference '{ref.label}' "
+                                 f"are not models of the study ({', '.join(sorted(names))})")
+        return self
+
+    def reference_model_ids(self) -> dict[str, str]:
+        """Study model name -> the model id a reference row must have to match it: its
+        `hub_id`, else its name (a reference's `models:` overrides this per reference)."""
+        return {m.name: m.hub_id or m.name for m in self.models}
 
     @field_validator("name")
     @classmethod

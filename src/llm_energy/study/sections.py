@@ -1,13 +1,16 @@
 """Study config sections without backend or model knowledge: warmup, measurement (with the
-GPU axes and the validity gate), carbon and SLO."""
+GPU axes and the validity gate), carbon, SLO and references."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -181,3 +184,46 @@ class SloConfig(_Strict):
         """requests.parquet column -> upper bound (ms), for the thresholds that are set."""
         return {name: value for name in type(self).model_fields
                 if name.endswith("_ms") and (value := getattr(self, name)) is not None}
+
+
+#: Formats a reference file may have (`references[].kind`); the readers are in
+#: `llm_energy.analysis.reference` (one per kind).
+ReferenceKind = Literal["mlenergy-leaderboard", "mlenergy-benchmark"]
+
+
+class ReferenceConfig(_Strict):
+    """Published measurements drawn and listed beside the study's cells (analysis-only: read
+    by the figures and the report, never by a measurement). Definitions and how to get the
+    files: docs/references.md."""
+
+    kind: ReferenceKind = Field(description="the file's format")
+    path: str = Field(description="the file: a leaderboard task file (`data/tasks/<task>.json` "
+                      "of the ML.ENERGY leaderboard app) or an ML.ENERGY benchmark "
+                      "`results.json`; relative to where snakemake runs")
+    label: str = Field(pattern=r"^[^\n<>]{1,64}$",
+                       description="name shown in figures and the report (`reference: <label>`)")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="study model name -> the reference's model id, for "
+        "models whose `hub_id` is not the reference's id (default: a model matches rows whose "
+        "model id is its `hub_id`, else its name)")
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, value: str, info: ValidationInfo) -> str:
+        """A leaderboard task file (small) is read here, so a wrong file fails before any job;
+        a benchmark results.json (tens of MB with its requests) when the figures are drawn."""
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"no file at {value}")
+        if path.suffix != ".json":
+            raise ValueError(f"{value} is not a .json file")
+        if info.data.get("kind") != "mlenergy-leaderboard":
+            return value
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{value} is not readable JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("configurations"), list):
+            raise ValueError(f"{value} is not a leaderboard task file (no 'configurations' "
+                             "list): give data/tasks/<task>.json of the app")
+        return value
