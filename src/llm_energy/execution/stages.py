@@ -58,10 +58,13 @@ def report(summary: str | Path, matrix: str | Path, figure_files: list[Path],
     from llm_energy.analysis.report import read_provenance, render
     from llm_energy.analysis.summary import read_problems
 
+    # Each cell's folder (beside its provenance.json, written by the same measure job) holds
+    # the requests and the power samples the report's detail view draws.
+    cell_dirs = {Path(p).parent.name: Path(p).parent for p in provenance}
     html = render(pd.read_parquet(summary), pd.read_csv(matrix), [Path(f) for f in figure_files],
                   read_provenance(provenance), read_problems(summary), title,
                   power_figures={Path(p).stem: Path(p) for p in power},
-                  link_base=Path(out).parent)
+                  link_base=Path(out).parent, cell_dirs=cell_dirs)
     Path(out).write_text(html)
     print(f"wrote {out}")
 

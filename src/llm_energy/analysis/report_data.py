@@ -1,0 +1,212 @@
+"""The data the interactive report embeds (one JSON document): every configuration with its
+settings, headline numbers and 95% intervals formatted from the column registry, validity
+flags, the leaderboard stability verdict, its place on the Pareto frontiers, and per cell the
+output-length histogram and the power time series.
+
+The seam for reference data (e.g. ML.ENERGY leaderboard rows): `build(summary, reference)`
+takes a second DataFrame with the summary's columns plus `source` ("reference: ..."); its rows
+are drawn beside the measured ones with a marker of their own, and are never on our frontier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llm_energy.analysis.export import _value, histogram, leaderboard_stability
+from llm_energy.analysis.figures import pareto_cells
+from llm_energy.results import schema
+
+MEASURED = "measured"
+ENERGY = "energy_per_output_token_j"
+THROUGHPUT = "output_tokens_per_s"
+#: The ITL percentiles the deadline slider offers (registry columns).
+ITL_COLUMNS = {q: schema.percentile_column("itl", q) for q in schema.PERCENTILES}
+#: (name, x metric, maximise x?) of the two frontier views: energy per token against each.
+FRONTIERS = (("throughput", THROUGHPUT, True), ("latency", ITL_COLUMNS[50], False))
+#: Everything a point, the comparison and the table show: the report's columns, then the
+#: ITL percentiles the slider filters on.
+METRICS = tuple(dict.fromkeys([c.name for c in schema.report_columns()] + list(ITL_COLUMNS.values())))
+HISTOGRAM_BINS = 20
+#: Power samples kept per device and cell (evenly strided), so 10,000 cells stay a page a
+#: browser opens.
+MAX_POWER_POINTS = 240
+
+
+def metric_meta(name: str) -> dict[str, Any]:
+    """Label, unit and decimals of a metric, from the registry."""
+    c = schema.column(name)
+    if c is None:
+        raise KeyError(f"{name} is not a registered column")
+    return {"name": name, "label": c.display, "unit": c.unit, "digits": c.digits}
+
+
+def missing(value: Any) -> bool:
+    return _value(value) is None
+
+
+def fmt_number(value: Any, digits: int) -> str:
+    """The value with the registry's decimals; "—" where there is none (never "nan")."""
+    value = _value(value)
+    return "—" if value is None else f"{float(value):.{digits}f}"
+
+
+def fmt_setting(value: Any) -> str:
+    """A setting as written in the study: whole floats as integers (1, not 1.0); "—" for none."""
+    value = _value(value)
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def fmt_metric(row: Mapping[str, Any], name: str) -> str:
+    """"value (low–high)" with the 95% interval across cycles where the summary has one."""
+    digits = metric_meta(name)["digits"]
+    text = fmt_number(row.get(name), digits)
+    low, high = row.get(f"{name}_ci95_low"), row.get(f"{name}_ci95_high")
+    if text != "—" and not missing(low) and not missing(high):
+        text += f" ({fmt_number(low, digits)}–{fmt_number(high, digits)})"
+    return text
+
+
+def _numbers(row: Mapping[str, Any], name: str) -> list[float | None]:
+    return [None if missing(row.get(k)) else float(row.get(k))
+            for k in (name, f"{name}_ci95_low", f"{name}_ci95_high")]
+
+
+def _flags(row: Mapping[str, Any]) -> list[str]:
+    """The cell's validity flags: its warnings and ML.ENERGY's failed checks."""
+    out = []
+    for key in ("warnings", "mlenergy_flags"):
+        value = row.get(key)
+        if value is not None and not isinstance(value, float):
+            out += [str(v) for v in value]
+    return list(dict.fromkeys(out))
+
+
+def workload_text(row: Mapping[str, Any]) -> str:
+    """The workload a cell ran, from its per-cycle means: requests and tokens per request."""
+    n, inp, out = (_value(row.get(k)) for k in ("requests", "input_tokens", "output_tokens"))
+    if n is None:
+        return "—"
+    inp, out = ("—" if t is None or not n else f"{t / n:.1f}" for t in (inp, out))
+    return f"{fmt_setting(n)} requests/cycle, {inp} in / {out} out tokens per request"
+
+
+def hover_text(cell: Mapping[str, Any]) -> str:
+    """Plotly hover: the configuration, the headline numbers with intervals, the flags."""
+    settings = ", ".join(f"{k}={v}" for k, v in cell["settings"].items())
+    lines = [f"<b>{cell['model']}</b> · {cell['backend']} · {cell['device_name']}",
+             f"{cell['source']} · cell {cell['id']}", settings or "default settings",
+             f"workload: {cell['workload']}"]
+    lines += [f"{metric_meta(m)['label']}: {cell['text'][m]}" for m in METRICS
+              if cell["text"][m] != "—"]
+    stable = {True: "stable", False: f"unstable ({cell['unstable_reason']})", None: "—"}
+    lines.append(f"leaderboard rule: {stable[cell['stable']]}; flags: "
+                 + ("; ".join(cell["flags"]) or "none"))
+    return "<br>".join(lines)
+
+
+def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
+                stable: tuple[bool, str] | None, frontier: Mapping[str, bool]) -> dict[str, Any]:
+    ok = row.get("status", "ok") == "ok"
+    cell = {
+        "id": str(row["cell_id"]), "source": source, "model": str(row["model"]),
+        "backend": str(row["backend"]), "device": fmt_setting(row.get("device")),
+        "device_name": fmt_setting(row.get("device_name")), "ok": ok,
+        "settings": {s: fmt_setting(row.get(s)) for s in settings if not missing(row.get(s))},
+        "workload": workload_text(row),
+        "values": {m: _numbers(row, m) for m in METRICS},
+        "text": {m: fmt_metric(row, m) for m in METRICS},
+        "flags": _flags(row), "valid": _value(row.get("mlenergy_valid")),
+        "stable": None if stable is None else bool(stable[0]),
+        "unstable_reason": None if stable is None else (stable[1] or None),
+        "energy_source": fmt_setting(row.get("energy_source")),
+        "cycles": fmt_setting(row.get("cycles")), "frontier": dict(frontier),
+        "error": None if ok else fmt_setting(row.get("error")),
+    }
+    cell["flagged"] = bool(cell["flags"]) or cell["valid"] is False
+    cell["hover"] = hover_text(cell) if ok else ""
+    return cell
+
+
+def _has(frame: pd.DataFrame, *columns: str) -> bool:
+    return set(columns) <= set(frame.columns)
+
+
+def measured_records(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    settings = schema.present_settings(summary)
+    fronts = {name: set(pareto_cells(summary, x, ENERGY, not maximise))
+              if _has(summary, x, ENERGY) else set() for name, x, maximise in FRONTIERS}
+    ok = summary[summary["status"] == "ok"] if len(summary) else summary
+    stable = dict(zip(ok["cell_id"], leaderboard_stability(ok, settings))) if len(ok) else {}
+    return [cell_record(row, settings, MEASURED, stable.get(row["cell_id"]),
+                        {name: row["cell_id"] in front for name, front in fronts.items()})
+            for row in summary.to_dict("records")]
+
+
+def reference_records(reference: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Reference rows (the summary's columns plus `source`): drawn, never on our frontier."""
+    if reference is None or not len(reference):
+        return []
+    settings = schema.present_settings(reference)
+    out = []
+    for row in reference.to_dict("records"):
+        stable = _value(row.get("is_stable"))
+        out.append(cell_record({"status": "ok", **row}, settings, str(row["source"]),
+                               None if stable is None else (bool(stable), ""),
+                               {name: False for name, _, _ in FRONTIERS}))
+    return out
+
+
+def cell_detail(cell_dir: Path) -> dict[str, Any]:
+    """One cell's output-length histogram (successful requests, all cycles) and its power
+    samples per device (strided to MAX_POWER_POINTS) with the cycle and steady windows."""
+    from llm_energy.analysis.cell_figures import cycle_windows
+
+    out: dict[str, Any] = {"lengths": None, "power": [], "windows": []}
+    requests = Path(cell_dir) / "requests.parquet"
+    if requests.is_file():
+        req = pd.read_parquet(requests, columns=["output_tokens", "success"])
+        lengths = req[req["success"].fillna(False).astype(bool)]["output_tokens"].dropna()
+        if len(lengths):
+            edges = np.histogram_bin_edges(lengths.to_numpy(dtype=float), bins=HISTOGRAM_BINS)
+            out["lengths"] = histogram(list(lengths), edges)
+    series, runs = Path(cell_dir) / "timeseries.parquet", Path(cell_dir) / "runs.parquet"
+    if series.is_file():
+        ts = pd.read_parquet(series, columns=["t_s", "device", "power_w", "power_source"])
+        ts = ts[ts["power_w"].notna()].sort_values("t_s")
+        for device, group in ts.groupby("device", sort=True):
+            step = max(1, -(-len(group) // MAX_POWER_POINTS))
+            kept = group.iloc[::step]
+            source = group["power_source"].dropna()
+            out["power"].append({"device": str(device),
+                                 "source": str(source.iloc[0]) if len(source) else "",
+                                 "t_s": [round(float(t), 3) for t in kept["t_s"]],
+                                 "power_w": [round(float(w), 3) for w in kept["power_w"]]})
+        if runs.is_file():
+            out["windows"] = [[a, b, None if s is None else list(s)]
+                              for a, b, s in cycle_windows(pd.read_parquet(runs), ts)]
+    return out
+
+
+def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
+          cell_dirs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """The embedded document. `cell_dirs`: cell id → its results folder (for the details)."""
+    cells = measured_records(summary) + reference_records(reference)
+    details = {cid: cell_detail(d) for cid, d in sorted((cell_dirs or {}).items())}
+    return {"metrics": {m: metric_meta(m) for m in METRICS}, "energy": ENERGY,
+            "throughput": THROUGHPUT, "itl": {str(q): c for q, c in ITL_COLUMNS.items()},
+            "frontiers": {name: x for name, x, _ in FRONTIERS}, "cells": cells,
+            "details": details}
+
+
+def to_script(data: Mapping[str, Any]) -> str:
+    """The document as the text of a `<script type="application/json">` element."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
