@@ -132,3 +132,27 @@ def test_page_embeds_the_data_and_plotly_offline(tmp_path):
     energy_max = float(re.search(r'id="energy-budget"[^>]* max="([^"]+)"', html).group(1))
     assert itl_max >= max(r[3] for r in ROWS) and energy_max >= 0.9
     assert 'step="any"' in html
+
+
+def test_leaderboard_shaped_reference_rows_draw_with_their_steady_state_numbers():
+    """Rows as `analysis.reference` reads a leaderboard task file: no cell id (a
+    `reference_id`), ML.ENERGY's energy, throughput and power in the steady-state columns."""
+    summary, _ = study_frames()
+    reference = pd.DataFrame([{
+        "source": "reference: ML.ENERGY v3", "reference_id": "ML.ENERGY v3#0",
+        "model_id": "org/m1", "model": "m1", "gpu_model": "H100", "num_gpus": 1,
+        "status": "ok", "backend": "vllm", "device": "cuda", "device_name": "H100",
+        "energy_source": "nvml-counter", "max_num_seqs": 64.0, "matched_cells": [],
+        "steady_state_energy_per_output_token_j": 0.12, "steady_state_output_tokens_per_s": 900.0,
+        "steady_state_avg_power_w": 108.0, "itl_ms_p50": 30.0}])
+    (ref,) = report_data.reference_records(reference)
+    assert ref["id"] == "ML.ENERGY v3#0" and ref["model"] == "m1" and ref["device"] == "cuda"
+    assert ref["values"]["energy_per_output_token_j"] == [0.12, None, None]
+    assert ref["values"]["output_tokens_per_s"][0] == 900.0
+    assert ref["values"]["avg_power_w"][0] == 108.0 and ref["values"]["itl_ms_p50"][0] == 30.0
+    assert ref["settings"]["max_num_seqs"] == "64"
+    assert ref["note"] == "J/token, tokens/s, power (W): the steady-state window's (the publisher's numbers)"
+    assert ref["note"] in ref["hover"] and "reference: ML.ENERGY v3" in ref["hover"]
+    data = report_data.build(summary, reference)
+    assert "ML.ENERGY v3#0" in _cells(data)
+    json.loads(report_data.to_script(data))  # serialisable (the list column included)

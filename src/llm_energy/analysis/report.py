@@ -1,8 +1,10 @@
-"""`results/<study>/report.html`: one self-contained page (figures embedded, no network) with the
-summary per model (sortable by any column), ITL-deadline and energy-budget filters that hide
-configurations outside them (as on the ML.ENERGY leaderboard), a measured/estimated badge on
-every number, the Pareto set marked, failed and pruned cells with reasons, the environment
-and per-cell provenance."""
+"""`results/<study>/report.html`: one self-contained page (no network: figures embedded,
+plotly.js inlined) that opens on the interactive views (`report_page`, data from
+`report_data`: charts with hover, filters, the ITL-deadline and energy-budget sliders, the
+Pareto frontier, a comparison and a per-cell detail), then the summary per model (headline
+metrics first, sortable by any column, rows filtered by the same controls), a
+measured/estimated badge on every number, the Pareto set marked, the static paper figures,
+failed and pruned cells with reasons, the environment and per-cell provenance."""
 
 from __future__ import annotations
 

@@ -31,6 +31,11 @@ FRONTIERS = (("throughput", THROUGHPUT, True), ("latency", ITL_COLUMNS[50], Fals
 #: Everything a point, the comparison and the table show: the report's columns, then the
 #: ITL percentiles the slider filters on.
 METRICS = tuple(dict.fromkeys([c.name for c in schema.report_columns()] + list(ITL_COLUMNS.values())))
+#: Whole-cycle column → its steady-state counterpart (the export's one mapping): reference
+#: rows (ML.ENERGY's numbers are the steady window's) are drawn with those where they lack the
+#: whole-cycle ones, and say so.
+STEADY_COUNTERPART = {by["cycle"]: by["steady_state"] for by in schema.export_columns().values()
+                      if "cycle" in by and "steady_state" in by}
 HISTOGRAM_BINS = 20
 #: Power samples kept per device and cell (evenly strided), so 10,000 cells stay a page a
 #: browser opens.
@@ -104,7 +109,7 @@ def hover_text(cell: Mapping[str, Any]) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in cell["settings"].items())
     lines = [f"<b>{cell['model']}</b> · {cell['backend']} · {cell['device_name']}",
              f"{cell['source']} · cell {cell['id']}", settings or "default settings",
-             f"workload: {cell['workload']}"]
+             f"workload: {cell['workload']}"] + ([cell["note"]] if cell["note"] else [])
     lines += [f"{metric_meta(m)['label']}: {cell['text'][m]}" for m in METRICS
               if cell["text"][m] != "—"]
     stable = {True: "stable", False: f"unstable ({cell['unstable_reason']})", None: "—"}
@@ -114,10 +119,11 @@ def hover_text(cell: Mapping[str, Any]) -> str:
 
 
 def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
-                stable: tuple[bool, str] | None, frontier: Mapping[str, bool]) -> dict[str, Any]:
+                stable: tuple[bool, str] | None, frontier: Mapping[str, bool],
+                note: str | None = None) -> dict[str, Any]:
     ok = row.get("status", "ok") == "ok"
     cell = {
-        "id": str(row["cell_id"]), "source": source, "model": str(row["model"]),
+        "id": str(row["cell_id"]), "note": note, "source": source, "model": str(row["model"]),
         "backend": str(row["backend"]), "device": fmt_setting(row.get("device")),
         "device_name": fmt_setting(row.get("device_name")), "ok": ok,
         "settings": {s: fmt_setting(row.get(s)) for s in settings if not missing(row.get(s))},
@@ -157,11 +163,22 @@ def reference_records(reference: pd.DataFrame | None) -> list[dict[str, Any]]:
         return []
     settings = schema.present_settings(reference)
     out = []
-    for row in reference.to_dict("records"):
+    for i, row in enumerate(reference.to_dict("records")):
+        row = {"status": "ok", **row}
+        row["cell_id"] = next((str(row[k]) for k in ("cell_id", "reference_id")
+                               if not missing(row.get(k))), f"reference#{i}")
+        row["model"] = next((row[k] for k in ("model", "model_id") if not missing(row.get(k))), "—")
+        steady = [c for c, s in STEADY_COUNTERPART.items()
+                  if missing(row.get(c)) and not missing(row.get(s))]
+        for column in steady:
+            for suffix in ("", "_ci95_low", "_ci95_high"):
+                row[column + suffix] = row.get(STEADY_COUNTERPART[column] + suffix)
+        note = (f"{', '.join(metric_meta(c)['label'] for c in steady)}: the steady-state "
+                "window's (the publisher's numbers)" if steady else None)
         stable = _value(row.get("is_stable"))
-        out.append(cell_record({"status": "ok", **row}, settings, str(row["source"]),
+        out.append(cell_record(row, settings, str(row["source"]),
                                None if stable is None else (bool(stable), ""),
-                               {name: False for name, _, _ in FRONTIERS}))
+                               {name: False for name, _, _ in FRONTIERS}, note))
     return out
 
 
