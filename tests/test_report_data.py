@@ -104,9 +104,10 @@ def test_cell_detail_histogram_and_power(tmp_path):
     assert detail["lengths"]["bins"] == edges.tolist()
     (power,) = detail["power"]
     assert power["device"] == "cpu" and power["source"] == "estimate"
-    # 1,000 samples strided by ceil(1000 / 240) = 5: 200 kept, every fifth.
-    assert len(power["t_s"]) == 200 and power["t_s"][:3] == [0.0, 2.5, 5.0]
-    assert power["power_w"][:3] == [10.0, 15.0, 13.0]  # 10 + k % 7 for k = 0, 5, 10
+    # 1,000 samples strided by ceil(1000 / 120) = 9: 112 kept, every ninth.
+    assert report_data.MAX_POWER_POINTS == 120
+    assert len(power["t_s"]) == 112 and power["t_s"][:3] == [0.0, 4.5, 9.0]
+    assert power["power_w"][:3] == [10.0, 12.0, 14.0]  # 10 + k % 7 for k = 0, 9, 18
     # The cycle starts 12.5 s after load and lasts 10 s; its steady window is 2–8 s into it.
     assert detail["windows"] == [[12.5, 22.5, [14.5, 20.5]]]
     assert report_data.cell_detail(tmp_path / "missing") == {"lengths": None, "power": [],
@@ -156,3 +157,14 @@ def test_leaderboard_shaped_reference_rows_draw_with_their_steady_state_numbers(
     data = report_data.build(summary, reference)
     assert "ML.ENERGY v3#0" in _cells(data)
     json.loads(report_data.to_script(data))  # serialisable (the list column included)
+
+
+def test_details_in_worker_processes_equal_the_serial_ones(tmp_path, monkeypatch):
+    dirs = {}
+    for k in range(3):
+        dirs[f"cell{k}"] = tmp_path / f"cell{k}"
+        write_cell(dirs[f"cell{k}"], [5 + k, 9, 12 * (k + 1)])
+    serial = report_data.cell_details(dirs)
+    monkeypatch.setattr(report_data, "PARALLEL_FROM", 2)
+    assert report_data.cell_details(dirs, workers=2) == serial
+    assert serial["cell2"]["lengths"]["bins"][-1] == 36.0

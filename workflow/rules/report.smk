@@ -5,6 +5,10 @@ rule report:
         figures=[f"{RESULTS}/figures/{name}.png" for name in FIGURES],
         power=POWER_FIGURE_DIR,
         provenance=cell_files("provenance.json"),
+        # The detail view: output lengths and power over time of each cell.
+        requests=cell_files("requests.parquet"),
+        timeseries=cell_files("timeseries.parquet"),
+        runs=RUNS_FILES,
     output:
         report(
             f"{RESULTS}/report.html",
@@ -15,6 +19,8 @@ rule report:
         f"{RESULTS}/logs/report.log",
     conda:
         PIPELINE_ENV
+    # Processes reading the cells' details (capped by --cores / --local-cores).
+    threads: 4
     params:
         title=f"llm-energy study: {PLAN.study.name}",
     script:

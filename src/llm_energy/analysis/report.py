@@ -202,11 +202,12 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
            provenance: dict[str, dict[str, Any]], problems: list[str], title: str,
            power_figures: dict[str, Path] | None = None,
            link_base: Path | None = None, reference: pd.DataFrame | None = None,
-           cell_dirs: dict[str, Path] | None = None) -> str:
+           cell_dirs: dict[str, Path] | None = None, workers: int = 1) -> str:
     """The report as one HTML string. `link_base` is the directory the report is written
     to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures.
     `reference`: rows to draw beside ours (the summary's columns plus `source`);
-    `cell_dirs`: cell id → results folder, for the detail view (output lengths, power)."""
+    `cell_dirs`: cell id → results folder, for the detail view (output lengths, power),
+    read in `workers` processes."""
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
@@ -218,7 +219,7 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                      '"estimate": this machine has no energy sensor, so CPU energy is modelled '
                      'from utilisation × a configured per-core power. Use these numbers to compare '
                      'cells with each other, not as absolute joules.</p>')
-    data = report_data.build(summary, reference, cell_dirs) if len(summary) else None
+    data = report_data.build(summary, reference, cell_dirs, workers) if len(summary) else None
     if data is not None:
         parts += [report_page.filters(data), report_page.CHARTS]
     parts.append("<h2>Configurations</h2>")

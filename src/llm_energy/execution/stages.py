@@ -51,20 +51,20 @@ def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
 
 
 def report(summary: str | Path, matrix: str | Path, figure_files: list[Path],
-           provenance: list[Path], power: list[Path], out: str | Path, title: str) -> None:
-    """The self-contained HTML report."""
+           provenance: list[Path], power: list[Path], out: str | Path, title: str,
+           cell_dirs: list[Path] | None = None, workers: int = 1) -> None:
+    """The self-contained HTML report. `cell_dirs`: the cells' result folders (requests and
+    power samples for the detail view), read in `workers` processes."""
     import pandas as pd
 
     from llm_energy.analysis.report import read_provenance, render
     from llm_energy.analysis.summary import read_problems
 
-    # Each cell's folder (beside its provenance.json, written by the same measure job) holds
-    # the requests and the power samples the report's detail view draws.
-    cell_dirs = {Path(p).parent.name: Path(p).parent for p in provenance}
     html = render(pd.read_parquet(summary), pd.read_csv(matrix), [Path(f) for f in figure_files],
                   read_provenance(provenance), read_problems(summary), title,
                   power_figures={Path(p).stem: Path(p) for p in power},
-                  link_base=Path(out).parent, cell_dirs=cell_dirs)
+                  link_base=Path(out).parent,
+                  cell_dirs={Path(d).name: Path(d) for d in cell_dirs or []}, workers=workers)
     Path(out).write_text(html)
     print(f"wrote {out}")
 

@@ -21,11 +21,14 @@ function buildFacets(){
       g.appendChild(l);});
     box.appendChild(g);});
 }
+var facetState={};  // facet -> value -> ticked, read once per change (not per cell)
+function readFacets(){
+  facetState={};
+  document.querySelectorAll('input[data-facet]').forEach(function(b){
+    (facetState[b.dataset.facet]=facetState[b.dataset.facet]||{})[b.value]=b.checked;});
+}
 function facetOk(c){
-  return FACETS.every(function(f){
-    var boxes=document.querySelectorAll('input[data-facet="'+f+'"]');
-    for(var k=0;k<boxes.length;k++)if(boxes[k].value===c[f])return boxes[k].checked;
-    return true;});
+  return FACETS.every(function(f){var s=facetState[f];return !s||s[c[f]]!==false;});
 }
 function checked(id){var e=el(id);return !e||e.checked;}
 // Shown at all: the facet filters and the validity switches.
@@ -81,6 +84,7 @@ function drawCharts(){
   });
 }
 function apply(){
+  readFacets();
   el('itl-deadline-value').textContent=el('itl-deadline').value;
   el('energy-budget-value').textContent=el('energy-budget').value;
   var shown=0,total=0;
