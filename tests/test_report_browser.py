@@ -1,4 +1,5 @@
-"""The HTML report in a real browser: headless Chromium (Debian's `chromium`), driven over
+"""The HTML report in a real browser (the screenshot in docs/report-interactive.png comes from
+`test_interactive_report_offline` with REPORT_SCREENSHOT=<path>): headless Chromium (Debian's `chromium`), driven over
 the Chrome DevTools Protocol on a pipe (`--remote-debugging-pipe`: no port, no websocket
 library). Loads the file, clicks a column header and checks the order, moves the
 ITL-deadline slider with the mouse and checks rows disappear, takes a screenshot."""
@@ -469,9 +470,13 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
                        ".filter(function(r){return r[0]==='J/token';})[0]")
     assert row == ["J/token", "0.5000 (0.4500–0.5500)", "0.2500 (0.2250–0.2750)"]
 
-    # Detail: the output-length histogram of the successful requests (the failed one left out).
+    # Detail: a cell with no files says so instead of drawing nothing; then a cell's
+    # output-length histogram of its successful requests (the failed one left out).
     assert browser.eval("document.getElementById('detail').hidden") is True
+    browser.click('button.detail[data-cell="aaaaaaaaaaa2"]')
+    assert "No successful requests" in browser.eval("document.getElementById('detail-hist').textContent")
     browser.click('button.detail[data-cell="aaaaaaaaaaa1"]')
+    assert "No successful" not in browser.eval("document.getElementById('detail-hist').textContent")
     assert browser.eval("document.getElementById('detail').hidden") is False
     counts = browser.eval("document.getElementById('detail-hist').data[0].y")
     edges = np.histogram_bin_edges(LENGTHS["aaaaaaaaaaa1"], bins=20)
@@ -480,9 +485,6 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
     assert sum(counts) == 8 and counts[0] == 1 and counts[-1] == 4
     assert browser.eval("document.querySelectorAll('#detail-hist .bars path').length") >= 1
     assert browser.eval("document.getElementById('detail-power').data.length") == 1
-    # A cell with no files: the detail says so instead of drawing nothing.
-    browser.click('button.detail[data-cell="aaaaaaaaaaa2"]')
-    assert "No successful requests" in browser.eval("document.getElementById('detail-hist').textContent")
     browser.eval("window.scrollTo(0, 0)")
     shot = browser.screenshot(tmp_path / "interactive.png")
     assert png_size(shot)[0] >= 1000

@@ -168,3 +168,10 @@ def test_details_in_worker_processes_equal_the_serial_ones(tmp_path, monkeypatch
     monkeypatch.setattr(report_data, "PARALLEL_FROM", 2)
     assert report_data.cell_details(dirs, workers=2) == serial
     assert serial["cell2"]["lengths"]["bins"][-1] == 36.0
+
+
+def test_environment_shows_a_dash_not_none_for_a_local_run():
+    summary, _ = study_frames()
+    html = render(summary, pd.DataFrame(), [], {"c": {"host": "h", "slurm_job_id": None}}, [], "t")
+    row = re.search(r"Slurm job</th><td>([^<]*)</td>", html).group(1)
+    assert row == "—"

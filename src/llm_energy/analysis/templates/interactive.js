@@ -130,6 +130,8 @@ function renderCompare(){
   });
   box.innerHTML='';box.appendChild(t);
 }
+// An empty plot box: the previous cell's plot (or note) removed.
+function fresh(id){Plotly.purge(id);el(id).textContent='';return el(id);}
 function showDetail(id){
   var c=byId[id],d=D.details[id]||{},box=el('detail');
   el('detail-title').textContent=c.model+' · '+c.backend+' · '+c.device_name+' · cell '+c.id;
@@ -139,20 +141,22 @@ function showDetail(id){
   var h=d.lengths;
   if(h){
     var x=[],w=[];for(var k=0;k<h.counts.length;k++){x.push((h.bins[k]+h.bins[k+1])/2);w.push(h.bins[k+1]-h.bins[k]);}
-    Plotly.react('detail-hist',[{type:'bar',x:x,y:h.counts,width:w,name:'requests'}],
+    fresh('detail-hist');
+    Plotly.newPlot('detail-hist',[{type:'bar',x:x,y:h.counts,width:w,name:'requests'}],
       {title:{text:'Output length distribution',font:{size:13}},margin:{t:30,r:10,b:50,l:60},
        xaxis:{title:{text:'output tokens'}},yaxis:{title:{text:'requests'}}},{displaylogo:false});
-  }else{Plotly.purge('detail-hist');el('detail-hist').textContent='No successful requests recorded for this cell.';}
+  }else{fresh('detail-hist').textContent='No successful requests recorded for this cell.';}
   if(d.power&&d.power.length){
     var shapes=[];(d.windows||[]).forEach(function(wd){
       shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[0],x1:wd[1],y0:0,y1:1,fillcolor:'rgba(204,121,167,.15)',line:{width:0}});
       if(wd[2])shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[2][0],x1:wd[2][1],y0:0,y1:1,fillcolor:'rgba(0,158,115,.3)',line:{width:0}});});
-    Plotly.react('detail-power',d.power.map(function(p){return {type:'scatter',mode:'lines',
+    fresh('detail-power');
+    Plotly.newPlot('detail-power',d.power.map(function(p){return {type:'scatter',mode:'lines',
       name:p.device+(p.source?' ('+p.source+')':''),x:p.t_s,y:p.power_w};}),
       {title:{text:'Power over time (cycles shaded, steady state darker)',font:{size:13}},shapes:shapes,
        margin:{t:30,r:10,b:50,l:60},xaxis:{title:{text:'time since model load (s)'}},
        yaxis:{title:{text:'power (W)'}}},{displaylogo:false});
-  }else{Plotly.purge('detail-power');el('detail-power').textContent='No power samples for this cell.';}
+  }else{fresh('detail-power').textContent='No power samples for this cell.';}
 }
 
 buildFacets();
