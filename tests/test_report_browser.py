@@ -490,3 +490,31 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
     assert png_size(shot)[0] >= 1000
     if os.environ.get("REPORT_SCREENSHOT"):
         shutil.copy(shot, os.environ["REPORT_SCREENSHOT"])
+
+
+@needs_chromium
+def test_many_cells_draw_with_webgl_and_still_filter(browser, tmp_path):
+    """Past 2,000 points the charts draw with WebGL (where the browser has it): one canvas,
+    not an SVG element per point; a filter still removes exactly its cells."""
+    n = 2100
+    rows = [_row(f"c{k:011d}", 2 ** (k % 6), 0.1 + (k % 97) / 100, 1.0 + k % 13, 50.0 + k % 300,
+                 model=f"m{k % 3}") for k in range(n)]
+    path = tmp_path / "many.html"
+    path.write_text(render(pd.DataFrame(rows), pd.DataFrame(), [], {}, [], "many"))
+    browser.send("Runtime.enable", session=True)
+    browser.events.clear()
+    browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=True)
+    browser.wait_event("Page.loadEventFired", timeout=120)
+    assert not [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+    gl = browser.eval("(function(){var c=document.createElement('canvas');"
+                      "return !!c.getContext('webgl');})()")
+    assert browser.eval("document.getElementById('chart-throughput').data[0].type") == \
+        ("scattergl" if gl else "scatter")
+    drawn = ("document.getElementById('chart-throughput').data.reduce(function(a,t){"
+             "return a+(t.customdata?t.customdata.length:0);},0)")
+    assert browser.eval(drawn) == n
+    browser.send("Runtime.evaluate", {"expression": "document.querySelector("
+                 "'input[data-facet=\"model\"][value=\"m1\"]').click()"}, session=True, timeout=120)
+    assert browser.eval(drawn) == n - n // 3
+    assert browser.eval("document.getElementById('shown-count').textContent") == \
+        f"{n - n // 3} of {n} configurations shown"

@@ -126,6 +126,7 @@ def test_page_embeds_the_data_and_plotly_offline(tmp_path):
     assert data == json.loads(report_data.to_script(report_data.build(
         summary, reference, {"aaaaaaaaaaa1": tmp_path / "aaaaaaaaaaa1"})))
     assert "alert(1)</script>" not in text  # a name cannot close the data element
+    assert "m1&lt;/script&gt;" in data["cells"][0]["hover"]  # nor be markup in the hover
     assert set(data["details"]) == {"aaaaaaaaaaa1"}
     assert "plotly.js v" in html and "cdn.plot.ly/plotly" not in html.split("plotly.js v")[0]
     # The sliders' defaults cover every configuration (no rounding hides the largest).

@@ -9,6 +9,7 @@ are drawn beside the measured ones with a marker of their own, and are never on 
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -105,8 +106,14 @@ def workload_text(row: Mapping[str, Any]) -> str:
 
 
 def hover_text(cell: Mapping[str, Any]) -> str:
-    """Plotly hover: the configuration, the headline numbers with intervals, the flags."""
-    settings = ", ".join(f"{k}={v}" for k, v in cell["settings"].items())
+    """Plotly hover (its HTML subset; names escaped): the configuration, the headline
+    numbers with intervals, the flags."""
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    cell = {k: esc(v) if isinstance(v, str) else v for k, v in cell.items()}
+    cell["flags"] = [esc(f) for f in cell["flags"]]
+    settings = ", ".join(f"{esc(k)}={esc(v)}" for k, v in cell["settings"].items())
     lines = [f"<b>{cell['model']}</b> · {cell['backend']} · {cell['device_name']}",
              f"{cell['source']} · cell {cell['id']}", settings or "default settings",
              f"workload: {cell['workload']}"] + ([cell["note"]] if cell["note"] else [])

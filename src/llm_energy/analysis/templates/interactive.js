@@ -4,7 +4,10 @@
 // (analysis/report_data.py, the column registry); nothing here is fetched.
 (function(){
 var D=JSON.parse(document.getElementById('report-data').textContent);
-var FACETS=['model','backend','device'],byId={},picked=[];
+var FACETS=['model','backend','device'],byId={},picked=[],GL_FROM=2000;
+// WebGL where the browser has it (else SVG, slower past a few thousand points).
+var HAS_GL=(function(){try{var c=document.createElement('canvas');
+  return !!(c.getContext('webgl')||c.getContext('experimental-webgl'));}catch(e){return false;}})();
 D.cells.forEach(function(c){byId[c.id]=c;});
 function el(id){return document.getElementById(id);}
 function val(c,m){var v=c.values[m];return v?v[0]:null;}
@@ -57,13 +60,15 @@ function chartTraces(xm,front){
     groups[key].c.push(c);
     if(c.frontier[front])(fronts[c.model]=fronts[c.model]||[]).push(c);
   });
+  // Past GL_FROM points, WebGL (one canvas) instead of one SVG element per point.
+  var n=order.reduce(function(a,k){return a+groups[k].c.length;},0),type=n>GL_FROM&&HAS_GL?'scattergl':'scatter';
   var out=order.map(function(key){
     var g=groups[key].c,ref=groups[key].ref;
-    return {type:'scatter',mode:'markers',name:key,x:g.map(function(c){return val(c,xm);}),
+    return {type:type,mode:'markers',name:key,x:g.map(function(c){return val(c,xm);}),
       y:g.map(function(c){return val(c,D.energy);}),customdata:g.map(function(c){return c.id;}),
       text:g.map(function(c){return c.hover;}),hovertemplate:'%{text}<extra></extra>',
       marker:{symbol:g.map(function(c){return (ref?'diamond':'circle')+(meets(c)?'':'-open');}),
-              size:ref?12:10,opacity:g.map(function(c){return meets(c)?1:0.35;}),
+              size:(ref?12:10)-(type==='scattergl'?4:0),opacity:g.map(function(c){return meets(c)?1:0.35;}),
               line:{width:g.map(function(c){return picked.indexOf(c.id)>=0?3:1;}),color:'#222'}}};
   });
   Object.keys(fronts).sort().forEach(function(model){
