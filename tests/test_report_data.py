@@ -154,7 +154,7 @@ def test_leaderboard_shaped_reference_rows_draw_with_their_steady_state_numbers(
     assert ref["values"]["avg_power_w"][0] == 108.0 and ref["values"]["itl_ms_p50"][0] == 30.0
     assert ref["settings"]["max_num_seqs"] == "64"
     assert ref["note"] == "J/token, tokens/s, power (W): the steady-state window's (the publisher's numbers)"
-    assert ref["note"] in ref["hover"] and "reference: ML.ENERGY v3" in ref["hover"]
+    assert ref["note"] in ref["hover"] and "reference: ML.ENERGY v3 · row ML.ENERGY v3#0" in ref["hover"]
     data = report_data.build(summary, reference)
     assert "ML.ENERGY v3#0" in _cells(data)
     json.loads(report_data.to_script(data))  # serialisable (the list column included)

@@ -115,7 +115,8 @@ def hover_text(cell: Mapping[str, Any]) -> str:
     cell["flags"] = [esc(f) for f in cell["flags"]]
     settings = ", ".join(f"{esc(k)}={esc(v)}" for k, v in cell["settings"].items())
     lines = [f"<b>{cell['model']}</b> · {cell['backend']} · {cell['device_name']}",
-             f"{cell['source']} · cell {cell['id']}", settings or "default settings",
+             f"{cell['source']} · {'cell' if cell['source'] == MEASURED else 'row'} {cell['id']}",
+             settings or "default settings",
              f"workload: {cell['workload']}"] + ([cell["note"]] if cell["note"] else [])
     lines += [f"{metric_meta(m)['label']}: {cell['text'][m]}" for m in METRICS
               if cell["text"][m] != "—"]
