@@ -8,9 +8,12 @@ from _common import logged
 
 from llm_energy.execution import stages
 
-with logged(snakemake):
-    stages.report(snakemake.input.summary, snakemake.input.matrix,
-                  list(snakemake.input.figures), list(snakemake.input.provenance),
-                  sorted(Path(snakemake.input.power).glob("*.png")),
-                  snakemake.output[0], snakemake.params.title,
-                  list(snakemake.params.references), dict(snakemake.params.model_ids))
+# Guarded: worker processes reading the cells' details (spawn) import this module again.
+if __name__ == "__main__":
+    with logged(snakemake):
+        stages.report(snakemake.input.summary, snakemake.input.matrix,
+                      list(snakemake.input.figures), list(snakemake.input.provenance),
+                      sorted(Path(snakemake.input.power).glob("*.png")),
+                      snakemake.output[0], snakemake.params.title,
+                      list(snakemake.params.references), dict(snakemake.params.model_ids),
+                      [Path(r).parent for r in snakemake.input.runs], snakemake.threads)

@@ -1,4 +1,5 @@
-"""The HTML report in a real browser: headless Chromium (Debian's `chromium`), driven over
+"""The HTML report in a real browser (the screenshot in docs/report-interactive.png comes from
+`test_interactive_report_offline` with REPORT_SCREENSHOT=<path>): headless Chromium (Debian's `chromium`), driven over
 the Chrome DevTools Protocol on a pipe (`--remote-debugging-pipe`: no port, no websocket
 library). Loads the file, clicks a column header and checks the order, moves the
 ITL-deadline slider with the mouse and checks rows disappear, takes a screenshot."""
@@ -15,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -308,6 +310,8 @@ def test_large_studies_link_per_cell_figures_instead_of_embedding_them(tmp_path,
     summary = pd.DataFrame([_row(*r) for r in ROWS])
     html = render(summary, pd.DataFrame(), [], provenance, [], "big",
                   power_figures=power, link_base=results)
+    # The page's scripts (plotly.js, ~4.7 MB, the same for every study) come after the body.
+    html = html.split('<script type="application/json" id="report-data">')[0]
     sources = re.findall(r'<img alt="cell\d+"[^>]* src="([^"]+)"', html)
     assert len(sources) == n_cells
     if n_cells <= EMBED_CELL_LIMIT:
@@ -318,3 +322,199 @@ def test_large_studies_link_per_cell_figures_instead_of_embedding_them(tmp_path,
         assert 'loading="lazy"' in html and "data:image/png" not in html
         assert "x" * 2000 not in html and f"each of the {n_cells} cells" in html
         assert len(html) < 200 * n_cells + 20_000
+
+
+# ------------------------------------------------ the interactive views (Plotly, offline)
+
+#: Output lengths of each cell's successful requests (one more request failed in each).
+LENGTHS = {"aaaaaaaaaaa1": [10, 12, 12, 30, 31, 32, 32, 32], "aaaaaaaaaaa3": [16, 16, 17, 40]}
+REFERENCE_ROW = ("rrrrrrrrrrr1", 4, 0.15, 6.0, 400.0)
+
+
+def write_cell(cell_dir: Path, lengths: list[int], n_samples: int = 50) -> None:
+    """A cell's requests (one failed), power samples (two phases) and one cycle with its
+    steady window, as the measure rule writes them."""
+    cell_dir.mkdir(parents=True)
+    pd.DataFrame({"cell_id": cell_dir.name, "cycle": 0, "output_tokens": [*lengths, 999],
+                  "success": [True] * len(lengths) + [False]}).to_parquet(cell_dir / "requests.parquet")
+    pd.DataFrame({"cell_id": cell_dir.name, "t_s": [0.5 * k for k in range(n_samples)],
+                  "device": "cpu", "power_w": [10.0 + k % 7 for k in range(n_samples)],
+                  "power_source": "estimate",
+                  "phase": ["idle"] * (n_samples // 2) + ["cycle0"] * (n_samples - n_samples // 2)}
+                 ).to_parquet(cell_dir / "timeseries.parquet")
+    pd.DataFrame([{"cell_id": cell_dir.name, "cycle": 0, "status": "ok", "cycle_start_s": 12.5,
+                   "duration_s": 10.0, "steady_state_start_s": 2.0, "steady_state_end_s": 8.0}]
+                 ).to_parquet(cell_dir / "runs.parquet")
+
+
+def study_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The hand-made summary and one reference row (the summary's columns plus `source`)."""
+    summary = pd.DataFrame([_row(*r) for r in ROWS]
+                           + [_row("bbbbbbbbbbb1", 1, 0.9, 3.0, 50.0, model="m2", cycles=1),
+                              _row("ccccccccccc1", 16, None, None, None, status="failed")])
+    summary["warnings"] = [[], ["contention: other processes used 2.0 CPU cores"], [], [], [], []]
+    reference = pd.DataFrame([{**_row(*REFERENCE_ROW), "source": "reference: ML.ENERGY test"}])
+    return summary, reference
+
+
+@pytest.fixture
+def interactive_report(tmp_path) -> Path:
+    summary, reference = study_frames()
+    cell_dirs = {}
+    for cell_id, lengths in LENGTHS.items():
+        cell_dirs[cell_id] = tmp_path / "cells" / cell_id
+        write_cell(cell_dirs[cell_id], lengths)
+    path = tmp_path / "interactive.html"
+    path.write_text(render(summary, pd.DataFrame(), [], {}, [], "interactive", reference=reference,
+                           cell_dirs=cell_dirs))
+    return path
+
+
+def _points(chrome: Chromium, chart: str) -> dict[str, dict]:
+    """Cell id → {symbol, trace, index} of every point drawn in a chart (from Plotly's data)."""
+    return chrome.eval(f"""(function(){{var gd=document.getElementById('{chart}'),out={{}};
+        gd.data.forEach(function(t,i){{(t.customdata||[]).forEach(function(id,k){{
+            out[id]={{symbol:t.marker.symbol[k],trace:i,index:k}};}});}});return out;}})()""")
+
+
+def _marked(points: dict[str, dict]) -> set[str]:
+    return {cell for cell, p in points.items() if not p["symbol"].endswith("-open")}
+
+
+def _visible_rows(chrome: Chromium) -> set[str]:
+    return set(_visible_cells(chrome))
+
+
+@needs_chromium
+def test_interactive_report_offline(browser, interactive_report, tmp_path):
+    """Offline (network emulated off): no console error; hover names the configuration with
+    its numbers; a filter removes points and rows; the sliders change which points are
+    marked; two picked cells are compared; the detail shows the output-length histogram."""
+    for domain in ("Runtime", "Log", "Network"):
+        browser.send(f"{domain}.enable", session=True)
+    browser.send("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
+                 "downloadThroughput": -1, "uploadThroughput": -1}, session=True)
+    started = time.monotonic()
+    browser.open(interactive_report)
+    load_s = time.monotonic() - started
+    assert browser.eval("typeof Plotly") == "object" and load_s < 20
+    assert browser.eval("performance.getEntriesByType('resource').length") == 0
+    errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"
+              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert errors == []
+
+    # Every successful cell and the reference row drawn, all marked at the default sliders.
+    measured = {r[0] for r in ROWS} | {"bbbbbbbbbbb1"}
+    points = _points(browser, "chart-throughput")
+    assert set(points) == measured | {REFERENCE_ROW[0]}
+    assert _marked(points) == set(points)
+    assert points[REFERENCE_ROW[0]]["symbol"] == "diamond" and points["aaaaaaaaaaa1"]["symbol"] == "circle"
+    assert browser.eval("document.querySelectorAll('#chart-throughput path.point').length") == 6
+    assert browser.eval("document.getElementById('shown-count').textContent") == \
+        "5 of 5 configurations shown"
+
+    # Hover over the 4-batch cell's point with the mouse: its configuration and numbers.
+    p = points["aaaaaaaaaaa3"]
+    box = browser.eval(f"""(function(){{var e=document.getElementById('chart-throughput');
+        e.scrollIntoView({{block:'center'}});
+        var pt=e.querySelectorAll('.scatterlayer .trace')[{p['trace']}].querySelectorAll('path.point')[{p['index']}];
+        var r=pt.getBoundingClientRect();return {{x:r.left+r.width/2,y:r.top+r.height/2}};}})()""")
+    text = ""
+    for _ in range(20):
+        browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box["x"], "y": box["y"]},
+                     session=True)
+        time.sleep(0.1)
+        text = browser.eval("(document.querySelector('#chart-throughput .hoverlayer')||{}).textContent||''")
+        if text:
+            break
+    assert "aaaaaaaaaaa3" in text and "batch_size=4" in text and "m1" in text
+    assert "J/token: 0.2000 (0.1800–0.2200)" in text          # value (95% interval), 4 decimals
+    assert "tokens/s: 300.0" in text and "unstable" in text   # no steady window: unstable
+
+    # Filter: untick model m2; its point and its row go.
+    browser.click('input[data-facet="model"][value="m2"]')
+    assert set(_points(browser, "chart-throughput")) == {r[0] for r in ROWS} | {REFERENCE_ROW[0]}
+    assert "bbbbbbbbbbb1" not in _visible_rows(browser)
+    assert browser.eval("document.querySelectorAll('#chart-throughput path.point').length") == 5
+    # Hide flagged cells: the one with a contention warning goes from chart and table.
+    browser.click("#show-flagged")
+    assert "aaaaaaaaaaa2" not in _points(browser, "chart-latency")
+    assert "aaaaaaaaaaa2" not in _visible_rows(browser)
+    browser.click("#show-flagged")
+    browser.click('input[data-facet="model"][value="m2"]')
+
+    # Energy budget 0.26 J/token: only the cells within it stay marked (and listed).
+    browser.eval("var e=document.getElementById('energy-budget');e.value='0.26';"
+                 "e.dispatchEvent(new Event('input'))")
+    within = {r[0] for r in ROWS if r[2] <= 0.26}
+    assert _marked(_points(browser, "chart-throughput")) == within | {REFERENCE_ROW[0]}
+    assert _visible_rows(browser) == within | {"ccccccccccc1"}
+    # ITL deadline 5 ms as well: the 8 and 16 ms cells are unmarked too.
+    browser.eval("var e=document.getElementById('itl-deadline');e.value='5';"
+                 "e.dispatchEvent(new Event('input'))")
+    assert _marked(_points(browser, "chart-latency")) == {r[0] for r in ROWS if r[2] <= 0.26 and r[3] <= 5}
+    assert _marked(_points(browser, "chart-latency")) == set()  # 0.2 J needs 8 ms here
+    browser.eval("['itl-deadline','energy-budget'].forEach(function(id){var e=document."
+                 "getElementById(id);e.value=e.max;e.dispatchEvent(new Event('input'));})")
+    assert _marked(_points(browser, "chart-latency")) == set(points)
+
+    # Compare: tick two rows; the comparison shows both, side by side, with their numbers.
+    browser.click('input.pick[data-cell="aaaaaaaaaaa1"]')
+    browser.click('input.pick[data-cell="aaaaaaaaaaa4"]')
+    head = browser.eval("Array.from(document.querySelectorAll('#compare table tr:first-child th'))"
+                        ".map(function(c){return c.textContent;})")
+    assert head == ["", "aaaaaaaaaaa1", "aaaaaaaaaaa4"]
+    row = browser.eval("Array.from(document.querySelectorAll('#compare table tr')).map(function(r){"
+                       "return Array.from(r.cells).map(function(c){return c.textContent;});})"
+                       ".filter(function(r){return r[0]==='J/token';})[0]")
+    assert row == ["J/token", "0.5000 (0.4500–0.5500)", "0.2500 (0.2250–0.2750)"]
+
+    # Detail: a cell with no files says so instead of drawing nothing; then a cell's
+    # output-length histogram of its successful requests (the failed one left out).
+    assert browser.eval("document.getElementById('detail').hidden") is True
+    browser.click('button.detail[data-cell="aaaaaaaaaaa2"]')
+    assert "No successful requests" in browser.eval("document.getElementById('detail-hist').textContent")
+    browser.click('button.detail[data-cell="aaaaaaaaaaa1"]')
+    assert "No successful" not in browser.eval("document.getElementById('detail-hist').textContent")
+    assert browser.eval("document.getElementById('detail').hidden") is False
+    counts = browser.eval("document.getElementById('detail-hist').data[0].y")
+    edges = np.histogram_bin_edges(LENGTHS["aaaaaaaaaaa1"], bins=20)
+    assert counts == np.histogram(LENGTHS["aaaaaaaaaaa1"], bins=edges)[0].tolist()
+    # 20 bins of 1.1 tokens from 10: 10 alone in the first; 31 and three 32s in the last.
+    assert sum(counts) == 8 and counts[0] == 1 and counts[-1] == 4
+    assert browser.eval("document.querySelectorAll('#detail-hist .bars path').length") >= 1
+    assert browser.eval("document.getElementById('detail-power').data.length") == 1
+    browser.eval("window.scrollTo(0, 0)")
+    shot = browser.screenshot(tmp_path / "interactive.png")
+    assert png_size(shot)[0] >= 1000
+    if os.environ.get("REPORT_SCREENSHOT"):
+        shutil.copy(shot, os.environ["REPORT_SCREENSHOT"])
+
+
+@needs_chromium
+def test_many_cells_draw_with_webgl_and_still_filter(browser, tmp_path):
+    """Past 2,000 points the charts draw with WebGL (where the browser has it): one canvas,
+    not an SVG element per point; a filter still removes exactly its cells."""
+    n = 2100
+    rows = [_row(f"c{k:011d}", 2 ** (k % 6), 0.1 + (k % 97) / 100, 1.0 + k % 13, 50.0 + k % 300,
+                 model=f"m{k % 3}") for k in range(n)]
+    path = tmp_path / "many.html"
+    path.write_text(render(pd.DataFrame(rows), pd.DataFrame(), [], {}, [], "many"))
+    browser.send("Runtime.enable", session=True)
+    browser.events.clear()
+    browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=True)
+    browser.wait_event("Page.loadEventFired", timeout=120)
+    assert not [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+    gl = browser.eval("(function(){var c=document.createElement('canvas');"
+                      "return !!c.getContext('webgl');})()")
+    assert browser.eval("document.getElementById('chart-throughput').data[0].type") == \
+        ("scattergl" if gl else "scatter")
+    drawn = ("document.getElementById('chart-throughput').data.reduce(function(a,t){"
+             "return a+(t.customdata?t.customdata.length:0);},0)")
+    assert browser.eval(drawn) == n
+    browser.send("Runtime.evaluate", {"expression": "document.querySelector("
+                 "'input[data-facet=\"model\"][value=\"m1\"]').click()"}, session=True, timeout=120)
+    assert browser.eval(drawn) == n - n // 3
+    assert browser.eval("document.getElementById('shown-count').textContent") == \
+        f"{n - n // 3} of {n} configurations shown"

@@ -103,6 +103,16 @@ def test_report_in_browser(study, tmp_path):
         order = chrome.eval("Array.from(document.querySelectorAll('table.sortable tbody tr'))"
                             f".map(function(r){{return Number(r.cells[{batch - 1}].dataset.v);}})")
         assert order == sorted(order, reverse=True) and len(order) == 2
+        # The interactive views: a point per cell, and a cell's detail drawn from its files
+        # (every successful request in the output-length histogram, its power samples).
+        assert chrome.eval("document.querySelectorAll('#chart-throughput path.point').length") == 2
+        cell = chrome.eval("document.querySelector('button.detail').dataset.cell")
+        chrome.click(f'button.detail[data-cell="{cell}"]')
+        requests = pd.concat(pd.read_parquet(p) for p in
+                             (study_dir(workdir) / "cells").glob(f"*/*/{cell}/requests.parquet"))
+        counts = chrome.eval("document.getElementById('detail-hist').data[0].y")
+        assert sum(counts) == int(requests["success"].sum()) > 0
+        assert chrome.eval("document.getElementById('detail-power').data.length") >= 1
         shot = chrome.screenshot(tmp_path / "report.png")
         assert png_size(shot)[0] >= 1000
     finally:

@@ -6,6 +6,10 @@ rule report:
         power=POWER_FIGURE_DIR,
         provenance=cell_files("provenance.json"),
         references=REFERENCE_FILES,
+        # The detail view: output lengths and power over time of each cell.
+        requests=cell_files("requests.parquet"),
+        timeseries=cell_files("timeseries.parquet"),
+        runs=RUNS_FILES,
     output:
         report(
             f"{RESULTS}/report.html",
@@ -16,6 +20,8 @@ rule report:
         f"{RESULTS}/logs/report.log",
     conda:
         PIPELINE_ENV
+    # Processes reading the cells' details (capped by --cores / --local-cores).
+    threads: 4
     params:
         title=f"llm-energy study: {PLAN.study.name}",
         references=REFERENCES,

@@ -31,14 +31,12 @@ from llm_energy.analysis.figures import (
 PHASE_COLOURS = {"load": "0.92", "idle": "#e6f0f8", "warmup": "#fdf2dc"}
 
 
-def power_timeseries(runs: pd.DataFrame, timeseries: pd.DataFrame, stem: Path,
-                     title: str | None = None) -> list[Path]:
-    """Power per device over the whole cell (load, idle, warmup, cycles), and the measured
-    cycles zoomed in, each cycle shaded and its steady-state window shaded darker."""
-    ts = timeseries[timeseries["power_w"].notna()].sort_values("t_s")
+def cycle_windows(runs: pd.DataFrame, ts: pd.DataFrame) -> list[tuple[float, float, tuple[float, float] | None]]:
+    """(cycle start, cycle end, (steady start, steady end) or None) of each measured cycle, on
+    the timeseries clock (seconds from model load)."""
     cycles = runs[(runs["status"] == "ok") & runs["cycle"].notna()].sort_values("cycle") \
         if len(runs) else runs
-    windows = []  # (cycle start, cycle end, steady start, steady end) on the timeseries clock
+    windows: list[tuple[float, float, tuple[float, float] | None]] = []
     for _, r in cycles.iterrows():
         start = r.get("cycle_start_s")
         if start is None or pd.isna(start):
@@ -50,6 +48,15 @@ def power_timeseries(runs: pd.DataFrame, timeseries: pd.DataFrame, stem: Path,
         s0, s1 = r.get("steady_state_start_s"), r.get("steady_state_end_s")
         steady = None if s0 is None or pd.isna(s0) else (start + s0, start + s1)
         windows.append((start, start + r["duration_s"], steady))
+    return windows
+
+
+def power_timeseries(runs: pd.DataFrame, timeseries: pd.DataFrame, stem: Path,
+                     title: str | None = None) -> list[Path]:
+    """Power per device over the whole cell (load, idle, warmup, cycles), and the measured
+    cycles zoomed in, each cycle shaded and its steady-state window shaded darker."""
+    ts = timeseries[timeseries["power_w"].notna()].sort_values("t_s")
+    windows = cycle_windows(runs, ts)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=DOUBLE_COLUMN_IN,
                                  gridspec_kw={"width_ratios": [3, 2]})

@@ -1,8 +1,10 @@
-"""`results/<study>/report.html`: one self-contained page (figures embedded, no network) with the
-summary per model (sortable by any column), ITL-deadline and energy-budget filters that hide
-configurations outside them (as on the ML.ENERGY leaderboard), a measured/estimated badge on
-every number, the Pareto set marked, failed and pruned cells with reasons, the environment
-and per-cell provenance."""
+"""`results/<study>/report.html`: one self-contained page (no network: figures embedded,
+plotly.js inlined) that opens on the interactive views (`report_page`, data from
+`report_data`: charts with hover, filters, the ITL-deadline and energy-budget sliders, the
+Pareto frontier, a comparison and a per-cell detail), then the summary per model (headline
+metrics first, sortable by any column, rows filtered by the same controls), a
+measured/estimated badge on every number, the Pareto set marked, the static paper figures,
+failed and pruned cells with reasons, the environment and per-cell provenance."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from llm_energy.analysis import report_data, report_page
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
 from llm_energy.analysis.reference import report_section
 from llm_energy.results import schema
@@ -26,72 +29,6 @@ from llm_energy.results import schema
 # (measured with the host clock), "flops" (analytic FLOP count / measured time: an estimate).
 TABLE_COLUMNS = tuple((c.name, c.display, c.digits, c.basis) for c in schema.report_columns())
 ITL_FILTER_PERCENTILES = schema.PERCENTILES
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.3em .5em;text-align:right}
-th{background:#f3f3f3;cursor:pointer;user-select:none}
-th[data-order=asc]::after{content:" \\25B2"}th[data-order=desc]::after{content:" \\25BC"}
-td.t,th.t{text-align:left}
-.badge{display:inline-block;font-size:.7em;padding:0 .35em;border-radius:.6em;margin-left:.3em;vertical-align:middle}
-.measured{background:#d8f0dc;color:#145a22}.estimate{background:#fde7c7;color:#7a4500}
-.pareto{background:#dde6f7;color:#123b7a}
-.failed{color:#a00}.warn{color:#7a4500;font-size:.85em}.ci{color:#666;font-size:.85em}
-#filters{position:sticky;top:0;background:#fff;border:1px solid #ddd;padding:.6em;z-index:1}
-#filters label{margin-right:1.5em}#filters input[type=range]{vertical-align:middle;width:14em}
-figure{margin:1em 0}figure img{max-width:46em;display:block}figcaption{font-size:.85em;color:#444;max-width:46em}
-details{margin:.5em 0}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.8em}
-table.env td{text-align:left}
-"""
-
-_JS = """
-document.querySelectorAll('table.sortable th').forEach(function(th){
-  th.addEventListener('click',function(){
-    var table=th.closest('table'),body=table.tBodies[0],i=th.cellIndex;
-    var asc=th.dataset.order!=='asc';
-    table.querySelectorAll('th').forEach(function(h){delete h.dataset.order;});
-    th.dataset.order=asc?'asc':'desc';
-    var rows=Array.from(body.rows);
-    rows.sort(function(a,b){
-      var x=a.cells[i].dataset.v||'',y=b.cells[i].dataset.v||'';
-      // Cells without a value (n/a, failed) sort last in either direction.
-      if(x===''||y==='')return (x==='')-(y==='');
-      var nx=Number(x),ny=Number(y);
-      var c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;
-      return asc?c:-c;});
-    rows.forEach(function(r){body.appendChild(r);});
-  });
-});
-function applyFilters(){
-  var itl=document.getElementById('itl-deadline'),energy=document.getElementById('energy-budget');
-  var pct=document.getElementById('itl-percentile').value;
-  var deadline=parseFloat(itl.value),budget=parseFloat(energy.value);
-  document.getElementById('itl-deadline-value').textContent=itl.value;
-  document.getElementById('energy-budget-value').textContent=energy.value;
-  var shown=0,total=0;
-  document.querySelectorAll('table.sortable tbody tr[data-energy]').forEach(function(tr){
-    var x=parseFloat(tr.dataset['itlP'+pct]),e=parseFloat(tr.dataset.energy);
-    var out=(!isNaN(x)&&x>deadline)||(!isNaN(e)&&e>budget);
-    tr.hidden=out;total++;if(!out)shown++;
-  });
-  document.getElementById('shown-count').textContent=shown+' of '+total+' configurations shown';
-}
-function resetItl(){
-  var pct=document.getElementById('itl-percentile').value,itl=document.getElementById('itl-deadline');
-  var vals=Array.from(document.querySelectorAll('tr[data-energy]')).map(function(tr){
-    return parseFloat(tr.dataset['itlP'+pct]);}).filter(function(v){return !isNaN(v);});
-  if(vals.length){var hi=Math.max.apply(null,vals);itl.max=String(hi*1.001);itl.value=itl.max;}
-  applyFilters();
-}
-if(document.getElementById('filters')){
-  ['itl-deadline','energy-budget'].forEach(function(id){
-    document.getElementById(id).addEventListener('input',applyFilters);});
-  document.getElementById('itl-percentile').addEventListener('change',resetItl);
-  applyFilters();
-}
-"""
-
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
@@ -201,33 +138,13 @@ def _model_table(summary: pd.DataFrame, pareto: set[str]) -> str:
             on_front = r["cell_id"] in pareto
             mark = '<span class="badge pareto">frontier</span>' if on_front else ""
             cells.append(f'<td class="t" data-v="{int(on_front)}">{mark}</td>')
-        cells.append(f'<td class="t" data-v="{_esc(r["cell_id"])}"><code>{_esc(r["cell_id"])}</code></td>')
+        cid = _esc(r["cell_id"])
+        pick = (f'<input type="checkbox" class="pick" data-cell="{cid}" title="compare"> ',
+                f' <button class="detail" data-cell="{cid}">detail</button>') \
+            if r["status"] == "ok" else ("", "")
+        cells.append(f'<td class="t" data-v="{cid}">{pick[0]}<code>{cid}</code>{pick[1]}</td>')
         rows.append(f'<tr data-cell="{_esc(r["cell_id"])}"{data}>{"".join(cells)}</tr>')
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-
-
-def _slider(summary: pd.DataFrame, metric: str) -> tuple[float, float, float]:
-    """(min, max, step) covering every successful cell, so the default shows all."""
-    ok = summary[summary["status"] == "ok"] if len(summary) else summary
-    values = [float(v) for v in ok.get(metric, []) if not _is_missing(v)]
-    if not values:
-        return 0.0, 1.0, 0.01
-    high = max(values) * 1.001
-    low = min(values) * 0.9
-    return low, high, (high - low) / 200 or 0.01
-
-
-def _filters(summary: pd.DataFrame) -> str:
-    i_low, i_high, i_step = _slider(summary, "itl_ms_p50")
-    e_low, e_high, e_step = _slider(summary, "energy_per_output_token_j")
-    options = "".join(f'<option value="{q}">p{q}</option>' for q in ITL_FILTER_PERCENTILES)
-    return (f'<div id="filters"><label>ITL deadline: <select id="itl-percentile">{options}</select> '
-            f'≤ <input type="range" id="itl-deadline" min="{i_low:.6g}" max="{i_high:.6g}" '
-            f'step="{i_step:.6g}" value="{i_high:.6g}"> <output id="itl-deadline-value"></output> ms'
-            f'</label><label>Energy budget ≤ <input type="range" id="energy-budget" '
-            f'min="{e_low:.6g}" max="{e_high:.6g}" step="{e_step:.6g}" value="{e_high:.6g}"> '
-            f'<output id="energy-budget-value"></output> J/token</label>'
-            f'<span id="shown-count"></span></div>')
 
 
 def _environment(provenance: dict[str, dict[str, Any]]) -> str:
@@ -249,7 +166,7 @@ def _environment(provenance: dict[str, dict[str, Any]]) -> str:
     }
     rows = []
     for name, get in fields.items():
-        values = sorted({str(get(p)) for p in provenance.values()})
+        values = sorted({"—" if get(p) is None else str(get(p)) for p in provenance.values()})
         rows.append(f"<tr><th class='t'>{_esc(name)}</th><td>{'<br>'.join(_esc(v) for v in values)}</td></tr>")
     packages: dict[str, set[str]] = {}
     for p in provenance.values():
@@ -285,10 +202,13 @@ def _power_section(power_figures: dict[str, Path], link_base: Path | None) -> li
 def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
            provenance: dict[str, dict[str, Any]], problems: list[str], title: str,
            power_figures: dict[str, Path] | None = None,
-           link_base: Path | None = None, reference: pd.DataFrame | None = None) -> str:
+           link_base: Path | None = None, reference: pd.DataFrame | None = None,
+           cell_dirs: dict[str, Path] | None = None, workers: int = 1) -> str:
     """The report as one HTML string. `link_base` is the directory the report is written
     to: with it, studies over EMBED_CELL_LIMIT cells link their per-cell figures.
-    `reference`: the study's reference rows (`analysis.reference.load_references`)."""
+    `reference`: rows to draw beside ours (the summary's columns plus `source`);
+    `cell_dirs`: cell id → results folder, for the detail view (output lengths, power),
+    read in `workers` processes."""
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
@@ -300,8 +220,9 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                      '"estimate": this machine has no energy sensor, so CPU energy is modelled '
                      'from utilisation × a configured per-core power. Use these numbers to compare '
                      'cells with each other, not as absolute joules.</p>')
-    parts.append("<h2>Figures</h2>")
-    parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
+    data = report_data.build(summary, reference, cell_dirs, workers) if len(summary) else None
+    if data is not None:
+        parts += [report_page.filters(data), report_page.CHARTS]
     parts.append("<h2>Configurations</h2>")
     parts.append("<p>Value over all cycles (ratios of sums: total energy ÷ total tokens, ...) "
                  "and, in parentheses, its 95% interval across cycles (Student t on the log scale "
@@ -313,13 +234,14 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                  '<span class="badge pareto">frontier</span>: on the Pareto frontier of energy per '
                  "token against median ITL.</p>")
     if len(summary):
-        parts.append(_filters(summary))
         pareto = set(pareto_cells(summary, "itl_ms_p50", "energy_per_output_token_j", True)) \
             if {"itl_ms_p50", "energy_per_output_token_j"} <= set(summary.columns) else set()
         for model, group in summary.groupby("model", sort=True):
             parts.append(f"<h3>Model: {_esc(model)}</h3>")
             parts.append(_model_table(group, pareto))
     parts.append(report_section(reference, summary))
+    parts.append("<h2>Figures (static, for papers)</h2>")
+    parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
     warnings = [(r["cell_id"], w) for _, r in summary.iterrows() for w in _as_list(r.get("warnings"))]
     if warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(
@@ -351,7 +273,8 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                      f"{_esc(json.dumps(prov, indent=2, default=str))}</pre></details>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body>{body}<script>{_JS}</script></body></html>")
+            f"<style>{report_page.template('report.css')}</style></head><body>{body}"
+            f"{report_page.scripts(data) if data is not None else ''}</body></html>")
 
 
 def read_provenance(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:

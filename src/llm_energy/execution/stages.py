@@ -70,8 +70,11 @@ def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
 def report(summary: str | Path, matrix: str | Path, figure_files: list[Path],
            provenance: list[Path], power: list[Path], out: str | Path, title: str,
            references: list[dict[str, Any]] | None = None,
-           model_ids: dict[str, str] | None = None) -> None:
-    """The self-contained HTML report (`references`, `model_ids`: as for `figures`)."""
+           model_ids: dict[str, str] | None = None,
+           cell_dirs: list[Path] | None = None, workers: int = 1) -> None:
+    """The self-contained HTML report (`references`, `model_ids`: as for `figures`).
+    `cell_dirs`: the cells' result folders (requests and power samples for the detail view),
+    read in `workers` processes."""
     import pandas as pd
 
     from llm_energy.analysis.report import read_provenance, render
@@ -82,7 +85,8 @@ def report(summary: str | Path, matrix: str | Path, figure_files: list[Path],
                   read_provenance(provenance), read_problems(summary), title,
                   power_figures={Path(p).stem: Path(p) for p in power},
                   link_base=Path(out).parent,
-                  reference=_reference(frame, references, model_ids))
+                  reference=_reference(frame, references, model_ids),
+                  cell_dirs={Path(d).name: Path(d) for d in cell_dirs or []}, workers=workers)
     Path(out).write_text(html)
     print(f"wrote {out}")
 

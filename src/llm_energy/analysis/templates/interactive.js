@@ -1,0 +1,177 @@
+// The interactive report: filters (model, backend, device, validity), the ITL-deadline and
+// energy-budget sliders, Pareto views drawn with Plotly, a comparison of picked cells and a
+// per-cell detail. Every number and label comes formatted from the embedded data
+// (analysis/report_data.py, the column registry); nothing here is fetched.
+(function(){
+var D=JSON.parse(document.getElementById('report-data').textContent);
+var FACETS=['model','backend','device'],byId={},picked=[],GL_FROM=2000;
+// WebGL where the browser has it (else SVG, slower past a few thousand points).
+var HAS_GL=(function(){try{var c=document.createElement('canvas');
+  return !!(c.getContext('webgl')||c.getContext('experimental-webgl'));}catch(e){return false;}})();
+D.cells.forEach(function(c){byId[c.id]=c;});
+function el(id){return document.getElementById(id);}
+function val(c,m){var v=c.values[m];return v?v[0]:null;}
+function unique(key){var s={};D.cells.forEach(function(c){s[c[key]]=1;});return Object.keys(s).sort();}
+
+function buildFacets(){
+  var box=el('facet-filters');
+  FACETS.forEach(function(f){
+    var g=document.createElement('span');g.className='facet';g.textContent=f+': ';
+    unique(f).forEach(function(v){
+      var l=document.createElement('label'),i=document.createElement('input');
+      i.type='checkbox';i.checked=true;i.dataset.facet=f;i.value=v;
+      i.addEventListener('change',apply);l.appendChild(i);l.appendChild(document.createTextNode(' '+v));
+      g.appendChild(l);});
+    box.appendChild(g);});
+}
+var facetState={};  // facet -> value -> ticked, read once per change (not per cell)
+function readFacets(){
+  facetState={};
+  document.querySelectorAll('input[data-facet]').forEach(function(b){
+    (facetState[b.dataset.facet]=facetState[b.dataset.facet]||{})[b.value]=b.checked;});
+}
+function facetOk(c){
+  return FACETS.every(function(f){var s=facetState[f];return !s||s[c[f]]!==false;});
+}
+function checked(id){var e=el(id);return !e||e.checked;}
+// Shown at all: the facet filters and the validity switches.
+function visible(c){
+  if(!facetOk(c))return false;
+  if(c.flagged&&!checked('show-flagged'))return false;
+  if(c.stable===false&&!checked('show-unstable'))return false;
+  if(c.source!=='measured'&&!checked('show-reference'))return false;
+  return true;
+}
+function itlMetric(){return D.itl[el('itl-percentile').value];}
+// Within the ITL deadline and the energy budget (a missing value does not count against).
+function meets(c){
+  var x=val(c,itlMetric()),e=val(c,D.energy);
+  return !((x!==null&&x>parseFloat(el('itl-deadline').value))||
+           (e!==null&&e>parseFloat(el('energy-budget').value)));
+}
+function label(m){var x=D.metrics[m];return x.label+(x.label.indexOf(x.unit)<0&&x.unit?' ('+x.unit+')':'');}
+
+function chartTraces(xm,front){
+  var groups={},order=[],fronts={};
+  D.cells.forEach(function(c){
+    if(!c.ok||!visible(c)||val(c,xm)===null||val(c,D.energy)===null)return;
+    var key=c.source==='measured'?c.model+' · '+c.backend:c.source+' · '+c.model;
+    if(!groups[key]){groups[key]={c:[],ref:c.source!=='measured'};order.push(key);}
+    groups[key].c.push(c);
+    if(c.frontier[front])(fronts[c.model]=fronts[c.model]||[]).push(c);
+  });
+  // Past GL_FROM points, WebGL (one canvas) instead of one SVG element per point.
+  var n=order.reduce(function(a,k){return a+groups[k].c.length;},0),type=n>GL_FROM&&HAS_GL?'scattergl':'scatter';
+  var out=order.map(function(key){
+    var g=groups[key].c,ref=groups[key].ref;
+    return {type:type,mode:'markers',name:key,x:g.map(function(c){return val(c,xm);}),
+      y:g.map(function(c){return val(c,D.energy);}),customdata:g.map(function(c){return c.id;}),
+      text:g.map(function(c){return c.hover;}),hovertemplate:'%{text}<extra></extra>',
+      marker:{symbol:g.map(function(c){return (ref?'diamond':'circle')+(meets(c)?'':'-open');}),
+              size:(ref?12:10)-(type==='scattergl'?4:0),opacity:g.map(function(c){return meets(c)?1:0.35;}),
+              line:{width:g.map(function(c){return picked.indexOf(c.id)>=0?3:1;}),color:'#222'}}};
+  });
+  Object.keys(fronts).sort().forEach(function(model){
+    var f=fronts[model].slice().sort(function(a,b){return val(a,xm)-val(b,xm);});
+    out.push({type:'scatter',mode:'lines',name:'Pareto frontier · '+model,hoverinfo:'skip',
+      x:f.map(function(c){return val(c,xm);}),y:f.map(function(c){return val(c,D.energy);}),
+      line:{dash:'dot',width:2}});
+  });
+  return out;
+}
+function drawCharts(){
+  [['chart-throughput',D.throughput,'throughput'],['chart-latency',D.frontiers.latency,'latency']]
+  .forEach(function(a){
+    var layout={margin:{t:30,r:10,b:40,l:60},hovermode:'closest',legend:{orientation:'h',y:-0.25,font:{size:10}},
+      title:{text:label(D.energy)+' vs '+label(a[1]),font:{size:13}},
+      xaxis:{title:{text:label(a[1])}},yaxis:{title:{text:label(D.energy)}}};
+    Plotly.react(a[0],chartTraces(a[1],a[2]),layout,{displaylogo:false,responsive:true});
+  });
+}
+function apply(){
+  readFacets();
+  el('itl-deadline-value').textContent=el('itl-deadline').value;
+  el('energy-budget-value').textContent=el('energy-budget').value;
+  var shown=0,total=0;
+  document.querySelectorAll('table.sortable tbody tr[data-cell]').forEach(function(tr){
+    var c=byId[tr.dataset.cell];if(!c)return;
+    var out=!visible(c)||(c.ok&&!meets(c));
+    tr.hidden=out;
+    if(c.ok&&c.source==='measured'){total++;if(!out)shown++;}
+  });
+  el('shown-count').textContent=shown+' of '+total+' configurations shown';
+  drawCharts();
+}
+function resetItl(){
+  var m=itlMetric(),itl=el('itl-deadline');
+  var vals=D.cells.map(function(c){return val(c,m);}).filter(function(v){return v!==null;});
+  if(vals.length){itl.max=String(Math.max.apply(null,vals)*1.001);itl.value=itl.max;}
+  apply();
+}
+
+function togglePick(id){
+  var i=picked.indexOf(id);if(i>=0)picked.splice(i,1);else picked.push(id);
+  document.querySelectorAll('input.pick').forEach(function(b){b.checked=picked.indexOf(b.dataset.cell)>=0;});
+  renderCompare();drawCharts();
+}
+function renderCompare(){
+  var box=el('compare');
+  if(picked.length<2){box.innerHTML='<p>Tick two or more configurations in the table (or click points in a chart) to compare them side by side.</p>';return;}
+  var cells=picked.map(function(id){return byId[id];}),keys={};
+  cells.forEach(function(c){Object.keys(c.settings).forEach(function(k){keys[k]=1;});});
+  var rows=[['model',function(c){return c.model;}],['backend',function(c){return c.backend;}],
+    ['source',function(c){return c.source;}],['device',function(c){return c.device_name;}]];
+  Object.keys(keys).sort().forEach(function(k){rows.push([k,function(c){return k in c.settings?c.settings[k]:'—';}]);});
+  rows.push(['workload',function(c){return c.workload;}]);
+  Object.keys(D.metrics).forEach(function(m){rows.push([D.metrics[m].label,function(c){return c.text[m];},m]);});
+  rows.push(['flags',function(c){return c.flags.join('; ')||'none';}]);
+  rows.push(['leaderboard rule',function(c){return c.stable===null?'—':c.stable?'stable':'unstable ('+c.unstable_reason+')';}]);
+  var t=document.createElement('table');t.className='compare';
+  var h=t.insertRow();h.appendChild(document.createElement('th'));
+  cells.forEach(function(c){var th=document.createElement('th');th.textContent=c.id;h.appendChild(th);});
+  rows.forEach(function(r){
+    var tr=t.insertRow(),th=document.createElement('th');th.textContent=r[0];tr.appendChild(th);
+    cells.forEach(function(c){var td=tr.insertCell();td.textContent=r[1](c);});
+  });
+  box.innerHTML='';box.appendChild(t);
+}
+// An empty plot box: the previous cell's plot (or note) removed.
+function fresh(id){Plotly.purge(id);el(id).textContent='';return el(id);}
+function showDetail(id){
+  var c=byId[id],d=D.details[id]||{},box=el('detail');
+  el('detail-title').textContent=c.model+' · '+c.backend+' · '+c.device_name+' · cell '+c.id;
+  el('detail-flags').textContent='flags: '+(c.flags.join('; ')||'none')+' · leaderboard rule: '+
+    (c.stable===null?'—':c.stable?'stable':'unstable ('+c.unstable_reason+')')+' · energy: '+c.energy_source;
+  box.hidden=false;
+  var h=d.lengths;
+  if(h){
+    var x=[],w=[];for(var k=0;k<h.counts.length;k++){x.push((h.bins[k]+h.bins[k+1])/2);w.push(h.bins[k+1]-h.bins[k]);}
+    fresh('detail-hist');
+    Plotly.newPlot('detail-hist',[{type:'bar',x:x,y:h.counts,width:w,name:'requests'}],
+      {title:{text:'Output length distribution',font:{size:13}},margin:{t:30,r:10,b:50,l:60},
+       xaxis:{title:{text:'output tokens'}},yaxis:{title:{text:'requests'}}},{displaylogo:false});
+  }else{fresh('detail-hist').textContent='No successful requests recorded for this cell.';}
+  if(d.power&&d.power.length){
+    var shapes=[];(d.windows||[]).forEach(function(wd){
+      shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[0],x1:wd[1],y0:0,y1:1,fillcolor:'rgba(204,121,167,.15)',line:{width:0}});
+      if(wd[2])shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[2][0],x1:wd[2][1],y0:0,y1:1,fillcolor:'rgba(0,158,115,.3)',line:{width:0}});});
+    fresh('detail-power');
+    Plotly.newPlot('detail-power',d.power.map(function(p){return {type:'scatter',mode:'lines',
+      name:p.device+(p.source?' ('+p.source+')':''),x:p.t_s,y:p.power_w};}),
+      {title:{text:'Power over time (cycles shaded, steady state darker)',font:{size:13}},shapes:shapes,
+       margin:{t:30,r:10,b:50,l:60},xaxis:{title:{text:'time since model load (s)'}},
+       yaxis:{title:{text:'power (W)'}}},{displaylogo:false});
+  }else{fresh('detail-power').textContent='No power samples for this cell.';}
+}
+
+buildFacets();
+['itl-deadline','energy-budget'].forEach(function(id){el(id).addEventListener('input',apply);});
+el('itl-percentile').addEventListener('change',resetItl);
+['show-flagged','show-unstable','show-reference'].forEach(function(id){if(el(id))el(id).addEventListener('change',apply);});
+document.querySelectorAll('input.pick').forEach(function(b){b.addEventListener('change',function(){togglePick(b.dataset.cell);});});
+document.querySelectorAll('button.detail').forEach(function(b){b.addEventListener('click',function(){showDetail(b.dataset.cell);});});
+apply();renderCompare();
+['chart-throughput','chart-latency'].forEach(function(id){
+  el(id).on('plotly_click',function(ev){var p=ev.points[0];if(p&&p.customdata){togglePick(p.customdata);showDetail(p.customdata);}});});
+window.llmEnergyReport={data:D,picked:picked,visible:visible,meets:meets,showDetail:showDetail};
+})();

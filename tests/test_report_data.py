@@ -1,0 +1,178 @@
+"""The data the interactive report embeds equals the summary's: values and 95% intervals,
+labels and decimals from the column registry, the Pareto sets of `figures.pareto_cells`, the
+leaderboard stability verdict of the export, the reference seam, and per cell the
+output-length histogram and the power samples."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+from test_report_browser import LENGTHS, REFERENCE_ROW, ROWS, study_frames, write_cell
+
+from llm_energy.analysis import report_data
+from llm_energy.analysis.report import render
+from llm_energy.results import schema
+
+
+def _cells(data):
+    return {c["id"]: c for c in data["cells"]}
+
+
+def test_values_equal_the_summary_and_format_from_the_registry():
+    summary, _ = study_frames()
+    cells = _cells(report_data.build(summary))
+    assert set(cells) == set(summary["cell_id"])
+    for row in summary.to_dict("records"):
+        cell = cells[row["cell_id"]]
+        for metric in report_data.METRICS:
+            value, low, high = cell["values"][metric]
+            expected = row.get(metric)
+            if expected is None or pd.isna(expected):
+                assert value is None and cell["text"][metric] == "—"
+            else:
+                assert value == expected
+            for got, key in ((low, "_ci95_low"), (high, "_ci95_high")):
+                want = row.get(metric + key)
+                assert got == (None if want is None or pd.isna(want) else want)
+    # 0.2 J/token with its interval, 4 decimals (the registry's digits for J/token).
+    assert schema.column("energy_per_output_token_j").digits == 4
+    assert cells["aaaaaaaaaaa3"]["text"]["energy_per_output_token_j"] == "0.2000 (0.1800–0.2200)"
+    assert cells["aaaaaaaaaaa3"]["text"]["output_tokens_per_s"] == "300.0"  # 1 decimal, no CI
+    assert cells["bbbbbbbbbbb1"]["text"]["energy_per_output_token_j"] == "0.9000"  # 1 cycle
+    assert "nan" not in json.dumps(report_data.build(summary)).lower()
+    data = report_data.build(summary)
+    for name, meta in data["metrics"].items():
+        column = schema.column(name)
+        assert (meta["label"], meta["unit"], meta["digits"]) == (column.display, column.unit, column.digits)
+
+
+def test_settings_flags_frontiers_and_stability():
+    summary, _ = study_frames()
+    summary["batch_size"] = summary["batch_size"].astype(float)  # 4.0 shows as 4
+    # A 30 s steady window everywhere but in the batch-4 cell.
+    summary["steady_state_duration_s"] = 30.0
+    summary["steady_state_energy_per_output_token_j"] = summary["energy_per_output_token_j"]
+    summary.loc[summary["cell_id"] == "aaaaaaaaaaa3", "steady_state_duration_s"] = None
+    cells = _cells(report_data.build(summary))
+    assert cells["aaaaaaaaaaa3"]["settings"]["batch_size"] == "4"
+    assert cells["aaaaaaaaaaa3"]["settings"]["dtype"] == "float32"
+    # Energy vs median ITL (lower both): 2 ms/0.5, 4 ms/0.3, 8 ms/0.2 on it; 16 ms/0.25 not.
+    assert {c for c, x in cells.items() if x["frontier"]["latency"]} == \
+        {"aaaaaaaaaaa1", "aaaaaaaaaaa2", "aaaaaaaaaaa3", "bbbbbbbbbbb1"}
+    # Energy vs throughput (higher throughput): 300/0.2 and 320/0.25 on it; m2 alone on its own.
+    assert {c for c, x in cells.items() if x["frontier"]["throughput"]} == \
+        {"aaaaaaaaaaa3", "aaaaaaaaaaa4", "bbbbbbbbbbb1"}
+    assert cells["aaaaaaaaaaa2"]["flagged"] and cells["aaaaaaaaaaa2"]["flags"] == \
+        ["contention: other processes used 2.0 CPU cores"]
+    assert not cells["aaaaaaaaaaa1"]["flagged"]
+    # The leaderboard's rule (the export's): 30 s with a full batch is stable; no steady
+    # window is not; and batch 8 falls with batch 4 (its cascade).
+    assert cells["aaaaaaaaaaa1"]["stable"] is True and cells["aaaaaaaaaaa2"]["stable"] is True
+    assert cells["aaaaaaaaaaa3"]["stable"] is False
+    assert cells["aaaaaaaaaaa3"]["unstable_reason"] == "short_steady_state:None"
+    assert cells["aaaaaaaaaaa4"]["stable"] is False
+    assert cells["aaaaaaaaaaa4"]["unstable_reason"] == "cascade_from_unstable_batch:4"
+    assert cells["ccccccccccc1"]["ok"] is False and cells["ccccccccccc1"]["stable"] is None
+    assert "out of memory" in cells["ccccccccccc1"]["error"]
+    hover = cells["aaaaaaaaaaa4"]["hover"]
+    assert "<b>m1</b> · transformers · test CPU" in hover and "batch_size=8" in hover
+    assert "J/token: 0.2500 (0.2250–0.2750)" in hover and "leaderboard rule: unstable (cascade" in hover
+
+
+def test_reference_rows_carry_their_source_and_are_never_on_our_frontier():
+    summary, reference = study_frames()
+    data = report_data.build(summary, reference)
+    cells = _cells(data)
+    ref = cells[REFERENCE_ROW[0]]
+    assert ref["source"] == "reference: ML.ENERGY test"
+    assert ref["values"]["energy_per_output_token_j"][0] == REFERENCE_ROW[2]
+    # It beats every measured cell on both axes, yet our frontier is ours alone.
+    assert not any(ref["frontier"].values()) and ref["stable"] is None
+    assert cells["aaaaaaaaaaa3"]["frontier"]["throughput"]
+    assert {c["source"] for c in data["cells"]} == {"measured", "reference: ML.ENERGY test"}
+
+
+def test_cell_detail_histogram_and_power(tmp_path):
+    write_cell(tmp_path / "c1", LENGTHS["aaaaaaaaaaa1"], n_samples=1000)
+    detail = report_data.cell_detail(tmp_path / "c1")
+    lengths = LENGTHS["aaaaaaaaaaa1"]  # the failed request's 999 tokens left out
+    counts, edges = np.histogram(lengths, bins=20)
+    assert detail["lengths"]["counts"] == counts.tolist()
+    assert detail["lengths"]["bins"] == edges.tolist()
+    (power,) = detail["power"]
+    assert power["device"] == "cpu" and power["source"] == "estimate"
+    # 1,000 samples strided by ceil(1000 / 120) = 9: 112 kept, every ninth.
+    assert report_data.MAX_POWER_POINTS == 120
+    assert len(power["t_s"]) == 112 and power["t_s"][:3] == [0.0, 4.5, 9.0]
+    assert power["power_w"][:3] == [10.0, 12.0, 14.0]  # 10 + k % 7 for k = 0, 9, 18
+    # The cycle starts 12.5 s after load and lasts 10 s; its steady window is 2–8 s into it.
+    assert detail["windows"] == [[12.5, 22.5, [14.5, 20.5]]]
+    assert report_data.cell_detail(tmp_path / "missing") == {"lengths": None, "power": [],
+                                                            "windows": []}
+
+
+def test_page_embeds_the_data_and_plotly_offline(tmp_path):
+    summary, reference = study_frames()
+    summary.loc[0, "model"] = "m1</script><script>alert(1)</script>"
+    write_cell(tmp_path / "aaaaaaaaaaa1", LENGTHS["aaaaaaaaaaa1"])
+    html = render(summary, pd.DataFrame(), [], {}, [], "t", reference=reference,
+                  cell_dirs={"aaaaaaaaaaa1": tmp_path / "aaaaaaaaaaa1"})
+    text = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html,
+                     re.S).group(1)
+    data = json.loads(text)
+    assert data == json.loads(report_data.to_script(report_data.build(
+        summary, reference, {"aaaaaaaaaaa1": tmp_path / "aaaaaaaaaaa1"})))
+    assert "alert(1)</script>" not in text  # a name cannot close the data element
+    assert "m1&lt;/script&gt;" in data["cells"][0]["hover"]  # nor be markup in the hover
+    assert set(data["details"]) == {"aaaaaaaaaaa1"}
+    assert "plotly.js v" in html and "cdn.plot.ly/plotly" not in html.split("plotly.js v")[0]
+    # The sliders' defaults cover every configuration (no rounding hides the largest).
+    itl_max = float(re.search(r'id="itl-deadline"[^>]* max="([^"]+)"', html).group(1))
+    energy_max = float(re.search(r'id="energy-budget"[^>]* max="([^"]+)"', html).group(1))
+    assert itl_max >= max(r[3] for r in ROWS) and energy_max >= 0.9
+    assert 'step="any"' in html
+
+
+def test_leaderboard_shaped_reference_rows_draw_with_their_steady_state_numbers():
+    """Rows as `analysis.reference` reads a leaderboard task file: no cell id (a
+    `reference_id`), ML.ENERGY's energy, throughput and power in the steady-state columns."""
+    summary, _ = study_frames()
+    reference = pd.DataFrame([{
+        "source": "reference: ML.ENERGY v3", "reference_id": "ML.ENERGY v3#0",
+        "model_id": "org/m1", "model": "m1", "gpu_model": "H100", "num_gpus": 1,
+        "status": "ok", "backend": "vllm", "device": "cuda", "device_name": "H100",
+        "energy_source": "nvml-counter", "max_num_seqs": 64.0, "matched_cells": [],
+        "steady_state_energy_per_output_token_j": 0.12, "steady_state_output_tokens_per_s": 900.0,
+        "steady_state_avg_power_w": 108.0, "itl_ms_p50": 30.0}])
+    (ref,) = report_data.reference_records(reference)
+    assert ref["id"] == "ML.ENERGY v3#0" and ref["model"] == "m1" and ref["device"] == "cuda"
+    assert ref["values"]["energy_per_output_token_j"] == [0.12, None, None]
+    assert ref["values"]["output_tokens_per_s"][0] == 900.0
+    assert ref["values"]["avg_power_w"][0] == 108.0 and ref["values"]["itl_ms_p50"][0] == 30.0
+    assert ref["settings"]["max_num_seqs"] == "64"
+    assert ref["note"] == "J/token, tokens/s, power (W): the steady-state window's (the publisher's numbers)"
+    assert ref["note"] in ref["hover"] and "reference: ML.ENERGY v3 · row ML.ENERGY v3#0" in ref["hover"]
+    data = report_data.build(summary, reference)
+    assert "ML.ENERGY v3#0" in _cells(data)
+    json.loads(report_data.to_script(data))  # serialisable (the list column included)
+
+
+def test_details_in_worker_processes_equal_the_serial_ones(tmp_path, monkeypatch):
+    dirs = {}
+    for k in range(3):
+        dirs[f"cell{k}"] = tmp_path / f"cell{k}"
+        write_cell(dirs[f"cell{k}"], [5 + k, 9, 12 * (k + 1)])
+    serial = report_data.cell_details(dirs)
+    monkeypatch.setattr(report_data, "PARALLEL_FROM", 2)
+    assert report_data.cell_details(dirs, workers=2) == serial
+    assert serial["cell2"]["lengths"]["bins"][-1] == 36.0
+
+
+def test_environment_shows_a_dash_not_none_for_a_local_run():
+    summary, _ = study_frames()
+    html = render(summary, pd.DataFrame(), [], {"c": {"host": "h", "slurm_job_id": None}}, [], "t")
+    row = re.search(r"Slurm job</th><td>([^<]*)</td>", html).group(1)
+    assert row == "—"
