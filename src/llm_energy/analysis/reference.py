@@ -250,6 +250,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "—" if number is None else f"{number:.{digits}g}"
 
 
+def _matches(row: pd.Series) -> list[str]:
+    """The study cells a reference row matches (none when it was not matched, e.g. rows
+    built by hand without `matched_cells`)."""
+    cells = row.get("matched_cells")
+    return [] if cells is None or (isinstance(cells, float) and pd.isna(cells)) else list(cells)
+
+
 def report_section(reference: pd.DataFrame | None, summary: pd.DataFrame) -> str:
     """The report's "Reference data" section: every reference row, what it is matched by and
     the study's cells it matches (with their steady-state energy per token)."""
@@ -266,14 +273,14 @@ def report_section(reference: pd.DataFrame | None, summary: pd.DataFrame) -> str
     rows = []
     for _, r in reference.iterrows():
         mine = [f"<code>{esc(c)}</code> (b={registry.batch_limit_of(by_cell.loc[c]) or '—'}: "
-                f"{_fmt(by_cell.loc[c].get(energy))})" for c in r["matched_cells"]]
-        cells = [r["source"], r["model_id"], r["gpu_model"], r.get("num_gpus"),
+                f"{_fmt(by_cell.loc[c].get(energy))})" for c in _matches(r)]
+        cells = [r["source"], r.get("model_id"), r.get("gpu_model"), r.get("num_gpus"),
                  registry.batch_limit_of(r), r.get("dtype")]
         rows.append("<tr>" + "".join(f'<td class="t">{esc(str(_show(v)))}</td>' for v in cells)
                     + "".join(f"<td>{_fmt(r.get(columns[f]))}</td>" for f in _SHOWN)
                     + f'<td class="t">{", ".join(mine) or "none (no cell of this model on this GPU)"}'
                     + "</td></tr>")
-    matched = int(sum(bool(c) for c in reference["matched_cells"]))
+    matched = int(sum(bool(_matches(r)) for _, r in reference.iterrows()))
     return ("<h2 id=\"reference\">Reference data</h2>"
             f"<p>{len(reference)} reference row(s), {matched} matching cells of this study "
             "(same model, same GPU). Reference numbers are the publisher's, not measured here: "
