@@ -136,3 +136,14 @@ def test_power_caps_and_clocks_are_configurations_like_any_other_axis():
     assert row["fastest_cell_id"] == "p700"
     assert row["energy_saving_vs_fastest_pct"] == pytest.approx(40.0)     # 1 − 0.30/0.50
     assert row["throughput_cost_vs_fastest_pct"] == pytest.approx(40.0)   # 1 − 600/1000
+
+
+def test_the_report_section_gives_the_same_answer_as_the_command():
+    section = rec.report_section(SUMMARY)
+    assert 'id="recommendation"' in section and "meeting the SLO target" in section
+    items = section.split("<li>")[1:]
+    assert len(items) == 2                                   # m1 and m2
+    assert items[0].startswith("model=m1: c3 vllm (max_num_seqs=4)")
+    assert "vs fastest c2: 33.3% more energy, 25.0% lower" in items[0]
+    assert items[1].startswith("model=m2: no cell meets the SLO")
+    assert rec.report_section(SUMMARY.drop(columns="energy_per_output_token_j")) == ""

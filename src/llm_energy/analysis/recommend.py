@@ -102,6 +102,25 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
     return pd.DataFrame(rows)
 
 
+def report_section(summary: pd.DataFrame) -> str:
+    """The report's "Energy-optimal configuration" section: `format_table(recommend(summary))`
+    as an HTML list, one item per model and workload (the same answer as `llm-energy
+    recommend`). Empty when the summary lacks the default objective."""
+    import html
+
+    if summary.empty or DEFAULT_OBJECTIVE not in summary:
+        return ""
+    lines = format_table(recommend(summary)).splitlines()
+    return ('<h2 id="recommendation">Energy-optimal configuration</h2><p>Per model and workload, '
+            f"the successful cell with the lowest <code>{DEFAULT_OBJECTIVE}</code>"
+            + (" among those meeting the SLO target" if TARGET_COLUMN in summary
+               and summary[TARGET_COLUMN].notna().any() else "")
+            + ", with its 95% interval and its cost against the fastest cell "
+            "(<code>llm-energy recommend</code>; power limits and clocks are axes like any "
+            "other).</p><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+            + "</ul>")
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The recommendation as aligned text, one line per model and workload."""
     if table.empty:

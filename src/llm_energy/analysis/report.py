@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from llm_energy.analysis import report_data, report_page
+from llm_energy.analysis import recommend, report_data, report_page
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
 from llm_energy.analysis.reference import report_section
 from llm_energy.results import schema
@@ -239,6 +239,7 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
         for model, group in summary.groupby("model", sort=True):
             parts.append(f"<h3>Model: {_esc(model)}</h3>")
             parts.append(_model_table(group, pareto))
+    parts.append(recommend.report_section(summary))
     parts.append(report_section(reference, summary))
     parts.append("<h2>Figures (static, for papers)</h2>")
     parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
