@@ -51,7 +51,7 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
     SloConfig,
     WarmupConfig,
 )
-from llm_energy.study.workload_spec import WorkloadSpec
+from llm_energy.study.workload_spec import WorkloadSpec, WorkloadSweep
 
 # ---------------------------------------------------------------- models
 
@@ -187,13 +187,18 @@ class WorkloadConfig(WorkloadSpec):
         return self
 
 
+class StudyWorkloadConfig(WorkloadSweep, WorkloadConfig):
+    """The study's `workload:`: `WorkloadConfig` whose `dataset`, `concurrency` and
+    `request_rate_per_s` may be lists (sweep axes, `WorkloadSweep.variants`)."""
+
+
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
     # A label of the study's outputs (report title, export task), in no cell.
     name: str = Field("study", pattern=_NAME_PATTERN, json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     backends: BackendsConfig
-    workload: WorkloadConfig = WorkloadConfig()
+    workload: StudyWorkloadConfig = StudyWorkloadConfig()
     measurement: MeasurementConfig = MeasurementConfig()
     carbon: CarbonConfig = CarbonConfig()
     slo: SloConfig | None = None
@@ -268,7 +273,7 @@ class StudyConfig(_Strict):
     def _fits_context(self) -> StudyConfig:
         """Prompt + output tokens must fit every context limit known before any job: each
         backend's context setting and each model's position limit."""
-        longest_in = _longest(self.workload.input_tokens, self.workload.dataset)
+        longest_in = _longest(self.workload.input_tokens, self.workload.datasets)
         longest_out = _longest(self.workload.output_tokens, None)
         if longest_in is None or longest_out is None:
             return self  # the dataset's own lengths: checked when the workload is built
@@ -292,13 +297,15 @@ class StudyConfig(_Strict):
         return self
 
 
-def _longest(policy: Any, dataset: Any) -> int | None:
+def _longest(policy: Any, datasets: list[Any] | None) -> int | None:
     """The most tokens a length policy can give: the number, a distribution's `max`, the
-    dataset filter's `max_input_tokens` for `dataset`; None when unknown before the build."""
+    datasets' filter `max_input_tokens` for `dataset` (the largest of a sweep); None when
+    unknown before the build."""
     if isinstance(policy, int):
         return policy
     if policy == "dataset":
-        return getattr(dataset, "max_input_tokens", None) if dataset is not None else None
+        limits = [getattr(d, "max_input_tokens", None) for d in datasets or []]
+        return max(limits) if limits and None not in limits else None  # type: ignore[type-var]
     return getattr(policy, "max", None)
 
 
@@ -333,6 +340,9 @@ def _location(loc: tuple[Any, ...], data: Any) -> str:
             parts[-1:] = [f"{parts[-1] if parts else ''}[{name if name else item}]"]
         elif item in ("function-after", "function-before") or "[" in str(item):
             continue
+        elif node is not None and not (isinstance(node, dict) and (item in node
+                                                                   or item == loc[-1])):
+            continue  # a union member's tag (`DatasetConfig`, `constrained-int`): not a key
         else:
             parts.append(str(item))
         if isinstance(node, dict):
