@@ -360,8 +360,9 @@ def length_policy_text(policy: Any) -> str:
     """A length policy as a short string: `64`, `dataset`, `lognormal(mean=200, std=80,
     min=1, max=1024)`."""
     if isinstance(policy, dict):
-        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in policy.items() if k != "distribution")
+        keys = [k for k in policy if k not in ("distribution", "min", "max")] + ["min", "max"]
+        params = ", ".join(f"{k}={policy[k]:g}" if isinstance(policy[k], float)
+                           else f"{k}={policy[k]}" for k in keys if k in policy)
         return f"{policy['distribution']}({params})"
     return str(policy)
 
