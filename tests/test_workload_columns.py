@@ -100,3 +100,18 @@ def test_a_failed_cell_carries_its_workload_too(tmp_path):
     row = pd.read_parquet(tmp_path / "runs.parquet").iloc[0]
     assert row["status"] == "failed"
     assert (row["arrival"], row["request_rate_per_s"], row["burstiness"]) == ("gamma", 1.5, 0.5)
+
+
+def test_recommend_groups_by_the_swept_workload_columns():
+    from llm_energy.analysis.recommend import workload_columns
+
+    base = {"model": "m", "status": "ok", "dataset": BUILTIN_CORPUS, "input_length_policy": "16",
+            "output_length_policy": "8", "burstiness": None, "concurrency": None}
+    closed = pd.DataFrame([{**base, "backend": "transformers", "arrival": "all-at-once",
+                            "request_rate_per_s": None},
+                           {**base, "backend": "vllm", "arrival": "closed",
+                            "request_rate_per_s": None}])
+    assert workload_columns(closed) == []  # an offline and a server cell: one workload
+    rates = pd.DataFrame([{**base, "backend": "vllm", "arrival": "poisson",
+                           "request_rate_per_s": r} for r in (2.0, 4.0)])
+    assert workload_columns(rates) == ["request_rate_per_s"]

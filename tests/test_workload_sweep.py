@@ -130,3 +130,14 @@ def test_unsorted_or_unreadable_trace_refused_at_validation(tmp_path):
     short.write_text("0\n1\n")
     with pytest.raises(ConfigError, match="trace_path: .*fewer than the 4 requests"):
         validate_study(_study(arrival="trace", trace_path=str(short)))
+
+
+def test_rate_sweep_example_plans_one_cell_per_rate():
+    from conftest import ROOT
+
+    from llm_energy.study.config import load_study
+
+    study = load_study(ROOT / "config" / "examples" / "cpu-vllm-rate-sweep.yaml")
+    cells, pruned = expand(study)
+    assert not pruned and study.slo is not None
+    assert sorted(c.config["workload"]["request_rate_per_s"] for c in cells) == [2.0, 4.0, 8.0]
