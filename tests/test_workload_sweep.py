@@ -141,3 +141,15 @@ def test_rate_sweep_example_plans_one_cell_per_rate():
     cells, pruned = expand(study)
     assert not pruned and study.slo is not None
     assert sorted(c.config["workload"]["request_rate_per_s"] for c in cells) == [2.0, 4.0, 8.0]
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"distribution": "uniform", "min": 50, "max": 10}, "max (10) must be >= min (50)"),
+    ({"distribution": "lognormal", "mean": 10, "std": 2, "min": 5000, "max": 6000},
+     "hold almost none of lognormal"),
+])
+def test_impossible_distribution_refused_by_the_study_with_one_line(policy, message):
+    with pytest.raises(ConfigError) as info:
+        validate_study(_study(input_tokens=policy))
+    text = str(info.value)
+    assert "'workload.input_tokens'" in text and message in text and "\n" not in text
