@@ -14,7 +14,7 @@ from llm_energy.results import schema
 from llm_energy.results.io import RUN_COLUMNS
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
-from llm_energy.study.workload_spec import BUILTIN_CORPUS, workload_columns
+from llm_energy.study.workload_sweep import BUILTIN_CORPUS, workload_columns
 
 
 def _cells():

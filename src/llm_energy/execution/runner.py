@@ -32,7 +32,7 @@ from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 from llm_energy.results import io as results
 from llm_energy.study.cellspec import CellSpec
-from llm_energy.study.workload_spec import workload_columns
+from llm_energy.study.workload_sweep import workload_columns
 from llm_energy.system.processes import (
     become_subreaper,
     kill_processes,

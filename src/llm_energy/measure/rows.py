@@ -13,7 +13,7 @@ from llm_energy.measure import metrics, mlenergy, request_checks
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 from llm_energy.results.schema import percentile_column
 from llm_energy.study.config import WorkloadConfig
-from llm_energy.study.workload_spec import workload_columns
+from llm_energy.study.workload_sweep import workload_columns
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
 

@@ -78,22 +78,17 @@ def _declare(columns: Iterable[Column]) -> dict[str, Column]:
     return out
 
 
-#: The cell's workload, in every runs row (`study.workload_spec.workload_columns` gives the
-#: values), so cells of a rate, concurrency or dataset sweep are told apart in every table.
+#: The cell's workload in every runs row (values: `study.workload_sweep.workload_columns`), so
+#: cells of a rate, concurrency or dataset sweep are told apart in every table.
 WORKLOAD = _declare(Column(n, t, Kind.SETTING, u, d, FIRST) for n, t, u, d in (
-    ("dataset", _S, "", "the dataset's path (`workload.dataset.path`), or "
-     "`builtin:python-stdlib` (the built-in corpus)"),
-    ("arrival", _S, "", "how the requests arrived: `closed`, `poisson`, `gamma`, `constant`, "
-     "`trace`, or `all-at-once` (an offline engine gets every request at once, whatever the "
-     "study's arrival)"),
-    ("concurrency", _I, "requests", "a closed loop's requests in flight "
-     "(`workload.concurrency`); null: not a closed loop, or no limit (all at once)"),
-    ("request_rate_per_s", _F, "requests/s", "mean arrival rate (`poisson`, `gamma`, "
-     "`constant`); null otherwise"),
+    ("dataset", _S, "", "the dataset's path, or `builtin:python-stdlib` (the built-in corpus)"),
+    ("arrival", _S, "", "`closed`, `poisson`, `gamma`, `constant`, `trace`, or `all-at-once` (an "
+     "offline engine gets every request at once, whatever the study's arrival)"),
+    ("concurrency", _I, "requests", "a closed loop's requests in flight; null: none, or no limit"),
+    ("request_rate_per_s", _F, "requests/s", "mean arrival rate (poisson, gamma, constant)"),
     ("burstiness", _F, "", "shape of `gamma` arrivals; null otherwise"),
-    ("input_length_policy", _S, "tokens", "`workload.input_tokens`: a number, `dataset` (each "
-     "record's own length) or a distribution, e.g. `lognormal(mean=200, std=80, min=1, "
-     "max=1024)`"),
+    ("input_length_policy", _S, "tokens", "`workload.input_tokens`: a number, `dataset` or a "
+     "distribution, e.g. `lognormal(mean=200, std=80, min=1, max=1024)`"),
     ("output_length_policy", _S, "tokens", "`workload.output_tokens`, in the same form"),
 ))
 
@@ -395,8 +390,7 @@ def is_setting(name: str) -> bool:
 
 
 def present_workload(frame: Any) -> list[str]:
-    """The study column and the workload columns (`WORKLOAD`) of a table with a value in at
-    least one row."""
+    """The study and workload columns (`WORKLOAD`) with a value in some row of a table."""
     return [c for c in ("study", *WORKLOAD) if c in frame.columns and frame[c].notna().any()]
 
 

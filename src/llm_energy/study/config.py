@@ -51,7 +51,8 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
     SloConfig,
     WarmupConfig,
 )
-from llm_energy.study.workload_spec import WorkloadSpec, WorkloadSweep
+from llm_energy.study.workload_spec import WorkloadSpec, longest_tokens
+from llm_energy.study.workload_sweep import WorkloadSweep
 
 # ---------------------------------------------------------------- models
 
@@ -188,8 +189,7 @@ class WorkloadConfig(WorkloadSpec):
 
 
 class StudyWorkloadConfig(WorkloadSweep, WorkloadConfig):
-    """The study's `workload:`: `WorkloadConfig` whose `dataset`, `concurrency` and
-    `request_rate_per_s` may be lists (sweep axes, `WorkloadSweep.variants`)."""
+    """The study's `workload:`, with sweep axes (`study.workload_sweep`)."""
 
 
 class StudyConfig(_Strict):
@@ -273,8 +273,8 @@ class StudyConfig(_Strict):
     def _fits_context(self) -> StudyConfig:
         """Prompt + output tokens must fit every context limit known before any job: each
         backend's context setting and each model's position limit."""
-        longest_in = _longest(self.workload.input_tokens, self.workload.datasets)
-        longest_out = _longest(self.workload.output_tokens, None)
+        longest_in = longest_tokens(self.workload.input_tokens, self.workload.datasets)
+        longest_out = longest_tokens(self.workload.output_tokens, None)
         if longest_in is None or longest_out is None:
             return self  # the dataset's own lengths: checked when the workload is built
         need = longest_in + longest_out
@@ -295,18 +295,6 @@ class StudyConfig(_Strict):
                 raise ValueError(f"workload.input_tokens: {tokens} exceeds {where} = {limit} "
                                  f"of model '{model.name}'; shorten the workload")
         return self
-
-
-def _longest(policy: Any, datasets: list[Any] | None) -> int | None:
-    """The most tokens a length policy can give: the number, a distribution's `max`, the
-    datasets' filter `max_input_tokens` for `dataset` (the largest of a sweep); None when
-    unknown before the build."""
-    if isinstance(policy, int):
-        return policy
-    if policy == "dataset":
-        limits = [getattr(d, "max_input_tokens", None) for d in datasets or []]
-        return max(limits) if limits and None not in limits else None  # type: ignore[type-var]
-    return getattr(policy, "max", None)
 
 
 _IMPORT_REGISTRY = registry.extra_backends()

@@ -16,7 +16,7 @@ from typing import Any
 from llm_energy.backends import registry
 from llm_energy.study.config import GPU_AXES, StudyConfig
 from llm_energy.study.identity import cell_hash
-from llm_energy.study.workload_spec import workload_columns
+from llm_energy.study.workload_sweep import workload_columns
 
 
 @dataclass(frozen=True)
