@@ -11,4 +11,4 @@ from llm_energy.execution import stages
 with logged(snakemake):
     stages.aggregate(list(snakemake.input.runs), snakemake.output.parquet,
                      snakemake.output.csv, carbon=dict(snakemake.params.carbon),
-                     slo=dict(snakemake.params.slo) or None)
+                     slo=dict(snakemake.params.slo) or None, study=snakemake.params.study)

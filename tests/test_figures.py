@@ -207,3 +207,33 @@ def test_tensorrt_llm_cells_are_on_the_batch_axis(tmp_path):
     paths = energy_throughput_vs_batch(summary, tmp_path / "batch")
     svg = next(p for p in paths if p.suffix == ".svg").read_text()
     assert "no successful cells with a batch size" not in svg
+
+
+def _rate_sweep_summary() -> pd.DataFrame:
+    """A vLLM server cell at 3 offered rates: goodput falls behind the rate at 4 req/s, where
+    attainment (0.5) misses the 0.9 target; an offline cell has no rate."""
+    rows = []
+    for i, (rate, attainment) in enumerate(((1.0, 1.0), (2.0, 0.95), (4.0, 0.5))):
+        rows.append({"cell_id": f"c{i}", "model": "m", "backend": "vllm", "status": "ok",
+                     "mode": "server", "request_rate_per_s": rate, "slo_attainment": attainment,
+                     "goodput_requests_per_s": rate * attainment,
+                     "energy_per_slo_request_j": 10.0 / attainment,
+                     "energy_source": "estimate", "slo_ttft_ms": 500.0, "slo_tpot_ms": None,
+                     "slo_e2e_ms": None, "slo_target_attainment": 0.9})
+    rows.append({**rows[0], "cell_id": "off", "mode": "offline", "request_rate_per_s": None})
+    return pd.DataFrame(rows)
+
+
+def test_energy_vs_goodput_uses_the_rate_axis_and_marks_the_slo(tmp_path):
+    summary = _rate_sweep_summary()
+    assert figures.rate_sweep(summary[summary["status"] == "ok"])
+    assert figures.slo_text(summary) == "SLO: TTFT ≤ 500 ms; target 90%"
+    figures.energy_vs_goodput(summary, tmp_path / "energy_vs_goodput")
+    check_figure_files(tmp_path / "energy_vs_goodput")
+    svg = (tmp_path / "energy_vs_goodput.svg").read_text()
+    # 2 req/s is the highest rate whose attainment (0.95) meets the 0.9 target.
+    assert "SLO met up to 2 req/s" in svg and "Offered request rate" in svg
+    assert "SLO: TTFT ≤ 500 ms; target 90%" in svg
+    # Without a rate sweep: energy against goodput.
+    figures.energy_vs_goodput(summary.iloc[:1], tmp_path / "one")
+    assert "Offered request rate" not in (tmp_path / "one.svg").read_text()

@@ -200,7 +200,7 @@ def test_vllm_mode_selects_the_server_backend():
     assert not is_server("vllm", {"mode": "offline"}) and not is_server("transformers", {})
 
 
-def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
+def test_poisson_keeps_offline_cells_all_at_once_and_batch_limit_uses_concurrency():
     from conftest import small_study
 
     from llm_energy.measure.protocol import batch_limit
@@ -212,9 +212,15 @@ def test_poisson_prunes_offline_cells_and_batch_limit_uses_concurrency():
         workload={"num_prompts": 4, "input_tokens": 8, "output_tokens": 2, "arrival": "poisson",
                   "request_rate_per_s": 2.0}))
     cells, pruned = expand(study)
-    assert [(c.backend, c.settings["mode"]) for c in cells] == [("vllm", "server")]
-    assert {p.backend for p in pruned} == {"transformers", "vllm"}
-    assert all("needs a server backend" in p.reason for p in pruned)
+    # Server-only arrival settings never prune: offline cells get every request at once.
+    assert not pruned
+    arrivals = {(c.backend, c.settings.get("mode")): c.config["workload"] for c in cells}
+    assert arrivals[("vllm", "server")]["arrival"] == "poisson"
+    assert arrivals[("vllm", "server")]["request_rate_per_s"] == 2.0
+    for offline in (("transformers", None), ("vllm", "offline")):
+        assert arrivals[offline]["arrival"] == "closed"
+        assert arrivals[offline]["request_rate_per_s"] is None
+        assert arrivals[offline]["concurrency"] is None
     with pytest.raises(ConfigError, match="request_rate_per_s is required"):
         validate_study(small_study(workload={"arrival": "poisson"}))
     workload = {"num_prompts": 16, "arrival": "closed", "concurrency": 3}

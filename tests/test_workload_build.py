@@ -455,6 +455,39 @@ def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
 
 
 
+def test_dataset_prompts_that_cannot_fit_the_context_are_refused(tmp_path, tokenizer):
+    from conftest import TINY_DEMO, small_study
+
+    from llm_energy.study.plan import plan_from_config
+    from llm_energy.workload.build import check_context
+
+    TINY_DEMO_POSITIONS = TINY_DEMO.get("max_position_embeddings", 2048)
+
+    rows = _write_jsonl(tmp_path / "rows.jsonl", _prompt_rows(12))
+    built = make_workload(_spec(rows, n=12, prompt_field="question"), tokenizer)
+    need = [len(p) + 8 for p in built.prompts]
+    longest = max(need)
+    check_context(built, [(longest, "backends.vllm.max_model_len")])  # inclusive: fits
+    with pytest.raises(ValueError) as info:
+        check_context(built, [(4096, "models[tiny].demo.max_position_embeddings"),
+                              (longest - 1, "backends.vllm.max_model_len")])
+    message = str(info.value)
+    record = built.record_index[need.index(longest)]
+    assert message.startswith(f"workload.dataset: record {record} needs ")
+    assert f"= {longest}, more than backends.vllm.max_model_len = {longest - 1}" in message
+    assert "\n" not in message
+    # The limits the workload rule checks: every cell's context setting and model limit.
+    plan = plan_from_config(small_study(
+        backends={"transformers": {"batch_size": [2]},
+                  "vllm": {"mode": ["offline", "server"], "max_model_len": 256}},
+        workload={"num_prompts": 4, "output_tokens": 8, "dataset": {"path": str(rows),
+                                                                    "prompt_field": "question"}}))
+    (key,) = plan.workloads
+    assert sorted(plan.workload_context_limits(key)) == [
+        (256, "backends.vllm.max_model_len"),
+        (TINY_DEMO_POSITIONS, "models[tiny].demo.max_position_embeddings")]
+
+
 def test_new_workload_keys_at_default_leave_cell_ids_unchanged(tmp_path):
     from conftest import small_study
 

@@ -52,3 +52,25 @@ def test_dataset_study_reads_the_workload_file(tmp_path):
     _chat(data, 12, salt="please ")
     jobs = dry_run_jobs(tmp_path, config)
     assert jobs.get("workload") == 1 and jobs.get("measure") == 1, jobs
+
+
+def test_dataset_prompts_longer_than_the_context_fail_the_workload_rule(tmp_path, demo_model_dir):
+    """Dataset prompts have their token counts only once tokenised: the workload rule refuses
+    them with one line naming the key and the limit, and no measure job runs."""
+    data = tmp_path / "chat.jsonl"
+    _chat(data, 6)  # prompt i has about 2 × i + 8 tokens: the longest over 12
+    study = small_study(
+        models=[{"name": "tiny", "path": str(demo_model_dir)}],
+        backends={"vllm": {"mode": ["offline"], "max_model_len": 20}},
+        workload={"num_prompts": 6, "output_tokens": 8,
+                  "dataset": {"path": str(data), "format": "sharegpt"}},
+        measurement={"cycles": 1, "idle_duration_s": 0.2, "threads": 1,
+                     "warmup": {"min_runs": 0, "max_runs": 0}})
+    proc = run_snakemake(tmp_path, write_config(tmp_path, study), check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if line.startswith("llm-energy: workload error: workload.dataset: record ")]
+    assert lines, proc.stderr[-3000:]
+    assert "more than backends.vllm.max_model_len = 20; set workload.dataset.max_input_tokens" \
+        in lines[0]
+    assert not list((study_dir(tmp_path) / "cells").glob("*/*/*/runs.parquet"))

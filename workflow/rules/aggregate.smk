@@ -41,5 +41,7 @@ rule aggregate:
         # A param, so changing the carbon/price factors re-runs only the aggregation.
         carbon=PLAN.study.carbon.model_dump(mode="json"),
         slo=PLAN.study.slo.model_dump(mode="json") if PLAN.study.slo else {},
+        # The `study` column (cells of several studies can be compared side by side).
+        study=PLAN.study.name,
     script:
         "../../scripts/aggregate.py"

@@ -237,8 +237,10 @@ def configuration(row: pd.Series, settings: list[str],
     config = {f: config.get(f) for f in APP_FIELDS}
     source = _value(row.get("energy_source"))
     config["llm_energy"] = {
-        "cell_id": row["cell_id"], "backend": row["backend"],
+        "cell_id": row["cell_id"], "study": _value(row.get("study")), "backend": row["backend"],
         "settings": {c: _value(row.get(c)) for c in settings},
+        # How the cell's requests were made (cells of a rate sweep differ only here).
+        "workload": {c: _value(row.get(c)) for c in schema.WORKLOAD},
         "device": _value(row.get("device")), "device_name": _value(row.get("device_name")),
         "energy_window": window, "energy_source": source,
         "energy_measured": bool(source) and "estimate" not in str(source),

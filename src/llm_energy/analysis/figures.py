@@ -3,10 +3,12 @@ fonts, single- and double-column sizes; each figure saved as PDF (vector), SVG a
 
 Study figures: energy per output token vs median ITL (the ML.ENERGY time-energy tradeoff)
 and vs throughput, with the Pareto frontier ringed; energy per token and throughput vs batch
-size; the TTFT distribution per cell. With `references:`, the same two tradeoffs in ML.ENERGY's
-steady-state window with the matching reference rows beside the cells (`REFERENCE_FIGURES`).
-Error bars are the 95% intervals across cycles, never below zero for the positive quantities
-drawn. Per-cell power figures: `cell_figures`."""
+size; the TTFT distribution per cell; goodput and energy per SLO-meeting request against the
+offered request rate (a rate sweep) or energy against goodput, the SLO marked. With
+`references:`, the same two tradeoffs in ML.ENERGY's steady-state window with the matching
+reference rows beside the cells (`REFERENCE_FIGURES`). Error bars are the 95% intervals across
+cycles, never below zero for the positive quantities drawn. Per-cell power figures:
+`cell_figures`."""
 
 from __future__ import annotations
 
@@ -287,6 +289,80 @@ def reference_tradeoff(summary: pd.DataFrame, reference: pd.DataFrame | None, x_
                     reference=reference)
 
 
+def slo_text(summary: pd.DataFrame) -> str | None:
+    """The study's SLO in words (`slo_*` summary columns), or None without one."""
+    first = summary.iloc[0] if len(summary) else pd.Series(dtype=object)
+    limits = [f"{name} ≤ {first[f'slo_{name.lower()}_ms']:g} ms" for name in ("TTFT", "TPOT", "E2E")
+              if pd.notna(first.get(f"slo_{name.lower()}_ms"))]
+    if not limits:
+        return None
+    target = first.get("slo_target_attainment")
+    return "SLO: " + ", ".join(limits) + (f"; target {target:.0%}" if pd.notna(target) else "")
+
+
+def rate_sweep(ok: pd.DataFrame) -> bool:
+    """Whether the cells sweep the offered request rate (`request_rate_per_s`)."""
+    return "request_rate_per_s" in ok and ok["request_rate_per_s"].dropna().nunique() > 1
+
+
+def energy_vs_goodput(summary: pd.DataFrame, stem: Path) -> list[Path]:
+    """Goodput (left) and energy per SLO-meeting request (right), one line per backend and
+    precision. On a rate sweep both against the offered request rate (left: the dashed line is
+    goodput = rate, every request meeting the SLO; the dotted line marks the highest rate
+    whose cells meet the target attainment); otherwise energy against goodput. Filled markers
+    meet the SLO's target attainment, hollow ones miss it. Cells without a rate (offline
+    engines) are left out of a rate sweep's axes."""
+    needed = ("goodput_requests_per_s", "energy_per_slo_request_j")
+    ok = summary[summary["status"] == "ok"].copy() if "status" in summary else summary.iloc[:0]
+    ok = ok[ok[list(needed)].notna().all(axis=1)] if all(c in ok for c in needed) else ok.iloc[:0]
+    sweep = rate_sweep(ok)
+    x = "request_rate_per_s" if sweep else "goodput_requests_per_s"
+    ok = ok[ok[x].notna()] if len(ok) else ok
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=DOUBLE_COLUMN_IN)
+        if ok.empty:
+            for ax in axes:
+                _empty(ax, "no SLO (`slo:`) or no successful cells")
+        else:
+            target = ok.get("slo_target_attainment")
+            ok["_meets"] = (ok["slo_attainment"] >= target) if target is not None \
+                else pd.Series(True, index=ok.index)
+            ok["_series"] = ok.apply(series_label, axis=1)
+            panels = (("goodput_requests_per_s", "Goodput (SLO-meeting requests/s)"),
+                      ("energy_per_slo_request_j", "Energy per SLO-meeting request (J)"))
+            for ax, (metric, label) in zip(axes, panels):
+                for i, ((model, series), group) in enumerate(
+                        ok.groupby(["model", "_series"], sort=True)):
+                    group = group.sort_values(x)
+                    colour = OKABE_ITO[i % len(OKABE_ITO)]
+                    ax.errorbar(group[x], group[metric], yerr=_errors(group, metric),
+                                color=colour, capsize=2, label=_series_name(ok, model, series))
+                    met = group[group["_meets"].astype(bool)]
+                    missed = group[~group["_meets"].astype(bool)]
+                    ax.scatter(met[x], met[metric], color=colour, zorder=3)
+                    ax.scatter(missed[x], missed[metric], facecolors="white", edgecolors=colour,
+                               zorder=3)
+                if sweep:
+                    meeting = ok.loc[ok["_meets"].astype(bool), x]
+                    if len(meeting):
+                        ax.axvline(meeting.max(), color="0.3", linestyle=":", linewidth=0.9,
+                                   label=f"SLO met up to {meeting.max():g} req/s")
+                    ax.set_xlabel("Offered request rate (requests/s)")
+                else:
+                    ax.set_xlabel("Goodput (SLO-meeting requests/s)")
+                ax.set_ylabel(label)
+            if sweep:
+                top = float(ok[x].max())
+                axes[0].plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=0.8,
+                             label="goodput = rate")
+            axes[0].scatter([], [], facecolors="white", edgecolors="0.3", label="misses SLO target")
+            axes[0].legend(frameon=False)
+            fig.suptitle(slo_text(ok) or "", fontsize=8)
+        fig.tight_layout()
+        _estimate_note(fig, summary)
+        return save(fig, stem)
+
+
 Draw = Callable[[pd.DataFrame, "pd.DataFrame | None", Path], list[Path]]
 
 # Study-level figures: name → draw(summary, requests, stem). Requests (all cells'
@@ -296,6 +372,7 @@ FIGURES: dict[str, Draw] = {
     "energy_vs_throughput": lambda summary, requests, stem: energy_vs_throughput(summary, stem),
     "energy_throughput_vs_batch": lambda summary, requests, stem: energy_throughput_vs_batch(summary, stem),
     "ttft_distribution": ttft_distribution,
+    "energy_vs_goodput": lambda summary, requests, stem: energy_vs_goodput(summary, stem),
 }
 
 # Drawn only for a study with `references:`: name -> draw(summary, reference, stem).
@@ -332,6 +409,11 @@ CAPTIONS = {
     "reference_energy_vs_throughput": "Energy per output token against output throughput, both "
                                       "in the steady-state window, the cells beside the "
                                       "matching reference rows (hollow diamonds).",
+    "energy_vs_goodput": "Goodput (left) and energy per SLO-meeting request (right) against the "
+                         "offered request rate on a rate sweep (else energy against goodput); "
+                         "filled points meet the SLO's target attainment, hollow ones miss it; "
+                         "the dotted line marks the highest rate that meets it. Empty without "
+                         "an `slo:` section.",
     "power": "Power over one cell's run: load, idle baseline, warmup and the measured cycles; "
              "the steady-state window of each cycle is shaded darker.",
 }

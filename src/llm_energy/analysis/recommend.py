@@ -21,12 +21,13 @@ NO_CELL = "no cell meets the SLO"
 
 
 def workload_columns(summary: pd.DataFrame) -> list[str]:
-    """Workload settings the summary carries (fields of the `workload:` config that are not
-    registry metrics, e.g. a rate-sweep axis): cells with other values are other workloads."""
-    from llm_energy.study.config import WorkloadConfig
-
-    return [name for name in WorkloadConfig.model_fields
-            if name in summary.columns and schema.column(name) is None]
+    """The workload columns (`schema.WORKLOAD`) whose values differ between cells (a sweep
+    axis: rate, concurrency, dataset, ...): cells with other values are other workloads.
+    `arrival` is left out: within a study it only says whether a cell is offline (all at
+    once) or a server, and those cells are compared at one workload when nothing else
+    differs (a rate sweep's offline cells, whose rate is null, form their own group)."""
+    return [name for name in schema.WORKLOAD if name != "arrival" and name in summary.columns
+            and summary[name].dropna().astype(str).nunique() > 1]
 
 
 def _settings_text(row: pd.Series, settings: list[str]) -> str:

@@ -94,8 +94,9 @@ def _image(path: Path, caption: str | None = None) -> str:
 
 
 def _settings_columns(summary: pd.DataFrame) -> list[str]:
-    """The swept and fixed settings with a value in some row (the registry's settings)."""
-    return schema.present_settings(summary)
+    """The swept and fixed settings with a value in some row (the registry's settings), then
+    the study and workload columns (`schema.WORKLOAD`: cells of a rate sweep differ there)."""
+    return schema.present_settings(summary) + schema.present_workload(summary)
 
 
 def _row_data(r: pd.Series) -> str:

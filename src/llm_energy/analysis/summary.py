@@ -174,13 +174,15 @@ def _gate_columns(out: dict[str, object], cells: pd.Index) -> dict[str, pd.Serie
 
 
 def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
-              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None) -> pd.DataFrame:
+              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None,
+              study: str | None = None) -> pd.DataFrame:
     """One row per cell, in the order cells first appear in `runs`: keys, settings (the
     registry's setting columns present in `runs`), status, then each per-cycle metric as
     the registry aggregates it. All cells in one grouped pass per metric (a per-cell loop
     of pandas indexing took ~10 ms a cell). With `slo` (the study's `slo:` section as a
     dict; empty or None: none), also SLO attainment, goodput and energy per SLO-meeting
-    request from `requests` (`analysis.slo`), and the thresholds used."""
+    request from `requests` (`analysis.slo`), and the thresholds used. `study`: the study's
+    name, a column of every row (None: null)."""
     settings = [c for c in runs.columns if schema.is_setting(c)]
     available = set(runs.columns)
     runs = _with_request_metrics(runs, requests)
@@ -215,7 +217,8 @@ def summarise(runs: pd.DataFrame, requests: pd.DataFrame | None = None,
                 found[cell].update(values)
         return [sorted(found[c]) for c in cells]
 
-    out: dict[str, object] = {"cell_id": cells, "model": firsts["model"],
+    out: dict[str, object] = {"cell_id": cells, "study": [study] * len(cells),
+                              "model": firsts["model"],
                               "backend": firsts["backend"], **{c: firsts[c] for c in settings}}
     for col in schema.RUNS.values():
         if col.kind is schema.Kind.METRIC or col.name in out \
@@ -294,15 +297,16 @@ def _bootstrap_columns(cells: list[str], ok_runs: pd.DataFrame, requests: pd.Dat
 
 
 def aggregate(paths: Iterable[str | Path], request_paths: Iterable[str | Path] | None = None,
-              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None) -> Aggregation:
+              resamples: int = BOOTSTRAP_RESAMPLES, slo: Mapping | None = None,
+              study: str | None = None) -> Aggregation:
     """Read the runs (and their requests.parquet) files and summarise them (`summarise`);
-    `slo`: the study's `slo:` section as a dict, or None."""
+    `slo`: the study's `slo:` section as a dict, or None; `study`: its name."""
     paths = list(paths)
     runs, problems = read_runs(paths)
     if request_paths is None:
         request_paths = [p for p in requests_paths_for(paths) if p.exists()]
     requests, request_problems = read_requests(request_paths)
-    return Aggregation(summarise(runs, requests, resamples, slo), runs,
+    return Aggregation(summarise(runs, requests, resamples, slo, study), runs,
                        problems + request_problems)
 
 

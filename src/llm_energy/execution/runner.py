@@ -32,6 +32,7 @@ from llm_energy.measure import provenance
 from llm_energy.measure.child import ERROR_FILE, PARENT_PID_FLAG
 from llm_energy.results import io as results
 from llm_energy.study.cellspec import CellSpec
+from llm_energy.study.workload_sweep import workload_columns
 from llm_energy.system.processes import (
     become_subreaper,
     kill_processes,
@@ -252,9 +253,18 @@ def run_cell(cell_config: dict[str, Any], model_path: str, out_dir: str | os.Pat
     return "failed"
 
 
+def _workload_columns(cell_config: dict[str, Any]) -> dict[str, Any]:
+    """A failed cell's workload columns, as a measured one's (none without a workload)."""
+    if not isinstance(cell_config.get("workload"), dict):
+        return {}
+    return workload_columns(cell_config["workload"], registry.get(cell_config["backend"])
+                            .is_server(cell_config["settings"]))
+
+
 def write_failed_cell(cell_config: dict[str, Any], out: Path, error: str) -> None:
     row = {"cell_id": cell_config["cell_id"], "cycle": None, "model": cell_config["model"]["name"],
            "backend": cell_config["backend"], **cell_config["settings"],
+           **_workload_columns(cell_config),
            **gpu_control.GpuSettings.from_measurement(cell_config["measurement"]).columns(),
            "device": cell_config["measurement"]["device"], "status": "failed", "error": error,
            "warnings": []}

@@ -16,13 +16,15 @@ CELL_GLOB = "cells/*/*/*/runs.parquet"
 
 
 def aggregate(runs: list[str | Path], parquet: str | Path, csv: str | Path,
-              carbon: dict[str, Any] | None = None, slo: dict[str, Any] | None = None) -> None:
+              carbon: dict[str, Any] | None = None, slo: dict[str, Any] | None = None,
+              study: str | None = None) -> None:
     """Cells' runs.parquet -> the study summary (Parquet + CSV). `carbon`: the study's
-    `carbon` section (None: the defaults); `slo`: its `slo` section (None: no SLO columns)."""
+    `carbon` section (None: the defaults); `slo`: its `slo` section (None: no SLO columns);
+    `study`: its name (the `study` column)."""
     from llm_energy.analysis.summary import add_carbon_and_cost, write_summary
     from llm_energy.analysis.summary import aggregate as aggregate_runs
 
-    agg = aggregate_runs([str(r) for r in runs], slo=slo or None)
+    agg = aggregate_runs([str(r) for r in runs], slo=slo or None, study=study)
     agg.summary = add_carbon_and_cost(agg.summary, carbon)
     for problem in agg.problems:
         print(f"unreadable result skipped: {problem}")
@@ -139,7 +141,8 @@ def run_on_folder(stage: str, results_dir: str | Path, out: str | Path | None = 
     summary = root / "summary.parquet"
     cells = cell_dirs(root)
     if stage == "aggregate":
-        aggregate([d / "runs.parquet" for d in cells], summary, root / "summary.csv")
+        aggregate([d / "runs.parquet" for d in cells], summary, root / "summary.csv",
+                  study=root.name)
     elif stage == "figures":
         figures(summary, cells, Path(out or root / "figures"), root / ".figure-cache" / "power",
                 os.cpu_count() or 1)

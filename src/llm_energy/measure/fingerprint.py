@@ -42,6 +42,8 @@ NOT_FINGERPRINTED = {
     "llm_energy.study.workload_spec": "validation of the workload keys; a cell's workload is "
                                       "its config, hashed into its id, and the workload "
                                       "file, an input of its job",
+    "llm_energy.study.workload_sweep": "sweep axes (validation) and the workload columns of "
+                                       "a cell's rows: labels of its config, hashed into its id",
     "llm_energy.study.cellspec": "the typed cell configuration (validation and defaults, as "
                                  "study.config), hashed into its id",
     "llm_energy.system.processes": "stops leftover processes after a cell (operational)",

@@ -13,6 +13,7 @@ from llm_energy.measure import metrics, mlenergy, request_checks
 from llm_energy.measure.flops import Architecture, peak_flops, request_flops
 from llm_energy.results.schema import percentile_column
 from llm_energy.study.config import WorkloadConfig
+from llm_energy.study.workload_sweep import workload_columns
 from llm_energy.telemetry.meters import WindowEnergy
 from llm_energy.telemetry.sampler import Sample
 
@@ -127,8 +128,10 @@ class RowBuilder:
                     and (s.device != "cpu" or self.device == "cpu")]
         row: dict[str, Any] = {
             "cell_id": self.cell_id, "cycle": cycle, "model": self.config["model"]["name"],
-            "backend": self.config["backend"], **self.settings, "device": self.device,
-            "status": "ok", "error": None, **_energy_columns(window),
+            "backend": self.config["backend"], **self.settings,
+            **workload_columns(self.workload,
+                               registry.get(self.config["backend"]).is_server(self.settings)),
+            "device": self.device, "status": "ok", "error": None, **_energy_columns(window),
             "idle_power_w": idle_power_w, "net_energy_j": net_j, "duration_s": duration_s,
             "steady_state_duration_s": None if steady is None else steady.duration_s,
             "steady_state_energy_j": steady_j, "steady_state_output_tokens": steady_tokens,

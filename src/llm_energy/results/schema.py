@@ -78,6 +78,20 @@ def _declare(columns: Iterable[Column]) -> dict[str, Column]:
     return out
 
 
+#: The cell's workload in every runs row (values: `study.workload_sweep.workload_columns`), so
+#: cells of a rate, concurrency or dataset sweep are told apart in every table.
+WORKLOAD = _declare(Column(n, t, Kind.SETTING, u, d, FIRST) for n, t, u, d in (
+    ("dataset", _S, "", "the dataset's path, or `builtin:python-stdlib` (the built-in corpus)"),
+    ("arrival", _S, "", "`closed`, `poisson`, `gamma`, `constant`, `trace`, or `all-at-once` (an "
+     "offline engine gets every request at once, whatever the study's arrival)"),
+    ("concurrency", _I, "requests", "a closed loop's requests in flight; null: none, or no limit"),
+    ("request_rate_per_s", _F, "requests/s", "mean arrival rate (poisson, gamma, constant)"),
+    ("burstiness", _F, "", "shape of `gamma` arrivals; null otherwise"),
+    ("input_length_policy", _S, "tokens", "`workload.input_tokens`: a number, `dataset` or a "
+     "distribution, e.g. `lognormal(mean=200, std=80, min=1, max=1024)`"),
+    ("output_length_policy", _S, "tokens", "`workload.output_tokens`, in the same form"),
+))
+
 #: runs.parquet: one row per measured cycle (a failed cell: one row with its error).
 RUNS = _declare([
     Column("schema_version", _I, ST, "", "version of this contract"),
@@ -85,6 +99,7 @@ RUNS = _declare([
     Column("cycle", _I, K, "", "cycle number from 0 (null in a failed cell's row)"),
     Column("model", _S, K, "", "model name from the study", FIRST),
     Column("backend", _S, K, "", "backend name", FIRST),
+    *WORKLOAD.values(),
     Column("device", _S, ST, "", "`cpu` or `cuda`", FIRST),
     Column("device_name", _S, ST, "", "CPU or GPU model", FIRST),
     Column("status", _S, ST, "", "`ok` or `failed`"),
@@ -294,6 +309,7 @@ TIMESERIES = _declare(Column(n, t, Kind.TIMESERIES, u, d, optional=o) for n, t, 
 
 #: Columns only summary.parquet has (besides the aggregated ones and their statistics).
 SUMMARY = _declare(Column(n, t, Kind.SUMMARY, u, d) for n, t, u, d in (
+    ("study", _S, "", "the study's name (`name:`; standalone aggregation: the folder's name)"),
     ("cycles", _I, "", "successful cycles aggregated"),
     ("ci_rel_achieved", _F, "", "half the width of the 95% interval of "
      "`energy_per_output_token_j` ÷ its value (`_ci95_high − _ci95_low` ÷ 2 ÷ value): the "
@@ -380,6 +396,11 @@ def _setting_names(extra_backends: str) -> tuple[str, ...]:
 
 def is_setting(name: str) -> bool:
     return name in setting_names()
+
+
+def present_workload(frame: Any) -> list[str]:
+    """The study and workload columns (`WORKLOAD`) with a value in some row of a table."""
+    return [c for c in ("study", *WORKLOAD) if c in frame.columns and frame[c].notna().any()]
 
 
 def present_settings(frame: Any) -> list[str]:

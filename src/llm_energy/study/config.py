@@ -53,7 +53,8 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
     SloConfig,
     WarmupConfig,
 )
-from llm_energy.study.workload_spec import WorkloadSpec
+from llm_energy.study.workload_spec import WorkloadSpec, longest_tokens
+from llm_energy.study.workload_sweep import WorkloadSweep
 
 # ---------------------------------------------------------------- models
 
@@ -182,13 +183,17 @@ class WorkloadConfig(WorkloadSpec):
 
 
 
+class StudyWorkloadConfig(WorkloadSweep, WorkloadConfig):
+    """The study's `workload:`, with sweep axes (`study.workload_sweep`)."""
+
+
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
     # A label of the study's outputs (report title, export task), in no cell.
     name: str = Field("study", pattern=_NAME_PATTERN, json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     backends: BackendsConfig
-    workload: WorkloadConfig = WorkloadConfig()
+    workload: StudyWorkloadConfig = StudyWorkloadConfig()
     measurement: MeasurementConfig = MeasurementConfig()
     carbon: CarbonConfig = CarbonConfig()
     slo: SloConfig | None = None
@@ -286,8 +291,8 @@ class StudyConfig(_Strict):
     def _fits_context(self) -> StudyConfig:
         """Prompt + output tokens must fit every context limit known before any job: each
         backend's context setting and each model's position limit."""
-        longest_in = _longest(self.workload.input_tokens, self.workload.dataset)
-        longest_out = _longest(self.workload.output_tokens, None)
+        longest_in = longest_tokens(self.workload.input_tokens, self.workload.datasets)
+        longest_out = longest_tokens(self.workload.output_tokens, None)
         if longest_in is None or longest_out is None:
             return self  # the dataset's own lengths: checked when the workload is built
         need = longest_in + longest_out
@@ -310,14 +315,6 @@ class StudyConfig(_Strict):
         return self
 
 
-def _longest(policy: Any, dataset: Any) -> int | None:
-    """The most tokens a length policy can give: the number, a distribution's `max`, the
-    dataset filter's `max_input_tokens` for `dataset`; None when unknown before the build."""
-    if isinstance(policy, int):
-        return policy
-    if policy == "dataset":
-        return getattr(dataset, "max_input_tokens", None) if dataset is not None else None
-    return getattr(policy, "max", None)
 
 
 @functools.lru_cache(maxsize=8)
@@ -351,6 +348,9 @@ def _location(loc: tuple[Any, ...], data: Any) -> str:
             parts[-1:] = [f"{parts[-1] if parts else ''}[{name if name else item}]"]
         elif item in ("function-after", "function-before") or "[" in str(item):
             continue
+        elif node is not None and not (isinstance(node, dict) and (item in node
+                                                                   or item == loc[-1])):
+            continue  # a union member's tag (`DatasetConfig`, `constrained-int`): not a key
         else:
             parts.append(str(item))
         if isinstance(node, dict):

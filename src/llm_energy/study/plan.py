@@ -122,6 +122,25 @@ class Plan:
         return {"spec": spec, "model_path": self.model_path(model),
                 "trust_remote_code": self.models[model].trust_remote_code}
 
+    def workload_context_limits(self, key: str) -> list[tuple[int, str]]:
+        """The context limits (tokens, where) known for the cells that read workload `key`:
+        each one's backend context setting (registry: `context_setting`) and its model's
+        position limit. The workload rule checks the built requests against them (dataset
+        prompts have their lengths only then). Read from the study as it is, not a param:
+        a param would rebuild the file, and so re-measure every cell reading it."""
+        limits: dict[tuple[int, str], None] = {}
+        for cell_id, cell in self.cells.items():
+            if self.workload_file(cell_id) != f"{WORKLOAD_DIR}/{key}.parquet":
+                continue
+            setting = registry.get(cell.backend).context_setting
+            value = cell.settings.get(setting) if setting else None
+            if isinstance(value, int):
+                limits[(value, f"backends.{cell.backend}.{setting}")] = None
+            limit, where = self.models[cell.model].context_limit()
+            if limit is not None:
+                limits[(limit, where)] = None
+        return list(limits)
+
     def workload_inputs(self, key: str) -> list[str]:
         """What a workload file is built from: the model's tokenizer (demo models are built by
         the DAG), the dataset's files and the trace, so editing them rebuilds it. Computed once

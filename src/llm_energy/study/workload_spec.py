@@ -288,8 +288,9 @@ class WorkloadSpec(_Strict):
         for key in ("input_tokens", "output_tokens"):
             if getattr(self, key) == "dataset" and self.dataset is None:
                 raise ValueError(f"{key} 'dataset' needs a workload.dataset")
-        if self.output_tokens == "dataset" and self.dataset is not None \
-                and not self.dataset.has_replies:
+        # A study's workload may sweep datasets (`WorkloadSweep`): every one must fit.
+        if self.output_tokens == "dataset" and any(
+                not d.has_replies for d in _as_list(self.dataset)):
             raise ValueError("output_tokens 'dataset' needs replies: set dataset.reply_field, "
                              "or use format messages or sharegpt")
         rated = ("poisson", "gamma", "constant")
@@ -304,7 +305,30 @@ class WorkloadSpec(_Strict):
             raise ValueError("trace_path is required with arrival 'trace' and only used there")
         if self.trace_path is not None and not Path(self.trace_path).expanduser().is_file():
             raise ValueError(f"no trace file at {self.trace_path}")
+        if self.trace_path is not None:
+            # Unreadable, unsorted, negative or too short: refused before any job.
+            from llm_energy.loadgen.arrivals import read_trace
+
+            try:
+                read_trace(Path(self.trace_path).expanduser(), self.num_prompts)
+            except ValueError as exc:
+                raise ValueError(f"trace_path: {exc}") from None
         return self
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def longest_tokens(policy: Any, datasets: list[Any] | None) -> int | None:
+    """The most tokens a length policy can give: the number, a distribution's `max`, the
+    datasets' (largest) `max_input_tokens` for `dataset`; None when unknown before the build."""
+    if isinstance(policy, int):
+        return policy
+    if policy == "dataset":
+        limits = [getattr(d, "max_input_tokens", None) for d in datasets or []]
+        return max(limits) if limits and None not in limits else None  # type: ignore[type-var]
+    return getattr(policy, "max", None)
 
 
 WORKLOAD_KEY_LENGTH = 16

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,9 +240,34 @@ def write_workload(workload: Workload, path: str | Path) -> Path:
     return path
 
 
-def build_workload(workload: Any, tokenizer: Any, path: str | Path) -> Workload:
-    """Build the workload and write it to `path`; returns what was written."""
+def check_context(workload: Workload, limits: Sequence[tuple[int, str]]) -> None:
+    """Refuse a workload whose longest request (prompt + target output tokens) exceeds a
+    context limit of a cell that uses it (`Plan.workload_context_limits`: (tokens, where)),
+    with one line naming the key; the study's validation catches what the config says, this
+    the dataset's own prompt lengths."""
+    if not workload.prompts or not limits:
+        return
+    need = [len(p) + o for p, o in zip(workload.prompts, workload.output_tokens)]
+    longest = max(range(len(need)), key=need.__getitem__)
+    limit, where = min(limits, key=lambda lw: lw[0])
+    if need[longest] > limit:
+        record = workload.record_index[longest]
+        what = f"record {record}" if record is not None else f"request {longest}"
+        key = "workload.dataset" if record is not None else "workload.input_tokens"
+        fix = ("set workload.dataset.max_input_tokens to drop longer prompts"
+               if record is not None else "shorten the workload")
+        raise ValueError(
+            f"{key}: {what} needs {len(workload.prompts[longest])} prompt tokens + "
+            f"{workload.output_tokens[longest]} output tokens = {need[longest]}, more than "
+            f"{where} = {limit}; {fix}")
+
+
+def build_workload(workload: Any, tokenizer: Any, path: str | Path,
+                   context_limits: Sequence[tuple[int, str]] = ()) -> Workload:
+    """Build the workload, check it fits `context_limits` (`check_context`) and write it to
+    `path`; returns what was written."""
     built = make_workload(workload, tokenizer)
+    check_context(built, context_limits)
     write_workload(built, path)
     return built
 
@@ -262,10 +288,11 @@ def read_workload(path: str | Path) -> Workload:
 
 
 def build_for_model(workload: Any, model_path: str, path: str | Path,
-                    trust_remote_code: bool = False) -> Workload:
+                    trust_remote_code: bool = False,
+                    context_limits: Sequence[tuple[int, str]] = ()) -> Workload:
     """Build the workload with the tokenizer of the model at `model_path` (a directory or hub
-    id) and write it to `path`."""
+    id) and write it to `path` (`build_workload`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    return build_workload(workload, tokenizer, path)
+    return build_workload(workload, tokenizer, path, context_limits)
