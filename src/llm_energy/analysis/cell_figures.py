@@ -9,6 +9,7 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from llm_energy.analysis import figures
+from llm_energy.analysis import figure_style, figures
 from llm_energy.analysis.figures import (
     DOUBLE_COLUMN_IN,
     FORMATS,
@@ -106,7 +107,8 @@ def power_stem(out_dir: Path, cell_id: str) -> Path:
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> bytes:
     """This module and the style it draws with."""
-    return hashlib.sha256(Path(__file__).read_bytes() + Path(figures.__file__).read_bytes()).digest()
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                   for m in (sys.modules[__name__], figures, figure_style))).digest()
 
 
 def cell_figure_key(cell_dir: Path) -> str:
