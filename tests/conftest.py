@@ -11,6 +11,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 VLLM_PYTHON = ROOT / ".venvs" / "vllm" / "bin" / "python"
+#: The random-weight CPU demo (the default study before SmolLM2): release-1 cell ids, fast.
+DEMO_CONFIG = ROOT / "config" / "examples" / "cpu-demo.yaml"
 
 # A demo model small enough to build in seconds and run a cell in a few more.
 TINY_DEMO = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,

@@ -7,7 +7,8 @@ import re
 from typing import Annotated
 
 import pytest
-from conftest import ROOT, small_study
+import yaml
+from conftest import DEMO_CONFIG, ROOT, small_study
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_energy.backends import registry
@@ -53,11 +54,11 @@ def with_key(study: dict, key: str, value: object) -> dict:
 
 
 def test_default_study_keeps_its_release_1_ids():
-    cells, _ = expand(load_study(ROOT / "config" / "config.yaml"))
+    cells, _ = expand(load_study(DEMO_CONFIG))
     assert [cell.cell_id for cell in cells] == DEFAULT_STUDY_IDS
     # ... and its measure params are what release 1 recorded (the whole config as it was
     # then, in the same order), so Snakemake reruns nothing after the upgrade either.
-    plan = plan_from_config({}, ROOT)
+    plan = plan_from_config(yaml.safe_load(DEMO_CONFIG.read_text()), ROOT)
     for cell in cells:
         release_1 = {**as_in_release_1(cell.config, ident.RELEASE_1_KEYS, cell.backend),
                      "cell_id": cell.cell_id}
