@@ -14,7 +14,13 @@ import pytest
 from conftest import small_study
 
 from llm_energy.analysis.summary import summarise
-from llm_energy.backends.base import Backend, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    LoadInfo,
+    RequestRecord,
+    check_output_lengths,
+    per_request,
+)
 from llm_energy.measure import gate, protocol
 from llm_energy.measure.protocol import CellRunner
 from llm_energy.study.config import ConfigError, validate_study
@@ -47,17 +53,19 @@ class FakeEngine(Backend):
     def load(self):
         return LoadInfo(0.0, "cpu", "float32")
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, output_tokens, exact=True):
+        targets = per_request(output_tokens, len(prompts))
         FakeEngine.calls.append(len(prompts))
         start = time.perf_counter()
         if self.request_s:
             time.sleep(self.request_s * len(prompts) / NUM_PROMPTS)
         end = time.perf_counter()
-        step = (end - start) / max_new_tokens
-        FakeEngine.tokens += len(prompts) * max_new_tokens
-        return [RequestRecord(i, len(p), max_new_tokens, start, start,
-                              [start + step * (k + 1) for k in range(max_new_tokens)])
-                for i, p in enumerate(prompts)]
+        FakeEngine.tokens += sum(targets)
+        records = [RequestRecord(i, len(p), n, start, start,
+                                 [start + (end - start) / n * (k + 1) for k in range(n)])
+                   for i, (p, n) in enumerate(zip(prompts, targets))]
+        check_output_lengths(records, targets, exact, "fake")
+        return records
 
 
 class ScriptedMeter(Meter):
@@ -99,7 +107,11 @@ def cell(backend="transformers", settings=None, **measurement):
 def run_cell(monkeypatch, config, meter, request_s=0.0):
     FakeEngine.request_s, FakeEngine.calls = request_s, []
     monkeypatch.setattr(protocol, "backend_class", lambda name, settings=None: FakeEngine)
-    monkeypatch.setattr(CellRunner, "_prompts", lambda self: [[1] * 8] * NUM_PROMPTS)
+    def prompts(self):  # as CellRunner._prompts: ids, and each request's output target
+        self.output_targets = [OUTPUT_TOKENS] * NUM_PROMPTS
+        return [[1] * 8] * NUM_PROMPTS
+
+    monkeypatch.setattr(CellRunner, "_prompts", prompts)
     monkeypatch.setattr(CellRunner, "_architecture", lambda self: None)
     return CellRunner(config, "unused", log=lambda m: None, meter=meter).run()
 

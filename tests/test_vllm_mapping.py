@@ -173,7 +173,7 @@ def test_server_that_dies_during_the_workload_is_named_with_its_exit_status(monk
                                         "import time, sys; time.sleep(0.5); sys.exit(9)"])
     dropped = [RequestRecord(k, 16, 0, 0.0, success=False,
                              error="RemoteProtocolError: Server disconnected") for k in range(2)]
-    monkeypatch.setattr(backend, "_run", lambda prompts, n: dropped)
+    monkeypatch.setattr(backend, "_run", lambda prompts, n, exact: dropped)
     try:
         with pytest.raises(RuntimeError, match=rf"vLLM server \(pid {backend.process.pid}\) "
                                                r"exited with status 9 during the workload"):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 
-from llm_energy.backends.base import fail_short_records
+from llm_energy.backends.base import fail_short_records, per_request
 from llm_energy.backends.transformers_backend import TransformersBackend
 
 
@@ -121,12 +121,13 @@ class FaultyBackend(TransformersBackend):
         self._fault("load")
         return super().load()
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, output_tokens, exact=True):
         if _faults().get(str(self.settings.get("batch_size"))) == "short@generate":
-            records = super().generate(prompts, max(1, max_new_tokens // 2))
-            fail_short_records(records, max_new_tokens, "transformers", " (injected context limit)")
+            targets = per_request(output_tokens, len(prompts))
+            records = super().generate(prompts, [max(1, n // 2) for n in targets], exact)
+            fail_short_records(records, targets, "transformers", " (injected context limit)")
             return records
         if not getattr(self, "_generated", False):
             self._generated = True
             self._fault("generate")
-        return super().generate(prompts, max_new_tokens)
+        return super().generate(prompts, output_tokens, exact)

@@ -20,7 +20,10 @@ after the request arrived (an absolute schedule, so chunking does not shift it).
 - `burst=True`: a starved server: every token is made on schedule but all chunks go out
   back to back once the last one is made;
 - `stop_at`: stop after that many tokens with finish_reason "length" whatever was asked (a
-  context limit), for the prompts whose first id is a key (or every prompt when an int).
+  context limit), for the prompts whose first id is a key (or every prompt when an int);
+- `eos_at`: the model "produces EOS" as that token (1-based) for the prompts whose first id
+  is a key: the output ends there with finish_reason "stop" unless the request asks for
+  `ignore_eos` or a `min_tokens` beyond it (as vLLM does).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class FakeServer:
     def __init__(self, token_delay_s: float = 0.002, status: int = 200, ids: bool = True,
                  tokens_per_chunk: int = 1, model: str = "fake-model",
                  empty_text_at: tuple[int, ...] = (), burst: bool = False,
-                 stop_at: int | dict[int, int] | None = None, usage_stats: bool = True) -> None:
+                 stop_at: int | dict[int, int] | None = None, usage_stats: bool = True,
+                 eos_at: dict[int, int] | None = None) -> None:
+        self.eos_at = eos_at or {}
         self.token_delay_s = token_delay_s
         self.empty_text_at = set(empty_text_at)
         self.burst = burst
@@ -72,10 +77,19 @@ class FakeServer:
     def output_length(self, body: dict[str, Any]) -> int:
         """Tokens this server returns for a request body."""
         n = int(body.get("min_tokens") or body["max_tokens"])
+        eos = self.eos_at.get(body["prompt"][0])
+        if eos is not None and not body.get("ignore_eos") \
+                and eos >= int(body.get("min_tokens") or 0):
+            n = min(n, eos)
         stop = self.stop_at
         if isinstance(stop, dict):
             stop = stop.get(body["prompt"][0])
         return n if stop is None else min(n, stop)
+
+    def finish_reason(self, body: dict[str, Any], n: int) -> str:
+        eos = self.eos_at.get(body["prompt"][0])
+        at_eos = eos == n and not body.get("ignore_eos") and n < int(body["max_tokens"])
+        return "stop" if at_eos else "length"
 
     def requests_by_prompt(self, prompts: list[list[int]]) -> list[dict[str, Any]]:
         """The recorded request for each prompt, in the order of `prompts`."""
@@ -160,7 +174,8 @@ class FakeServer:
                             time.sleep(delay)
                         text = "" if sent in server.empty_text_at else "x" * k
                         choice: dict[str, Any] = {"index": 0, "text": text,
-                                                  "finish_reason": "length" if sent + k == n else None}
+                                                  "finish_reason": server.finish_reason(body, n)
+                                                  if sent + k == n else None}
                         if server.ids and body.get("return_token_ids"):
                             choice["token_ids"] = [(prompt[0] + sent + j) % 97 for j in range(k)]
                             if sent == 0:

@@ -10,11 +10,18 @@ batch limit), so its throughput grows with `slots`; the token ids are made up.""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
 
-from llm_energy.backends.base import Backend, LoadInfo, RequestRecord
+from llm_energy.backends.base import (
+    Backend,
+    LoadInfo,
+    RequestRecord,
+    check_output_lengths,
+    per_request,
+)
 from llm_energy.backends.registry import BackendSpec
 from llm_energy.backends.settings import BackendSettings, PositiveIntAxis
 
@@ -33,22 +40,28 @@ class ToyBackend(Backend):
         time.sleep(0.05)
         return LoadInfo(time.perf_counter() - start, self.device, "float32", parameters=1)
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
+        # No EOS here: natural outputs run to their cap too.
+        targets = per_request(output_tokens, len(prompts))
         slots, step_s = int(self.settings["slots"]), float(self.settings["step_ms"]) / 1000
         arrival = time.perf_counter()
-        records = [RequestRecord(i, len(p), max_new_tokens, arrival) for i, p in enumerate(prompts)]
+        records = [RequestRecord(i, len(p), n, arrival)
+                   for i, (p, n) in enumerate(zip(prompts, targets))]
         for first in range(0, len(records), slots):
             batch = records[first:first + slots]
             scheduled = time.perf_counter()
             for record in batch:
                 record.scheduled_s = scheduled
-            for _ in range(max_new_tokens):
+            for step in range(max(r.output_tokens for r in batch)):
                 time.sleep(step_s)
                 now = time.perf_counter()
                 for record in batch:
-                    record.token_times_s.append(now)
+                    if step < record.output_tokens:
+                        record.token_times_s.append(now)
         for record in records:
-            record.output_token_ids = [1] * max_new_tokens
+            record.output_token_ids = [1] * record.output_tokens
+        check_output_lengths(records, targets, exact, "toy")
         return records
 
 

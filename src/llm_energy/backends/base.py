@@ -9,6 +9,7 @@ them up with energy-window edges taken with the same clock.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ class RequestRecord:
     #: Set when the streamed token count disagreed with the server's final `usage` (the
     #: usage count is then used and the times spread); flagged per cycle.
     count_note: str | None = None
+    #: The request's target output length (exact outputs, EOS ignored) or cap (natural
+    #: outputs, EOS allowed), tokens; set by `check_output_lengths`.
+    target_output_tokens: int | None = None
 
     @property
     def first_token_s(self) -> float | None:
@@ -43,14 +47,40 @@ class RequestRecord:
         return self.token_times_s[-1] if self.token_times_s else None
 
 
-def fail_short_records(records: list[RequestRecord], expected: int, who: str,
-                       detail: str = "") -> None:
-    """Mark every successful record that has other than `expected` output tokens as failed,
-    with the reason (e.g. a context limit that stopped generation early)."""
-    for r in records:
-        if r.success and r.output_tokens != expected:
+def per_request(output_tokens: int | Sequence[int], count: int) -> list[int]:
+    """Each of `count` requests' output target or cap: one number for all, or one per request."""
+    if isinstance(output_tokens, int):
+        return [int(output_tokens)] * count
+    targets = [int(n) for n in output_tokens]
+    if len(targets) != count:
+        raise ValueError(f"{len(targets)} output lengths for {count} prompts")
+    return targets
+
+
+def check_output_lengths(records: list[RequestRecord], output_tokens: int | Sequence[int],
+                         exact: bool, who: str, detail: str = "") -> None:
+    """Record each request's target (or cap) and fail every successful record whose length
+    breaks it, with the reason: with `exact` outputs (EOS ignored) anything but the target
+    (e.g. a context limit that stopped generation early); with natural outputs (EOS allowed)
+    no token at all or more than the cap."""
+    for r, target in zip(records, per_request(output_tokens, len(records))):
+        r.target_output_tokens = target
+        if not r.success:
+            continue
+        if exact and r.output_tokens != target:
             r.success = False
-            r.error = f"{who} returned {r.output_tokens} tokens, expected {expected}{detail}"
+            r.error = f"{who} returned {r.output_tokens} tokens, expected {target}{detail}"
+        elif not exact and not 1 <= r.output_tokens <= target:
+            r.success = False
+            r.error = (f"{who} returned {r.output_tokens} tokens, expected 1 to {target} "
+                       f"(the cap){detail}")
+
+
+def fail_short_records(records: list[RequestRecord], expected: int | Sequence[int], who: str,
+                       detail: str = "") -> None:
+    """`check_output_lengths` for exact outputs: every successful record with other than its
+    expected number of tokens fails."""
+    check_output_lengths(records, expected, True, who, detail)
 
 
 @dataclass
@@ -88,11 +118,16 @@ class Backend(abc.ABC):
     def load(self) -> LoadInfo: ...
 
     @abc.abstractmethod
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
-        """Run all prompts to exactly `max_new_tokens` output tokens each (EOS ignored).
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
+        """Run all prompts; `output_tokens` is one number for all or one per prompt
+        (`per_request`). `exact` (output_policy fixed/dataset): EOS ignored, each request
+        produces exactly its number of tokens. Not `exact` (natural): EOS allowed, the number
+        is the request's cap; the tokens counted end at the first EOS (included) or the cap.
 
         The backend schedules them with its own batching limit (`batch_size` or
-        `max_num_seqs`); every record's `arrival_s` is when the request was handed to it.
+        `max_num_seqs`); every record's `arrival_s` is when the request was handed to it, and
+        `check_output_lengths` sets its target and fails a request with a wrong length.
         """
 
     #: The cell's `workload` and `measurement` sections, set by the protocol before `load()`

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from llm_energy.backends.base import (
@@ -79,12 +80,13 @@ class OpenAIServerBackend(Backend):
                                           self._scrape_period_s())
         return [warning] if warning else []
 
-    def _run(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+    def _run(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+             exact: bool = True) -> list[RequestRecord]:
         from llm_energy.loadgen.client import run_load
 
         if self.endpoint is None:
             raise RuntimeError(f"{type(self).__name__}.generate called before load()")
-        return run_load(self.endpoint, prompts, max_new_tokens, self._load_spec()).records
+        return run_load(self.endpoint, prompts, output_tokens, self._load_spec(), exact).records
 
     # ------------------------------------------------------------ Backend
 
@@ -144,8 +146,9 @@ class OpenAIServerBackend(Backend):
                    "energy_scope": "meters of the measuring host only"},
         )
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
-        records = self._run(prompts, max_new_tokens)
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
+        records = self._run(prompts, output_tokens, exact)
         if records and not any(r.success for r in records):
             raise RuntimeError(f"every request to {self.endpoint.base_url} failed: "
                                f"{records[0].error}")

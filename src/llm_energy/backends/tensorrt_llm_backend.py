@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from llm_energy.backends.base import (
     BackendUnavailable,
     LoadInfo,
     RequestRecord,
-    fail_short_records,
+    check_output_lengths,
+    per_request,
 )
 from llm_energy.backends.tensorrt_llm_spec import SPEC, TensorrtLlmConfig
 
@@ -46,14 +48,15 @@ class TrtllmArguments:
 
 
 def trtllm_arguments(trtllm: Any, model_path: str, settings: dict[str, Any], device: str,
-                     max_new_tokens: int) -> TrtllmArguments:
+                     max_new_tokens: int, exact: bool = True) -> TrtllmArguments:
     """Map one cell to TensorRT-LLM's API (`trtllm`: the imported `tensorrt_llm` module).
 
     max_batch_size, dtype, tensor parallelism, token budget and sequence length are LLM
     arguments; the KV cache is sized by `KvCacheConfig` (block reuse = prefix caching, off by
     default as in the other backends); quantization is a `QuantConfig` with the `QuantAlgo`
-    member of that name. Sampling is greedy with exactly `max_new_tokens` out (EOS ignored),
-    like every backend. Raises ValueError for settings it does not know."""
+    member of that name. Sampling is greedy with exactly `max_new_tokens` out (EOS ignored)
+    for `exact` outputs, like every backend; else EOS allowed and `max_new_tokens` the cap.
+    Raises ValueError for settings it does not know."""
     defaults = _defaults()
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
@@ -84,9 +87,10 @@ def trtllm_arguments(trtllm: Any, model_path: str, settings: dict[str, Any], dev
             raise ValueError(f"tensorrt-llm: quantization {s['quantization']!r} is not a "
                              "QuantAlgo of this TensorRT-LLM")
         kwargs["quant_config"] = llmapi.QuantConfig(quant_algo=algo)
-    sampling = trtllm.SamplingParams(
-        max_tokens=int(max_new_tokens), min_tokens=int(max_new_tokens), ignore_eos=True,
-        top_k=1, temperature=0.0, detokenize=False)
+    lengths = ({"min_tokens": int(max_new_tokens), "ignore_eos": True} if exact
+               else {"ignore_eos": False})
+    sampling = trtllm.SamplingParams(max_tokens=int(max_new_tokens), **lengths, top_k=1,
+                                     temperature=0.0, detokenize=False)
     return TrtllmArguments(kwargs, sampling)
 
 
@@ -127,23 +131,28 @@ class TensorrtLlmBackend(Backend):
                    "token_timestamps": "receipt time of each streamed output"},
         )
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
         if self._llm is None:
             raise RuntimeError("TensorrtLlmBackend.generate called before load()")
-        params = trtllm_arguments(self._trtllm, self.model_path, self.settings, self.device,
-                                  max_new_tokens).sampling_params
-        records = asyncio.run(self._stream_all(prompts, params))
-        fail_short_records(records, max_new_tokens, "tensorrt-llm")
+        targets = per_request(output_tokens, len(prompts))
+        params_of = {n: trtllm_arguments(self._trtllm, self.model_path, self.settings,
+                                         self.device, n, exact).sampling_params
+                     for n in sorted(set(targets))}
+        records = asyncio.run(self._stream_all(prompts, [params_of[n] for n in targets]))
+        check_output_lengths(records, targets, exact, "tensorrt-llm")
         return records
 
-    async def _stream_all(self, prompts: list[list[int]], params: Any) -> list[RequestRecord]:
+    async def _stream_all(self, prompts: list[list[int]], params_of: list[Any]
+                          ) -> list[RequestRecord]:
         clock = time.perf_counter
 
         async def one(index: int, prompt: list[int]) -> RequestRecord:
             record = RequestRecord(request_id=index, input_tokens=len(prompt), output_tokens=0,
                                    arrival_s=clock(), output_token_ids=[])
             try:
-                async for output in self._llm.generate_async(prompt, params, streaming=True):
+                async for output in self._llm.generate_async(prompt, params_of[index],
+                                                             streaming=True):
                     now = clock()
                     ids = list(output.outputs[0].token_ids)  # cumulative in each update
                     new = ids[len(record.output_token_ids or []):]

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from llm_energy.backends.base import (
     BackendUnavailable,
     LoadInfo,
     RequestRecord,
-    fail_short_records,
+    check_output_lengths,
+    per_request,
 )
 from llm_energy.backends.checkpoint_facts import count_parameters
 from llm_energy.backends.vllm_spec import INSTALL_HINT, VllmConfig
@@ -145,6 +147,14 @@ def _engine_clock_usable(engine: Any) -> bool:
     return same_clock and callable(getattr(core, "get_output", None))
 
 
+def sampling_lengths(target: int, exact: bool) -> dict[str, Any]:
+    """vLLM `SamplingParams` length arguments for one request: exactly `target` tokens with
+    EOS ignored (`exact`), else EOS allowed with `target` as the cap."""
+    if exact:
+        return {"max_tokens": int(target), "min_tokens": int(target), "ignore_eos": True}
+    return {"max_tokens": int(target), "min_tokens": 0, "ignore_eos": False}
+
+
 class VllmBackend(Backend):
     """vLLM's offline engine, stepped request by request.
 
@@ -241,20 +251,23 @@ class VllmBackend(Backend):
             extra=extra,
         )
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
         engine = self._engine
         if engine is None:
             raise RuntimeError("VllmBackend.generate called before load()")
         engine_clock = self.timestamps == "engine" and self._engine_clock_usable
-        params = self._SamplingParams(
-            n=1,
-            temperature=0.0,
-            max_tokens=max_new_tokens,
-            min_tokens=max_new_tokens,
-            ignore_eos=True,
-            detokenize=False,
-            output_kind=self._FINAL_ONLY if engine_clock else self._DELTA,
-        )
+        targets = per_request(output_tokens, len(prompts))
+        params_of: dict[int, Any] = {}
+        for target in targets:  # one SamplingParams per distinct length
+            if target not in params_of:
+                params_of[target] = self._SamplingParams(
+                    **sampling_lengths(target, exact),
+                    n=1,
+                    temperature=0.0,
+                    detokenize=False,
+                    output_kind=self._FINAL_ONLY if engine_clock else self._DELTA,
+                )
         make_prompt = self._TokensPrompt
         clock = time.perf_counter
         records: list[RequestRecord] = []
@@ -273,7 +286,7 @@ class VllmBackend(Backend):
                 given_ids.append(given)
                 ids_by_given[given] = record.output_token_ids  # type: ignore[assignment]
                 internal = engine.add_request(given, make_prompt(prompt_token_ids=prompt),
-                                              params)
+                                              params_of[targets[index]])
                 times_by_internal[internal] = times_by_internal[given] = record.token_times_s
             if engine_clock:
                 self._run_with_engine_clock(engine, ids_by_given, times_by_internal)
@@ -289,9 +302,9 @@ class VllmBackend(Backend):
 
         for record in records:
             record.output_tokens = len(record.output_token_ids or ())
-            fail_short_records([record], max_new_tokens, "vllm",
-                               f" (prompt {record.input_tokens} tokens, max_model_len "
-                               f"{self.kwargs['max_model_len']})")
+            check_output_lengths([record], [targets[record.request_id]], exact, "vllm",
+                                 f" (prompt {record.input_tokens} tokens, max_model_len "
+                                 f"{self.kwargs['max_model_len']})")
             if record.success and len(record.token_times_s) != record.output_tokens:
                 record.success = False
                 record.error = (f"{len(record.token_times_s)} token timestamps for "

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +163,10 @@ class VllmServerBackend(OpenAIServerBackend):
                                        f"{_last_error_line(_tail(self._log_path))}")
                 time.sleep(_HEALTH_POLL_S)
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(self, prompts: list[list[int]], output_tokens: int | Sequence[int],
+                 exact: bool = True) -> list[RequestRecord]:
         self._check_alive("before the workload")
-        records = self._run(prompts, max_new_tokens)
+        records = self._run(prompts, output_tokens, exact)
         if records and not any(r.success for r in records) and self.process is not None:
             # A dying server drops its connections before it can be reaped: give it a moment,
             # so the error names the exit status rather than the dropped connections.

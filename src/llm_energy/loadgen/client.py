@@ -3,8 +3,10 @@
 Arrivals are a closed loop (at most `concurrency` requests in flight, the next one sent as soon
 as one finishes) or a Poisson process at `request_rate_per_s` (exponential gaps from a seeded
 generator, so every cell of a study sees the same schedule). Prompts are sent as token-id
-lists, the same ids every backend gets, with exactly `max_tokens` out: vLLM's request
-extensions `min_tokens` and `ignore_eos` make the length exact, `return_token_ids` makes every
+lists, the same ids every backend gets, each with its own `max_tokens`. Under exact output
+policies (fixed, dataset) vLLM's request extensions `min_tokens` and `ignore_eos` make the
+length exact; under `natural` they are not sent (EOS ends the output, `max_tokens` is the
+cap). `return_token_ids` makes every
 streamed chunk carry its token ids and `continuous_usage_stats` its running token count, so
 tokens are counted from what the server says, never guessed from text (`loadgen.stream`).
 
@@ -18,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from llm_energy.backends.base import RequestRecord
+from llm_energy.backends.base import RequestRecord, per_request
 from llm_energy.loadgen.arrivals import poisson_offsets_s, repeat_schedule
 from llm_energy.loadgen.stream import (
     ServerError,
@@ -107,9 +110,11 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def completion_payload(endpoint: Endpoint, prompt_ids: list[int], max_tokens: int) -> dict[str, Any]:
-    """The request body: token-id prompt, greedy, streamed, exact output length where the
-    server honours vLLM's extensions."""
+def completion_payload(endpoint: Endpoint, prompt_ids: list[int], max_tokens: int,
+                       exact: bool = True) -> dict[str, Any]:
+    """The request body: token-id prompt, greedy, streamed; `max_tokens` is the cap, made the
+    exact length (`min_tokens`, `ignore_eos`) for `exact` outputs where the server honours
+    vLLM's extensions."""
     payload: dict[str, Any] = {
         "model": endpoint.model,
         "prompt": list(prompt_ids),
@@ -119,8 +124,9 @@ def completion_payload(endpoint: Endpoint, prompt_ids: list[int], max_tokens: in
         "stream_options": {"include_usage": True},
     }
     if endpoint.extensions:
-        payload.update(min_tokens=max_tokens, ignore_eos=True, return_token_ids=True,
-                       skip_special_tokens=False)
+        if exact:
+            payload.update(min_tokens=max_tokens, ignore_eos=True)
+        payload.update(return_token_ids=True, skip_special_tokens=False)
         # Every chunk's cumulative token count: exact counts even without token ids.
         payload["stream_options"]["continuous_usage_stats"] = True
     return payload
@@ -135,13 +141,13 @@ class LoadResult:
 
 
 async def _one_request(client: Any, endpoint: Endpoint, prompt: list[int], max_tokens: int,
-                       record: RequestRecord) -> None:
+                       exact: bool, record: RequestRecord) -> None:
     clock = time.perf_counter
     stream = StreamedResponse()
     record.arrival_s = clock()
     try:
         async with client.stream("POST", endpoint.completions_url,
-                                 json=completion_payload(endpoint, prompt, max_tokens),
+                                 json=completion_payload(endpoint, prompt, max_tokens, exact),
                                  headers=endpoint.headers()) as response:
             if response.status_code != 200:
                 body = (await response.aread()).decode(errors="replace").strip()
@@ -155,14 +161,19 @@ async def _one_request(client: Any, endpoint: Endpoint, prompt: list[int], max_t
         record.success = False
         text = str(exc) if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}"
         record.error = text.strip()[:500]
-    finish_record(record, stream, prompt, max_tokens if endpoint.extensions else None)
+    # Without the extensions an exact length cannot be asked for: not checked then.
+    finish_record(record, stream, prompt, max_tokens,
+                  None if exact and not endpoint.extensions else exact)
 
 
 def finish_record(record: RequestRecord, stream: StreamedResponse, prompt: list[int],
-                  exact_tokens: int | None) -> None:
+                  target: int, exact: bool | None) -> None:
     """Fill `record` from what the stream said; a request the stream contradicts (prompt ids
-    not the ones sent, ids against usage) or that returned other than `exact_tokens` tokens
-    (when the server was asked for exactly that many) fails with the reason."""
+    not the ones sent, ids against usage) fails with the reason, as does one whose length
+    breaks its `target`: other than `target` tokens when `exact` (the server was asked for
+    exactly that many), none or more than `target` (the cap) when `exact` is False; None:
+    the length is not checked."""
+    record.target_output_tokens = target
     arrivals = token_arrivals(stream)
     record.token_times_s = arrivals.times_s
     record.token_time_observed = None if all(arrivals.observed) else arrivals.observed
@@ -177,17 +188,21 @@ def finish_record(record: RequestRecord, stream: StreamedResponse, prompt: list[
                    f"({len(stream.prompt_token_ids)} vs {len(prompt)} tokens)")
     elif arrivals.error is not None:
         problem = arrivals.error
-    elif exact_tokens is not None and record.output_tokens != exact_tokens:
-        problem = (f"server returned {record.output_tokens} tokens, expected {exact_tokens} "
+    elif exact and record.output_tokens != target:
+        problem = (f"server returned {record.output_tokens} tokens, expected {target} "
                    f"(finish_reason {stream.finish_reason!r})")
+    elif exact is False and not 1 <= record.output_tokens <= target:
+        problem = (f"server returned {record.output_tokens} tokens, expected 1 to {target} "
+                   f"(the cap; finish_reason {stream.finish_reason!r})")
     if problem is not None:
         record.success, record.error = False, problem
 
 
-async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
-               spec: LoadSpec) -> LoadResult:
+async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int | Sequence[int],
+               spec: LoadSpec, exact: bool) -> LoadResult:
     import httpx
 
+    targets = per_request(max_tokens, len(prompts))
     records = [RequestRecord(request_id=i, input_tokens=len(p), output_tokens=0, arrival_s=0.0)
                for i, p in enumerate(prompts)]
     limit = spec.in_flight_limit(len(prompts)) if spec.arrival == "closed" else len(prompts)
@@ -216,7 +231,8 @@ async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
                 in_flight += 1
                 max_in_flight = max(max_in_flight, in_flight)
                 try:
-                    await _one_request(client, endpoint, prompts[index], max_tokens, records[index])
+                    await _one_request(client, endpoint, prompts[index], targets[index], exact,
+                                       records[index])
                 finally:
                     in_flight -= 1
 
@@ -227,7 +243,8 @@ async def _run(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
     return LoadResult(records, max_in_flight, start_s, end_s)
 
 
-def run_load(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int,
-             spec: LoadSpec) -> LoadResult:
-    """Send every prompt, wait for every response; one record per prompt, in prompt order."""
-    return asyncio.run(_run(endpoint, prompts, max_tokens, spec))
+def run_load(endpoint: Endpoint, prompts: list[list[int]], max_tokens: int | Sequence[int],
+             spec: LoadSpec, exact: bool = True) -> LoadResult:
+    """Send every prompt, wait for every response; one record per prompt, in prompt order.
+    `max_tokens`: one number or one per prompt; `exact`: see `completion_payload`."""
+    return asyncio.run(_run(endpoint, prompts, max_tokens, spec, exact))

@@ -120,13 +120,16 @@ def failed_checks(*, steady_duration_s: float | None, avg_batch: float | None, m
                   steady_energy_per_token_j: float | None, output_tokens_per_s: float | None,
                   gpu_power_w: Sequence[float] = (), gpu_temperature_c: Sequence[float] = (),
                   device_name: str | None = None, output_lengths: Sequence[int] = (),
-                  max_output_tokens: int | None = None, failed_requests: int = 0) -> list[Check]:
+                  max_output_tokens: int | Sequence[int | None] | None = None,
+                  failed_requests: int = 0) -> list[Check]:
     """ML.ENERGY's per-run checks (validate_results.py) that fail for one cycle.
 
     A check with nothing to judge is skipped, not failed: power and temperature without GPU
     samples (CPU cells), the power range for a GPU outside their TDP map, the output-length
     check when `max_output_tokens` is None (lengths forced by the workload, EOS ignored, so
-    every output is at the cap by design), energy when it was not measured."""
+    every output is at the cap by design), energy when it was not measured.
+    `max_output_tokens` is one cap for all outputs or each output's own cap (natural output
+    lengths with per-request caps)."""
     out: list[Check] = []
     if failed_requests:
         out.append(Check("request_success", "error", f"{failed_requests} request(s) failed"))
@@ -166,9 +169,12 @@ def failed_checks(*, steady_duration_s: float | None, avg_batch: float | None, m
                              f"{share:.1%} of GPU temperature readings outside "
                              f"[{low:g}, {high:g}] degC"))
     if output_lengths and max_output_tokens is not None:
-        capped = sum(1 for n in output_lengths if n >= max_output_tokens)
+        caps = [max_output_tokens] * len(output_lengths) \
+            if isinstance(max_output_tokens, int) else list(max_output_tokens)
+        capped = sum(1 for n, cap in zip(output_lengths, caps) if cap is not None and n >= cap)
         share = capped / len(output_lengths)
         if share >= MAX_LENGTH_CAP_SHARE:
-            out.append(Check("output_length", "warning",
-                             f"{share:.1%} of outputs hit max_output_tokens={max_output_tokens}"))
+            shown = (f"max_output_tokens={max_output_tokens}"
+                     if isinstance(max_output_tokens, int) else "their max_output_tokens cap")
+            out.append(Check("output_length", "warning", f"{share:.1%} of outputs hit {shown}"))
     return out

@@ -26,6 +26,7 @@ from llm_energy.measure.request_checks import raise_if_all_failed
 from llm_energy.measure.rows import RowBuilder, _fmt, batch_limit
 from llm_energy.measure.validity import ValidityChecks
 from llm_energy.study.cellspec import CellSpec
+from llm_energy.study.workload_spec import exact_outputs
 from llm_energy.telemetry.meters import (
     Detection,
     EstimateMeter,
@@ -61,6 +62,8 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         self.workload = cell_config["workload"]
         self.measurement = cell_config["measurement"]
         self.device = self.measurement["device"]
+        #: EOS ignored, every output exactly its target (output_policy fixed, dataset).
+        self.exact_outputs = exact_outputs(self.workload["output_policy"])
         if meter is not None:
             self.detection = Detection(meter)
         else:
@@ -101,7 +104,13 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
             built = make_workload(self.workload, AutoTokenizer.from_pretrained(
                 self.model_path,
                 trust_remote_code=self.config["model"].get("trust_remote_code", False)))
+        if built.output_policy != self.workload["output_policy"]:
+            raise ValueError(f"workload file {path} was built for output_policy "
+                             f"{built.output_policy!r}, the cell asks for "
+                             f"{self.workload['output_policy']!r}: rebuild it")
         self.arrival_offsets_s = list(built.arrival_offsets_s)
+        # Per request: the exact target (fixed, dataset) or the cap (natural).
+        self.output_targets = [int(n) for n in built.output_tokens]
         self.workload_info = {"file": path, "token_ids_sha256": built.token_ids_sha256,
                               "chat_template_applied": built.info.get("chat_template_applied"),
                               "num_requests": len(built.prompts)}
@@ -162,8 +171,9 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
         durations: list[float] = []
         while len(durations) < cfg["max_runs"]:
             start = time.perf_counter()
-            raise_if_all_failed(backend.generate(warm_prompts, self.workload["output_tokens"]),
-                                "the warmup")
+            raise_if_all_failed(backend.generate(warm_prompts,
+                                                 self.output_targets[: len(warm_prompts)],
+                                                 self.exact_outputs), "the warmup")
             backend.synchronize()
             durations.append(time.perf_counter() - start)
             self._warmup_s = durations
@@ -220,7 +230,7 @@ class CellRunner(ValidityChecks, RowBuilder, GpuSettingsPhase):
                 n = max(1, planned)
             else:
                 n = gate.repetitions_for(min_window_s - elapsed_s, elapsed_s / repetitions)
-            batch = backend.generate(prompts * n, self.workload["output_tokens"])
+            batch = backend.generate(prompts * n, self.output_targets * n, self.exact_outputs)
             raise_if_all_failed(batch, label)  # a failed cell, with the reason
             offset = repetitions * len(prompts)
             for record in batch:

@@ -86,6 +86,7 @@ class RowBuilder:
             request_rows.append({
                 "cell_id": self.cell_id, "cycle": cycle, "request_id": r.request_id,
                 "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                "target_output_tokens": r.target_output_tokens,
                 "arrival_s": r.arrival_s - start_s,
                 "first_token_s": None if r.first_token_s is None else r.first_token_s - start_s,
                 "finish_s": None if r.finish_s is None else r.finish_s - start_s,
@@ -98,9 +99,10 @@ class RowBuilder:
         input_tokens = sum(r.input_tokens for r in ok)
         warnings.extend(filter(None, [request_checks.failure_warning(cycle, records)]))
         warnings.extend(request_checks.arrival_warnings(cycle, ok))
-        expected = self.workload["output_tokens"] * len(ok)
-        if output_tokens != expected:
-            warnings.append(f"{output_tokens} output tokens instead of {expected}")
+        if self.exact_outputs:  # natural outputs end at EOS: any length up to the cap
+            expected = sum(r.target_output_tokens or 0 for r in ok)
+            if output_tokens != expected:
+                warnings.append(f"{output_tokens} output tokens instead of {expected}")
         limit = batch_limit(self.config["backend"], self.settings, self.workload)
         steady = self._steady_window(records, ok, limit, warnings)
         steady_j = steady_tokens = avg_batch = None
@@ -159,8 +161,10 @@ class RowBuilder:
             gpu_temperature_c=[s.temperature_c for s in cycle_samples if s.device.startswith("gpu")
                                and s.temperature_c is not None],
             device_name=self._device_name() if self.device == "cuda" else None,
-            # Output lengths are forced (EOS ignored): every output is at the cap by design.
-            output_lengths=[r.output_tokens for r in ok], max_output_tokens=None,
+            # Exact outputs (EOS ignored) are at their length by design: nothing to judge.
+            output_lengths=[r.output_tokens for r in ok],
+            max_output_tokens=None if self.exact_outputs
+            else [r.target_output_tokens for r in ok],
             failed_requests=len(records) - len(ok))
         row["mlenergy_flags"] = [c.name for c in checks]
         row["mlenergy_valid"] = not any(c.severity == "error" for c in checks)

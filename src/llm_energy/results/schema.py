@@ -249,7 +249,12 @@ REQUESTS = _declare(Column(n, t, Kind.REQUEST, u, d) for n, t, u, d in (
     ("cell_id", _S, "", "the cell"), ("cycle", _I, "", "the cycle"),
     ("request_id", _I, "", "index of the request in the cycle: repetition k of the workload "
      "has k × `num_prompts` + the prompt's index"),
-    ("input_tokens", _I, "tokens", "prompt length"), ("output_tokens", _I, "tokens", "tokens returned"),
+    ("input_tokens", _I, "tokens", "prompt length"),
+    ("output_tokens", _I, "tokens", "tokens returned (under `output_policy: natural` up to and "
+     "including the first EOS)"),
+    ("target_output_tokens", _I, "tokens", "the request's output length from the workload: "
+     "its exact length under `output_policy` fixed or dataset (EOS ignored), its cap under "
+     "natural (EOS allowed)"),
     ("arrival_s", _F, "s", "sent, seconds from the cycle start"),
     ("first_token_s", _F, "s", "first token received, same clock"),
     ("finish_s", _F, "s", "last token received, same clock"),

@@ -183,6 +183,18 @@ _DISTRIBUTION: TypeAdapter[Any] = TypeAdapter(LengthDistribution)
 
 Arrival = Literal["closed", "poisson", "gamma", "constant", "trace"]
 
+#: How long outputs are: `fixed` (EOS ignored, each request exactly its `output_tokens`
+#: target), `dataset` (EOS ignored, each record's reply length), `natural` (EOS allowed,
+#: `output_tokens` is each request's cap).
+OutputPolicy = Literal["fixed", "dataset", "natural"]
+#: Policies under which every request must produce exactly its target (EOS ignored).
+EXACT_OUTPUT_POLICIES: tuple[str, ...] = ("fixed", "dataset")
+
+
+def exact_outputs(policy: str) -> bool:
+    """Whether `policy` forces each output to exactly its target length (EOS ignored)."""
+    return policy in EXACT_OUTPUT_POLICIES
+
 
 class WorkloadSpec(_Strict):
     """Everything that decides a workload's token ids, target lengths and arrival offsets."""
@@ -192,8 +204,13 @@ class WorkloadSpec(_Strict):
         64, description="prompt length, tokens: a number, a distribution, or 'dataset' (each "
         "record's own length; the default when a dataset is given)")
     output_tokens: LengthPolicy = Field(
-        32, description="target output length, tokens: a number, a distribution, or 'dataset' "
-        "(each record's reply length)")
+        32, description="output length, tokens: a number, a distribution, or 'dataset' (each "
+        "record's reply length); the exact target under output_policy fixed/dataset, the "
+        "per-request cap under natural")
+    output_policy: OutputPolicy = Field(
+        "fixed", description="fixed: EOS ignored, each request exactly its output_tokens; "
+        "dataset: EOS ignored, each record's reply length (same as output_tokens: dataset); "
+        "natural: EOS allowed, output_tokens is each request's cap")
     seed: int = 0
     dataset: DatasetConfig | None = None
     # How server backends receive the requests; offline engines always get all of them at once.
@@ -237,8 +254,34 @@ class WorkloadSpec(_Strict):
         # With a dataset and no input_tokens, prompts keep their own length.
         if isinstance(data, dict) and data.get("dataset") is not None \
                 and "input_tokens" not in data:
-            return {**data, "input_tokens": "dataset"}
+            data = {**data, "input_tokens": "dataset"}
+        # output_tokens 'dataset' and output_policy 'dataset' say the same: one implies the
+        # other (contradictions are refused by `_output_policy`).
+        if isinstance(data, dict):
+            if data.get("output_tokens") == "dataset" and "output_policy" not in data:
+                data = {**data, "output_policy": "dataset"}
+            elif data.get("output_policy") == "dataset" and "output_tokens" not in data:
+                data = {**data, "output_tokens": "dataset"}
         return data
+
+    @model_validator(mode="after")
+    def _output_policy(self) -> WorkloadSpec:
+        policy, tokens = self.output_policy, self.output_tokens
+        if policy == "dataset" and tokens != "dataset":
+            raise ValueError("output_policy 'dataset' takes each record's reply length: "
+                             "remove output_tokens or set it to 'dataset'")
+        if policy == "fixed" and tokens == "dataset":
+            raise ValueError("output_tokens 'dataset' contradicts output_policy 'fixed': "
+                             "set output_policy to 'dataset' (or remove it)")
+        if policy == "natural" and tokens == "dataset":
+            raise ValueError("output_policy 'natural' takes output_tokens as each request's "
+                             "cap: give a number or a distribution, not 'dataset'")
+        return self
+
+    @property
+    def exact_outputs(self) -> bool:
+        """Each request produces exactly its target (EOS ignored): `fixed` and `dataset`."""
+        return exact_outputs(self.output_policy)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
@@ -272,7 +315,11 @@ WORKLOAD_DIR = "resources/workloads"
 def workload_key(spec: dict[str, Any], model: dict[str, Any]) -> str:
     """Content key of a workload file: a hash of the workload's settings and of the model whose
     tokenizer encodes it (both as JSON dicts). The dataset's and trace's contents are not in
-    the key: they are inputs of the rule that builds the file, so editing them rebuilds it."""
+    the key: they are inputs of the rule that builds the file, so editing them rebuilds it.
+    `output_policy` enters only when not `fixed`, so files built before it existed keep
+    their key (and the measurements that read them are not rerun)."""
+    if spec.get("output_policy", "fixed") == "fixed":
+        spec = {k: v for k, v in spec.items() if k != "output_policy"}
     canonical = json.dumps({"workload": spec, "model": model}, sort_keys=True,
                            separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:WORKLOAD_KEY_LENGTH]

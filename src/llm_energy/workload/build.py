@@ -14,7 +14,9 @@ Steps, all deterministic for `seed`:
    each request a length, and its prompt is cut to at most that many tokens (the first ones).
    Corpus passages are exactly that long.
 4. Output lengths: a number, a distribution, or `dataset` (the reply's length in tokens,
-   encoded without special tokens).
+   encoded without special tokens): each request's exact target under `output_policy`
+   fixed/dataset (EOS ignored), its cap under natural (EOS allowed). The policy is written
+   into the metadata (`output_policy`).
 5. Arrival offsets from `loadgen.arrivals`.
 
 File layout (`WORKLOAD_COLUMNS`): one row per request in send order, and the build facts
@@ -52,7 +54,8 @@ WORKLOAD_COLUMNS = {
     "record_index": "row of the dataset the prompt came from (null for corpus passages)",
     "prompt_token_ids": "the prompt's token ids, as every backend receives them",
     "input_tokens": "prompt length, tokens",
-    "output_tokens": "target output length, tokens",
+    "output_tokens": "target output length, tokens (output_policy fixed/dataset: exact, EOS "
+                     "ignored; natural: the cap, EOS allowed; the policy is in the metadata)",
     "dataset_output_tokens": "the record's reply length, tokens (null without a reply)",
     "arrival_offset_s": "send time after the start of a cycle, seconds",
 }
@@ -73,6 +76,12 @@ class Workload:
     @property
     def token_ids_sha256(self) -> str:
         return token_ids_sha256(self.prompts)
+
+    @property
+    def output_policy(self) -> str:
+        """`fixed`, `dataset` (each output exactly its `output_tokens`, EOS ignored) or
+        `natural` (EOS allowed, `output_tokens` is each request's cap)."""
+        return str(self.info.get("output_policy") or "fixed")
 
 
 def token_ids_sha256(prompts: list[list[int]]) -> str:
@@ -201,6 +210,7 @@ def make_workload(workload: Any, tokenizer: Any) -> Workload:
                                 rate_per_s=spec.request_rate_per_s,
                                 burstiness=spec.burstiness, trace_path=spec.trace_path)
     info["token_ids_sha256"] = token_ids_sha256(prompts)
+    info["output_policy"] = spec.output_policy
     info["num_requests"] = n
     return Workload(prompts, outputs, offsets, indices, replies, info)
 
