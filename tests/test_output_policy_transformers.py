@@ -136,3 +136,50 @@ def test_fixed_lognormal_cell_gives_each_request_its_target(demo_model_dir):
     assert [r["output_tokens"] for r in out.requests] == want
     assert run["output_tokens"] == sum(want)
     assert all(r["success"] for r in out.requests)
+
+
+def test_dataset_policy_cell_gives_each_request_its_records_reply_length(demo_model_dir,
+                                                                         tmp_path):
+    """`output_tokens: dataset` (policy `dataset`): each request produces exactly its record's
+    reply length in tokens, counted here with the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "chat.jsonl"
+    rows = [{"prompt": "a question " + "about energy " * i, "answer": "watt " * (2 + 3 * i)}
+            for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = {"path": str(path), "reply_field": "answer", "chat_template": False}
+    out = _cell(demo_model_dir, num_prompts=4, input_tokens="dataset", output_tokens="dataset",
+                dataset=dataset)
+    (run,) = out.runs
+    assert run["status"] == "ok", run
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_model_dir))
+    replies = [len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) for r in rows]
+    prompts = [len(tokenizer(r["prompt"])["input_ids"]) for r in rows]
+    assert len(set(replies)) == len(set(prompts)) == 4
+    # Requests come in the seeded sample's order: each is matched to its record by its
+    # prompt length (distinct here).
+    reply_of = dict(zip(prompts, replies))
+    assert len(out.requests) == 4 * run["repetitions"]
+    for r in out.requests:
+        assert r["success"] and r["output_tokens"] == r["target_output_tokens"]
+        assert r["output_tokens"] == reply_of[r["input_tokens"]]
+
+
+def test_a_workload_file_built_for_another_policy_is_refused(demo_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llm_energy.workload.build import build_workload
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_model_dir))
+    path = build_workload({"num_prompts": 2, "input_tokens": 8, "output_tokens": 4,
+                           "output_policy": "natural"}, tokenizer, tmp_path / "w.parquet")
+    assert path.output_policy == "natural"
+    study = validate_study(small_study(workload={"num_prompts": 2, "input_tokens": 8,
+                                                 "output_tokens": 4}))
+    (cell, *_), _ = expand(study)
+    config = {**cell.config, "cell_id": cell.cell_id, "workload_file": str(tmp_path / "w.parquet")}
+    runner = CellRunner(json.loads(json.dumps(config)), str(demo_model_dir), log=lambda m: None)
+    with pytest.raises(ValueError, match="built for output_policy 'natural', the cell asks "
+                                         "for 'fixed'"):
+        runner._prompts()

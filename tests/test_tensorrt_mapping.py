@@ -62,10 +62,13 @@ def fake_trtllm() -> types.ModuleType:
 
     class LLM:
         instances: list[LLM] = []
+        #: prompt[0] -> the (1-based) token at which the "model" emits EOS.
+        eos_at: dict[int, int] = {}
 
         def __init__(self, **kwargs: Any) -> None:
             self.kwargs = kwargs
             self.received: list[list[int]] = []
+            self.params: list[SamplingParams] = []
             self.shut_down = False
             LLM.instances.append(self)
 
@@ -74,14 +77,19 @@ def fake_trtllm() -> types.ModuleType:
             # Two tokens in the first update, then one per update (as engines batch output).
             for step in range(params.max_tokens):
                 ids.append(prompt[0] + step)
-                if step == 0:
+                eos = LLM.eos_at.get(prompt[0]) == step + 1 and not params.ignore_eos \
+                    and step + 1 >= (params.min_tokens or 0)
+                if step == 0 and not eos:
                     continue
                 await asyncio.sleep(0.001)
                 yield Output([Completion(list(ids))])
+                if eos:
+                    return
 
         def generate_async(self, prompt: list[int], params: SamplingParams, streaming: bool):
             assert streaming is True
             self.received.append(list(prompt))
+            self.params.append(params)
             return self._stream(prompt, params)
 
         def shutdown(self) -> None:
@@ -166,6 +174,29 @@ def test_backend_streams_tokens_from_the_fake(monkeypatch):
         times = record.token_times_s
         # Two tokens arrived together in the first update: the same time, then increasing.
         assert len(times) == 5 and times[0] == times[1] and times[1] < times[2] < times[4]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_output_policy_maps_to_per_request_sampling_params(monkeypatch, exact):
+    """Exact policies: each request max_tokens = min_tokens = its target, EOS ignored;
+    natural: EOS allowed, max_tokens its cap, and the output ends at EOS."""
+    trt = fake_trtllm()
+    trt.LLM.eos_at = {100: 2}
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", trt)
+    backend = TensorrtLlmBackend("m", SETTINGS, "cuda")
+    backend.load()
+    prompts = [[100, 1, 2], [200, 3, 4], [300, 5, 6]]
+    records = backend.generate(prompts, [6, 3, 4], exact)
+    llm = trt.LLM.instances[-1]
+    backend.close()
+    lengths = [(p.max_tokens, p.min_tokens, p.ignore_eos) for p in llm.params]
+    if exact:
+        assert lengths == [(6, 6, True), (3, 3, True), (4, 4, True)]
+        assert [r.output_tokens for r in records] == [6, 3, 4]
+    else:
+        assert lengths == [(6, None, False), (3, None, False), (4, None, False)]
+        assert [r.output_tokens for r in records] == [2, 3, 4]   # EOS at 2, then the caps
+    assert all(r.success for r in records) and [r.target_output_tokens for r in records] == [6, 3, 4]
 
 
 def test_absent_package_is_backend_unavailable(monkeypatch):

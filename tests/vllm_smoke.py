@@ -4,7 +4,11 @@
 
 One engine start (enforce_eager, small KV cache), then: more prompts than max_num_seqs, so
 some requests queue; every request must get exactly the asked number of tokens with real,
-ordered timestamps; both timestamp sources must give the same tokens. Prints one JSON line
+ordered timestamps; both timestamp sources must give the same tokens. Then the output
+policies on the same engine: per-request exact targets (EOS ignored), and natural outputs
+(EOS allowed) with per-request caps. So that EOS comes up, the engine runs a copy of the demo
+model whose generation config lists every third token id as an EOS (vLLM stops at them like at
+the tokenizer's own; under exact policies `min_tokens` masks them). Prints one JSON line
 starting with SMOKE_RESULT and exits non-zero on any failed check.
 """
 
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +26,9 @@ MAX_NUM_SEQS = 2
 NUM_PROMPTS = 5
 INPUT_TOKENS = 12
 OUTPUT_TOKENS = 8
+#: Per-request targets (exact) and caps (natural) of the output-policy checks.
+TARGETS = [3, 8, 5, 2, 6]
+CAPS = [8, 8, 6, 8, 4]
 
 
 def check(records, label: str) -> None:
@@ -38,8 +47,52 @@ def check(records, label: str) -> None:
     assert records[-1].first_token_s > records[0].finish_s - 1e-9 or MAX_NUM_SEQS >= NUM_PROMPTS
 
 
+def eos_model(model_dir: str, out: Path) -> tuple[str, set[int]]:
+    """A copy of `model_dir` whose generation config's EOS ids are the tokenizer's EOS and
+    every id divisible by 3."""
+    copy = out / "model"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "generation_config.json").read_text())
+    eos = {int(config["eos_token_id"]), *range(3, int(json.loads(
+        (copy / "config.json").read_text())["vocab_size"]), 3)}
+    config["eos_token_id"] = sorted(eos)
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    return str(copy), eos
+
+
+def check_policies(backend, prompts) -> list[int]:
+    """Exact per-request targets, then natural outputs under per-request caps; the natural
+    lengths."""
+    exact = backend.generate(prompts, TARGETS, True)
+    for record, target in zip(exact, TARGETS):
+        where = f"exact, request {record.request_id}"
+        assert record.success, f"{where}: {record.error}"
+        assert record.output_tokens == target == len(record.token_times_s), where
+        assert record.target_output_tokens == target, where
+    natural = backend.generate(prompts, CAPS, False)
+    for record, cap in zip(natural, CAPS):
+        where = f"natural, request {record.request_id}"
+        ids = record.output_token_ids
+        assert record.success, f"{where}: {record.error}"
+        assert 1 <= record.output_tokens == len(ids) == len(record.token_times_s) <= cap, where
+        assert record.target_output_tokens == cap, where
+        # Ends at its first EOS (counted) or at its cap.
+        assert not any(t in EOS_IDS for t in ids[:-1]), f"{where}: EOS inside {ids}"
+        assert ids[-1] in EOS_IDS or len(ids) == cap, f"{where}: {ids}"
+    lengths = [r.output_tokens for r in natural]
+    assert any(n < cap for n, cap in zip(lengths, CAPS)), f"no output ended at EOS: {lengths}"
+    return lengths
+
+
+EOS_IDS: set[int] = set()
+
+
 def main(model_dir: str) -> None:
     from llm_energy.backends.vllm_backend import VllmBackend
+
+    tmp = tempfile.TemporaryDirectory()
+    model_dir, eos = eos_model(model_dir, Path(tmp.name))
+    EOS_IDS.update(eos)
 
     settings = {
         "max_num_seqs": MAX_NUM_SEQS,
@@ -74,13 +127,17 @@ def main(model_dir: str) -> None:
         assert same, "greedy decoding gave different tokens on the second run"
         for record in engine_records + frontend_records:
             assert all(0 <= t < vocab for t in record.output_token_ids)
+        backend.timestamps = "engine"
+        natural_lengths = check_policies(backend, prompts)
     finally:
         backend.close()
+        tmp.cleanup()
     assert backend._llm is None
     print("SMOKE_RESULT " + json.dumps({
         "load_s": round(info.duration_s, 2),
         "ttft_ms": [round(1000 * (r.first_token_s - r.arrival_s), 2) for r in engine_records],
         "kv_cache_blocks": info.extra.get("kv_cache_blocks"),
+        "natural_lengths": natural_lengths, "caps": CAPS,
     }))
 
 
