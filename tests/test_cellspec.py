@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from conftest import ROOT, small_study
+from conftest import DEMO_CONFIG, small_study
 
 from llm_energy.backends import registry
 from llm_energy.measure.protocol import CellRunner
@@ -72,7 +72,7 @@ def test_idle_baseline_is_cached_with_the_config_default_ttl(tmp_path):
 
 
 def test_cell_ids_are_the_spec_identity():
-    for study in (load_study(ROOT / "config" / "config.yaml"),
+    for study in (load_study(DEMO_CONFIG),
                   validate_study(small_study(backends={
                       "transformers": {"batch_size": [1, 2]},
                       "vllm": {"max_num_seqs": [4], "mode": ["offline", "server"]}})),
@@ -92,7 +92,7 @@ def test_default_study_cell_ids_are_unchanged():
     """The registry and the cell spec moved code, not identities: the default study's ids as
     main computed them before the change (commit 0bc91c7, release-1 ids). Change this list
     only with a deliberate change of the hash policy (`identity.cell_hash`)."""
-    cells, _ = expand(load_study(ROOT / "config" / "config.yaml"))
+    cells, _ = expand(load_study(DEMO_CONFIG))
     assert sorted(c.cell_id for c in cells) == sorted([
         "cdfef8dae121", "f12439d1a029", "d911ddbf9dce", "1ff90382aaf3", "5e419bb9d821",
         "3be9b7bcba42", "7cf6c38d07ae", "50c839f5d443"])

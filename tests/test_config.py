@@ -22,6 +22,11 @@ def expected_message(path: Path) -> str:
 
 def test_default_study_is_valid():
     study = load_study(ROOT / "config" / "config.yaml")
+    assert study.models[0].gguf is not None
+
+
+def test_demo_study_is_valid():
+    study = load_study(ROOT / "config" / "examples" / "cpu-demo.yaml")
     assert study.models[0].demo is not None
 
 
@@ -128,7 +133,8 @@ def test_config_readme_documents_every_key():
     from llm_energy.study import config as c
 
     backend_configs = [spec.config for spec in registry.specs().values()]
-    for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, *backend_configs,
+    for model in (c.StudyConfig, c.ModelConfig, c.DemoModelSpec, c.GgufModelSpec,
+                  *backend_configs,
                   c.WorkloadConfig, c.MeasurementConfig, c.WarmupConfig, c.CarbonConfig):
         for name in model.model_fields:
             assert f"`{name}`" in readme or f".{name}`" in readme, f"{model.__name__}.{name}"

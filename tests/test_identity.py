@@ -8,7 +8,7 @@ from typing import Annotated
 
 import pytest
 import yaml
-from conftest import ROOT, small_study
+from conftest import DEMO_CONFIG, ROOT, small_study
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_energy.backends import registry
@@ -54,11 +54,11 @@ def with_key(study: dict, key: str, value: object) -> dict:
 
 
 def test_default_study_keeps_its_release_1_ids():
-    cells, _ = expand(load_study(ROOT / "config" / "config.yaml"))
+    cells, _ = expand(load_study(DEMO_CONFIG))
     assert [cell.cell_id for cell in cells] == DEFAULT_STUDY_IDS
     # ... and its measure params are what release 1 recorded (the whole config as it was
     # then, in the same order), so Snakemake reruns nothing after the upgrade either.
-    plan = plan_from_config({}, ROOT)
+    plan = plan_from_config(yaml.safe_load(DEMO_CONFIG.read_text()), ROOT)
     for cell in cells:
         release_1 = {**as_in_release_1(cell.config, ident.RELEASE_1_KEYS, cell.backend),
                      "cell_id": cell.cell_id}
@@ -69,7 +69,7 @@ def test_default_study_keeps_its_release_1_ids():
 def test_max_cycles_written_out_at_its_default_moves_no_id():
     """`measurement.max_cycles` defaults to `cycles`: writing that value out is the same
     study (same cell ids and measure params); another value makes new cells."""
-    study = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    study = yaml.safe_load(DEMO_CONFIG.read_text())
     study["measurement"]["max_cycles"] = study["measurement"]["cycles"]
     assert ids(study) == DEFAULT_STUDY_IDS
     base = small_study()
@@ -201,7 +201,8 @@ def test_a_non_default_operational_setting_still_reaches_the_measurement():
 
 
 def test_every_config_model_refuses_non_finite_floats():
-    study_modules = {c.__name__, "llm_energy.study.sections", "llm_energy.study.base"}
+    study_modules = {c.__name__, "llm_energy.study.sections", "llm_energy.study.base",
+                     "llm_energy.study.model_spec"}
     models = [m for m in vars(c).values()
               if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ in study_modules]
     assert len(models) >= 10

@@ -10,6 +10,8 @@ WORKDIR /opt/llm-energy
 COPY requirements/main.txt requirements/main.txt
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
         -r requirements/main.txt
+COPY requirements/no-deps/main.txt requirements/no-deps/main.txt
+RUN pip install --no-cache-dir --no-deps -r requirements/no-deps/main.txt
 COPY pyproject.toml README.md ./
 COPY src src
 RUN pip install --no-cache-dir --no-deps .

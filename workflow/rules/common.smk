@@ -9,7 +9,7 @@ from llm_energy.analysis.export import task_file
 from llm_energy.analysis.figures import FORMATS, figure_names
 from llm_energy.backends.registry import PIPELINE_ENVIRONMENT
 from llm_energy.execution.runner import failure_message
-from llm_energy.study.plan import plan_or_exit
+from llm_energy.study.plan import GGUF_MODELS_DIR, plan_or_exit
 
 # No `configfile:` directive: Snakemake would merge a user's --configfile into the default
 # study key by key. Validation happens here, before any job exists; it also refuses a study

@@ -41,6 +41,11 @@ from llm_energy.study.base import (  # noqa: F401 - re-exported: config's names
     _as_axis,
     _Strict,
 )
+from llm_energy.study.model_spec import (  # noqa: F401 - re-exported: config's names
+    DemoModelSpec,
+    GgufModelSpec,
+    ModelConfig,
+)
 from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's names
     GPU_AXES,
     MAX_RETRIES,
@@ -55,87 +60,6 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
 )
 from llm_energy.study.workload_spec import WorkloadSpec, longest_tokens
 from llm_energy.study.workload_sweep import WorkloadSweep
-
-# ---------------------------------------------------------------- models
-
-
-class DemoModelSpec(_Strict):
-    """A tiny Llama-architecture model with random weights, built locally (no download)."""
-
-    vocab_size: int = Field(8000, ge=300, le=131072)
-    hidden_size: int = Field(256, gt=0)
-    intermediate_size: int = Field(1024, gt=0)
-    num_layers: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
-    num_kv_heads: int = Field(4, gt=0)
-    max_position_embeddings: int = Field(2048, gt=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> DemoModelSpec:
-        if self.hidden_size % self.num_heads:
-            raise ValueError("hidden_size must be a multiple of num_heads")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be a multiple of num_kv_heads")
-        return self
-
-
-class ModelConfig(_Strict):
-    """Exactly one of `demo`, `path` or `hub_id`."""
-
-    name: str = Field(pattern=_NAME_PATTERN)
-    demo: DemoModelSpec | None = None
-    path: str | None = None
-    hub_id: str | None = None
-    trust_remote_code: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelConfig:
-        given = [k for k in ("demo", "path", "hub_id") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'demo', 'path' or 'hub_id'")
-        return self
-
-    @field_validator("hub_id")
-    @classmethod
-    def _hub_id_shape(cls, value: str | None) -> str | None:
-        if value is not None and (not HUB_ID_PATTERN.match(value) or "--" in value
-                                  or ".." in value or value.endswith(".git")):
-            raise ValueError("not a hub repository id: give 'org/name' (or 'name'): ASCII "
-                             "letters, digits, '-', '_', '.', at most 96 each, no leading or "
-                             "trailing '-'/'.', no '--' or '..'")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, value: str | None) -> str | None:
-        if value is not None and not (Path(value).expanduser() / "config.json").is_file():
-            raise ValueError(f"no model directory with a config.json at {value}: give the "
-                             "directory written by save_pretrained")
-        return value
-
-    def context_limit(self) -> tuple[int | None, str]:
-        """The model's position limit, tokens, and where it comes from: a demo model's
-        `max_position_embeddings`, a local model's config.json; (None, "") for hub models
-        (unknown before download)."""
-        if self.demo is not None:
-            return self.demo.max_position_embeddings, f"models[{self.name}].demo.max_position_embeddings"
-        if self.path is not None:
-            config_file = Path(self.path).expanduser() / "config.json"
-            try:
-                config = json.loads(config_file.read_text())
-            except (OSError, ValueError):
-                return None, ""
-            config = config.get("text_config") or config if isinstance(config, dict) else {}
-            for key in CONTEXT_LIMIT_KEYS:
-                if isinstance(config.get(key), int) and config[key] > 0:
-                    return config[key], f"{config_file} '{key}'"
-        return None, ""
-
-    @property
-    def kind(self) -> str:
-        return "demo" if self.demo else "path" if self.path else "hub"
-
 
 # ---------------------------------------------------------------- backends
 # Each backend's settings class is declared with the backend (backends/<name>_spec.py) and
@@ -402,7 +326,35 @@ def validate_study(data: Any) -> StudyConfig:
         raise ConfigError(first + more) from None
 
 
-def load_study(path: str | Path) -> StudyConfig:
+#: Keys that hold a file or directory path: (section path, key); `*` is every list item.
+PATH_KEYS = ((("models", "*"), "path"), (("models", "*", "gguf"), "path"),
+             (("workload", "dataset"), "path"), (("workload",), "trace_path"))
+
+
+def rebase_paths(data: Any, base: Path) -> Any:
+    """`data` (a study as loaded from YAML) with its relative paths (`PATH_KEYS`) made
+    relative to `base`: for the workflow's default study run from another working directory,
+    whose paths name the workflow's own files."""
+    def visit(node: Any, parts: tuple[str, ...], key: str) -> None:
+        if not parts:
+            value = node.get(key) if isinstance(node, dict) else None
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                node[key] = str(base / value)
+            return
+        head, rest = parts[0], parts[1:]
+        children = (node if isinstance(node, list) else []) if head == "*" else \
+            [node.get(head)] if isinstance(node, dict) else []
+        for child in children:
+            visit(child, rest, key)
+
+    for parts, key in PATH_KEYS:
+        visit(data, parts, key)
+    return data
+
+
+def load_study(path: str | Path, base: Path | None = None) -> StudyConfig:
+    """The study of a YAML file; with `base`, its relative paths are taken from there
+    (`rebase_paths`) instead of the working directory."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -415,7 +367,7 @@ def load_study(path: str | Path) -> StudyConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    return validate_study(data)
+    return validate_study(rebase_paths(data, base) if base is not None else data)
 
 
 def json_schema() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_energy.backends import registry
+from llm_energy.backends.checkpoint_facts import gguf_header
 from llm_energy.study.config import (
     ConfigError,
     ModelConfig,
@@ -27,6 +28,8 @@ from llm_energy.study.workload_spec import WORKLOAD_DIR, WorkloadSpec, workload_
 
 DEFAULT_CONFIG = "config/config.yaml"
 MODELS_DIR = "resources/models"
+#: GGUF models converted by the rule `gguf_model`, one directory per model name.
+GGUF_MODELS_DIR = f"{MODELS_DIR}/gguf"
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -67,13 +70,16 @@ class Plan:
         model = self.models[model_name]
         if model.demo is not None:
             return f"{MODELS_DIR}/{model.name}"
+        if model.gguf is not None:
+            return f"{GGUF_MODELS_DIR}/{model.name}"
         return model.path if model.path is not None else str(model.hub_id)
 
     def model_input(self, model_name: str) -> list[str]:
-        """The files a cell's measurement depends on (demo models are built by the DAG)."""
+        """The files a cell's measurement depends on (demo and GGUF models are built by the
+        DAG)."""
         model = self.models[model_name]
-        if model.demo is not None:
-            return [f"{MODELS_DIR}/{model.name}/config.json"]
+        if model.demo is not None or model.gguf is not None:
+            return [f"{self.model_path(model_name)}/config.json"]
         if model.path is not None:
             return [str(Path(model.path) / "config.json")]
         return []
@@ -82,6 +88,20 @@ class Plan:
         demo = self.models[model_name].demo
         assert demo is not None, f"model {model_name} is not a demo model"
         return demo.model_dump(mode="json")
+
+    def gguf_spec(self, model_name: str) -> dict[str, Any]:
+        """The `gguf_model` rule's `spec` param: the study's `gguf:` entry (a new dtype or file
+        converts again)."""
+        gguf = self.models[model_name].gguf
+        assert gguf is not None, f"model {model_name} is not a GGUF model"
+        return gguf.model_dump(mode="json", exclude_none=True)
+
+    def gguf_file(self, model_name: str) -> str:
+        """The GGUF file the `gguf_model` rule converts (absolute; inside an installed package
+        for `gguf: {package: ...}`), its input: replacing the file converts again."""
+        gguf = self.models[model_name].gguf
+        assert gguf is not None, f"model {model_name} is not a GGUF model"
+        return str(gguf.file_path())
 
     def cell_params(self, cell_id: str) -> dict[str, Any]:
         """Everything the measurement needs: the cell's resolved configuration (measured and
@@ -259,6 +279,9 @@ def _weights_mb(model: ModelConfig) -> float | None:
                   + demo.num_layers * (4 * demo.hidden_size ** 2
                                        + 3 * demo.hidden_size * demo.intermediate_size))
         return params * 4 / 2**20  # built in float32
+    if model.gguf is not None:  # dequantized: the parameters in the spec's dtype
+        width = 4 if model.gguf.dtype == "float32" else 2
+        return gguf_header(model.gguf.file_path()).parameters * width / 2**20
     if model.path is not None:
         directory = Path(model.path).expanduser()
         return sum(p.stat().st_size for p in directory.iterdir()
@@ -282,7 +305,11 @@ def plan_from_config(config: dict[str, Any], project_dir: str = ".",
         config_file = ";".join(str(Path(f).resolve()) for f in config_files or [])
     else:
         path = default_config(project_dir)
-        study, config_file = load_study(path), str(path)
+        # The workflow's own default study, run from another directory: its relative paths
+        # (the bundled dataset) name files of the workflow, not of the working directory.
+        here = Path(DEFAULT_CONFIG).resolve()
+        base = None if path == here else Path(project_dir).resolve()
+        study, config_file = load_study(path, base), str(path)
     cells, pruned = expand(study)
     return Plan(study, {c.cell_id: c for c in cells}, pruned, project_dir=str(project_dir),
                 config_file=config_file)
