@@ -209,6 +209,12 @@ ALLOWED = {
     # which the export writes for every backend, and the RequestTracker rule's parameter.
     ("analysis/export.py", "max_num_seqs"), ("analysis/export.py", "max_num_batched_tokens"),
     ("measure/mlenergy.py", "max_num_seqs"), ("measure/rows.py", "max_num_seqs"),
+    # The same field read back: leaderboard files merged, leaderboard/benchmark files read as
+    # references.
+    ("analysis/export_merge.py", "max_num_seqs"), ("analysis/reference.py", "max_num_seqs"),
+    # The engine ML.ENERGY's benchmark serves every model with (a fact about the peer's data:
+    # its reference rows carry that engine's settings).
+    ("analysis/reference.py", "vllm"),
     # The OpenAI API client's endpoint (any server: vLLM's, SGLang's, an external one).
     ("loadgen/client.py", "base_url"),
     # A key of Hugging Face config.json files (MPT's position limit), not TensorRT-LLM's.
