@@ -125,6 +125,29 @@ def test_power_timeseries_with_steady_window(tmp_path):
     check_figure_files(tmp_path / "old")
 
 
+def test_power_timeseries_idle_and_cycle_shading_differ_and_are_in_the_legend(tmp_path, monkeypatch):
+    """Idle and the measured cycles are told apart: a colour each, both named in the legend."""
+    from matplotlib.colors import to_rgb
+
+    from llm_energy.analysis import cell_figures
+
+    t = np.arange(0, 4, 0.1)
+    ts = pd.DataFrame({"t_s": t, "device": "cpu", "power_w": 10.0, "power_source": "rapl",
+                       "phase": ["idle" if x < 2 else "cycle0" for x in t]})
+    runs = pd.DataFrame({"cycle": [0], "status": "ok", "duration_s": 1.9, "cycle_start_s": [2.0],
+                         "steady_state_start_s": 0.5, "steady_state_end_s": 1.5})
+    seen = {}
+    monkeypatch.setattr(cell_figures, "save", lambda fig, stem: seen.setdefault("fig", fig) and [])
+    power_timeseries(runs, ts, tmp_path / "p", None)
+    legend = seen["fig"].legends[0]
+    colours = {text.get_text(): to_rgb(handle.get_facecolor())
+               for text, handle in zip(legend.get_texts(), legend.legend_handles)
+               if hasattr(handle, "get_facecolor")}  # the shaded spans, not the power line
+    assert {"idle", "cycle", "steady state"} <= set(colours)
+    assert colours["idle"] != colours["cycle"] != colours["steady state"]
+    assert colours["idle"] == to_rgb("#e6f0f8") and colours["cycle"] == to_rgb("#CC79A7")
+
+
 def _cell_dir(root: Path, cell_id: str, power_w: float) -> Path:
     cell = root / "cells" / "m" / "transformers" / cell_id
     cell.mkdir(parents=True)

@@ -484,7 +484,16 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
     # 20 bins of 1.1 tokens from 10: 10 alone in the first; 31 and three 32s in the last.
     assert sum(counts) == 8 and counts[0] == 1 and counts[-1] == 4
     assert browser.eval("document.querySelectorAll('#detail-hist .bars path').length") >= 1
-    assert browser.eval("document.getElementById('detail-power').data.length") == 1
+    # One power line; idle and the cycles shaded in colours of their own, named in the legend.
+    power = browser.eval("document.getElementById('detail-power').data.map(function(t){"
+                         "return [t.name,t.mode,t.marker?t.marker.color:null];})")
+    assert [p[0] for p in power if p[1] == "lines"] == ["cpu (estimate)"]
+    legend = {p[0]: p[2] for p in power if p[1] == "markers"}
+    assert {"idle", "cycle", "steady state"} <= set(legend) and len(set(legend.values())) == len(legend)
+    fills = browser.eval("document.getElementById('detail-power').layout.shapes.map(function(s){"
+                         "return [s.x0,s.x1,s.fillcolor];})")
+    assert [0.0, 12.0, legend["idle"]] in fills and [12.5, 22.5, legend["cycle"]] in fills
+    assert "idle" in browser.eval("document.querySelector('#detail-power .legend').textContent")
     browser.eval("window.scrollTo(0, 0)")
     shot = browser.screenshot(tmp_path / "interactive.png")
     assert png_size(shot)[0] >= 1000
@@ -518,3 +527,36 @@ def test_many_cells_draw_with_webgl_and_still_filter(browser, tmp_path):
     assert browser.eval(drawn) == n - n // 3
     assert browser.eval("document.getElementById('shown-count').textContent") == \
         f"{n - n // 3} of {n} configurations shown"
+
+
+@needs_chromium
+def test_headline_answer_is_on_screen_without_scrolling(tmp_path):
+    """At 1400×900 the page opens on the answer: per model the lowest-energy and the fastest
+    configuration (and the cheapest meeting the SLO), above the charts, no scrolling."""
+    summary, _ = study_frames()
+    summary["slo_attainment"] = [0.99, 0.95, 0.5, 0.92, 0.8, None]
+    summary["slo_target_attainment"] = 0.9
+    path = tmp_path / "headline.html"
+    path.write_text(render(summary, pd.DataFrame(), [], {}, [], "headline"))
+    chrome = Chromium(tmp_path / "profile", 1400, 900)
+    try:
+        chrome.open(path)
+        assert chrome.eval("window.scrollY") == 0
+        box = chrome.eval("(function(){var r=document.getElementById('headline')"
+                          ".getBoundingClientRect();return {top:r.top,bottom:r.bottom,right:r.right};})()")
+        assert box["top"] >= 0 and box["bottom"] <= 900 and box["right"] <= 1400
+        assert chrome.eval("document.getElementById('headline').getBoundingClientRect().bottom<="
+                           "document.getElementById('chart-throughput').getBoundingClientRect().top")
+        # By hand (test_report_data): m1 → batch 4 lowest, batch 8 fastest and cheapest
+        # meeting the SLO; m2's only cell misses it.
+        cells = chrome.eval("Array.from(document.querySelectorAll('#headline tbody tr')).map("
+                            "function(r){return Array.from(r.cells).map(function(c){"
+                            "return c.dataset.cell||c.textContent;});})")
+        assert cells[0] == ["m1", "aaaaaaaaaaa3", "aaaaaaaaaaa4", "aaaaaaaaaaa4"]
+        assert cells[1][:3] == ["m2", "bbbbbbbbbbb1", "bbbbbbbbbbb1"]
+        assert cells[1][3].startswith("no cell meets the SLO")
+        text = chrome.eval("document.getElementById('headline').innerText")
+        assert "0.2000 (0.1800–0.2200) J/token" in text and "batch_size=4" in text
+        assert "320.0 tokens/s" in text
+    finally:
+        chrome.close()

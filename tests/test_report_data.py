@@ -110,8 +110,12 @@ def test_cell_detail_histogram_and_power(tmp_path):
     assert power["power_w"][:3] == [10.0, 12.0, 14.0]  # 10 + k % 7 for k = 0, 9, 18
     # The cycle starts 12.5 s after load and lasts 10 s; its steady window is 2–8 s into it.
     assert detail["windows"] == [[12.5, 22.5, [14.5, 20.5]]]
+    # The first 500 samples (0.5 s apart) are idle: shaded apart from the cycle.
+    assert detail["phases"] == [["idle", 0.0, 249.5]]
+    shades = report_data.shading()
+    assert len({shades["idle"], shades["cycle"], shades["steady state"]}) == 3
     assert report_data.cell_detail(tmp_path / "missing") == {"lengths": None, "power": [],
-                                                            "windows": []}
+                                                            "windows": [], "phases": []}
 
 
 def test_page_embeds_the_data_and_plotly_offline(tmp_path):
@@ -176,3 +180,43 @@ def test_environment_shows_a_dash_not_none_for_a_local_run():
     html = render(summary, pd.DataFrame(), [], {"c": {"host": "h", "slurm_job_id": None}}, [], "t")
     row = re.search(r"Slurm job</th><td>([^<]*)</td>", html).group(1)
     assert row == "—"
+
+
+def test_headline_per_model_lowest_energy_fastest_and_cheapest_meeting_the_slo():
+    """By hand from study_frames: m1's lowest J/token is batch 4 (0.20), its fastest batch 8
+    (320 tok/s); with an SLO of attainment ≥ 0.9, batch 4 (0.5) and m2's only cell (0.8) miss
+    it, so m1's cheapest meeting it is batch 8 (0.25 < batch 2's 0.30 < batch 1's 0.50)."""
+    from llm_energy.analysis import headline
+
+    summary, _ = study_frames()
+    summary["output_tokens_per_s_ci95_low"] = summary["output_tokens_per_s"] - 20
+    summary["output_tokens_per_s_ci95_high"] = summary["output_tokens_per_s"] + 20
+    rows = {r["model"]: r for r in headline.headline(summary)}
+    m1 = rows["m1"]
+    assert (m1["energy"]["cell_id"], m1["energy"]["value"], m1["energy"]["settings"]) == \
+        ("aaaaaaaaaaa3", "0.2000 (0.1800–0.2200)", "batch_size=4")
+    assert (m1["fastest"]["cell_id"], m1["fastest"]["value"], m1["fastest"]["settings"]) == \
+        ("aaaaaaaaaaa4", "320.0 (300.0–340.0)", "batch_size=8")
+    assert m1["slo"] is None and "Cheapest meeting" not in headline.section(summary)
+    # m2 has one cell: nothing differs, so every present setting identifies it.
+    assert rows["m2"]["energy"]["cell_id"] == rows["m2"]["fastest"]["cell_id"] == "bbbbbbbbbbb1"
+    assert rows["m2"]["energy"]["settings"] == "batch_size=1, dtype=float32"
+
+    summary["slo_attainment"] = [0.99, 0.95, 0.5, 0.92, 0.8, None]
+    summary["slo_target_attainment"] = 0.9
+    rows = {r["model"]: r for r in headline.headline(summary)}
+    assert rows["m1"]["energy"]["cell_id"] == "aaaaaaaaaaa3"  # unconstrained: unchanged
+    assert (rows["m1"]["slo"]["cell_id"], rows["m1"]["slo"]["value"]) == \
+        ("aaaaaaaaaaa4", "0.2500 (0.2250–0.2750)")
+    assert rows["m1"]["slo"]["note"] == "SLO attainment 0.920 ≥ 0.9"
+    assert rows["m2"]["slo"] is None
+    assert rows["m2"]["verdict"] == "no cell meets the SLO (best attainment 0.800)"
+    # The page opens with it: before the filters and charts.
+    page = render(summary, pd.DataFrame(), [], {}, [], "t")
+    assert page.index('id="headline"') < page.index('id="filters"') < page.index('id="chart-throughput"')
+    assert "Cheapest meeting the SLO" in page and "no cell meets the SLO" in page
+
+
+def test_local_runs_show_no_slurm_job():
+    page = render(study_frames()[0], pd.DataFrame(), [], {"c": {"slurm_job_id": None}}, [], "t")
+    assert "<th class='t'>Slurm job</th><td>—</td>" in page

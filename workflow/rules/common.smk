@@ -93,10 +93,14 @@ wildcard_constraints:
 # Failed cells do not stop the study (the runner writes a `status = failed` row and the job
 # succeeds), so the exit status is set here: non-zero, with the list, when any planned cell
 # failed or its result is unreadable. Not called on dry runs or when nothing had to be done.
+# Its last line says where the report is.
 onsuccess:
     _failures = failure_message(RUNS_FILES, f"{RESULTS}/summary.parquet")
     if _failures:
         sys.stderr.write(_failures)
+    if Path(f"{RESULTS}/report.html").is_file():
+        sys.stderr.write(f"report: {RESULTS}/report.html\n")
+    if _failures:
         raise SystemExit(1)
 
 

@@ -30,6 +30,8 @@ from llm_energy.analysis.figures import (
 )
 
 PHASE_COLOURS = {"load": "0.92", "idle": "#e6f0f8", "warmup": "#fdf2dc"}
+#: The measured cycles' shading: a hue of its own (not idle's blue), steady state darker.
+CYCLE_COLOUR, STEADY_COLOUR = OKABE_ITO[4], OKABE_ITO[2]
 
 
 def cycle_windows(runs: pd.DataFrame, ts: pd.DataFrame) -> list[tuple[float, float, tuple[float, float] | None]]:
@@ -77,10 +79,10 @@ def power_timeseries(runs: pd.DataFrame, timeseries: pd.DataFrame, stem: Path,
                         ax.axvspan(times.min(), times.max(), color=colour, zorder=0, lw=0,
                                    label=phase)
             for j, (a, b, steady) in enumerate(windows):
-                ax.axvspan(a, b, color=OKABE_ITO[5], alpha=0.15, lw=0, zorder=0,
+                ax.axvspan(a, b, color=CYCLE_COLOUR, alpha=0.15, lw=0, zorder=0,
                            label="cycle" if j == 0 else None)
                 if steady is not None:
-                    ax.axvspan(*steady, color=OKABE_ITO[2], alpha=0.35, lw=0, zorder=0,
+                    ax.axvspan(*steady, color=STEADY_COLOUR, alpha=0.35, lw=0, zorder=0,
                                label="steady state" if j == 0 else None)
             if i == 1 and windows:
                 span = windows[-1][1] - windows[0][0]

@@ -18,6 +18,8 @@ DEFAULT_OBJECTIVE = OBJECTIVES[0]
 SPEED = "output_tokens_per_s"
 ATTAINMENT = "slo_attainment"
 NO_CELL = "no cell meets the SLO"
+#: The verdict of a group with a winner.
+OK = "ok"
 
 
 def workload_columns(summary: pd.DataFrame) -> list[str]:
@@ -85,7 +87,7 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
         best = meets.iloc[0]
         # The settings that tell the group's cells apart (all of them when none differ).
         settings = [n for n in present if group[n].astype(str).nunique() > 1] or present
-        out.update(verdict="ok", cell_id=best["cell_id"], backend=best["backend"],
+        out.update(verdict=OK, cell_id=best["cell_id"], backend=best["backend"],
                    settings=_settings_text(best, settings), objective=objective)
         for suffix in ("", "_ci95_low", "_ci95_high"):
             out[objective + suffix] = best.get(objective + suffix)

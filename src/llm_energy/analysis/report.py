@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from llm_energy.analysis import recommend, report_data, report_page
+from llm_energy.analysis import headline, recommend, report_data, report_page
 from llm_energy.analysis.figures import CAPTIONS, pareto_cells
 from llm_energy.analysis.reference import report_section
 from llm_energy.results import schema
@@ -163,7 +163,7 @@ def _environment(provenance: dict[str, dict[str, Any]]) -> str:
         "git commit": lambda p: f'{(p.get("git") or {}).get("commit")}'
         + (" (dirty)" if (p.get("git") or {}).get("dirty") else ""),
         "code fingerprint": lambda p: p.get("code_fingerprint"),
-        "Slurm job": lambda p: p.get("slurm_job_id"),
+        "Slurm job": lambda p: p.get("slurm_job_id") or None,  # local runs: "—"
     }
     rows = []
     for name, get in fields.items():
@@ -214,7 +214,8 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
              f"<p>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by llm-energy. "
              f"{len(summary)} cell(s) measured, "
              f"{int((summary['status'] != 'ok').sum()) if len(summary) else 0} failed, "
-             f"{int((matrix['status'] == 'pruned').sum()) if len(matrix) else 0} pruned.</p>"]
+             f"{int((matrix['status'] == 'pruned').sum()) if len(matrix) else 0} pruned.</p>",
+             headline.section(summary)]
     sources = sorted({s for s in summary.get("energy_source", pd.Series(dtype=str)).dropna()})
     if any("estimate" in s for s in sources) or not sources:
         parts.append('<p class="warn"><b>Energy is estimated, not measured</b> for cells marked '

@@ -194,15 +194,27 @@ def _strided(values: np.ndarray, step: int) -> list[float]:
     return [round(float(v), 3) for v in values[::step]]
 
 
+def shading() -> dict[str, str]:
+    """The power chart's shading colours (CSS), the same as the paper figure's: each phase
+    outside the cycles (load, idle, warmup), the measured cycles, their steady state."""
+    from matplotlib.colors import to_hex
+
+    from llm_energy.analysis.cell_figures import CYCLE_COLOUR, PHASE_COLOURS, STEADY_COLOUR
+
+    return {**{p: to_hex(c) for p, c in PHASE_COLOURS.items()},
+            "cycle": to_hex(CYCLE_COLOUR), "steady state": to_hex(STEADY_COLOUR)}
+
+
 def cell_detail(cell_dir: Path) -> dict[str, Any]:
     """One cell's output-length histogram (successful requests, all cycles) and its power
-    samples per device (strided to MAX_POWER_POINTS) with the cycle and steady windows.
+    samples per device (strided to MAX_POWER_POINTS) with the cycle and steady windows and
+    the spans of the phases before the cycles (`phases`: [phase, first t, last t]).
     Read with pyarrow column by column: at 10,000 cells this is most of the report's time."""
     import pyarrow.parquet as pq
 
-    from llm_energy.analysis.cell_figures import cycle_windows
+    from llm_energy.analysis.cell_figures import PHASE_COLOURS, cycle_windows
 
-    out: dict[str, Any] = {"lengths": None, "power": [], "windows": []}
+    out: dict[str, Any] = {"lengths": None, "power": [], "windows": [], "phases": []}
     requests = Path(cell_dir) / "requests.parquet"
     if requests.is_file():
         req = pq.read_table(requests, columns=["output_tokens", "success"], use_threads=False)
@@ -229,9 +241,11 @@ def cell_detail(cell_dir: Path) -> dict[str, Any]:
             source = next((s for s, m in zip(sources, mine) if m and s), "")
             out["power"].append({"device": str(device), "source": str(source),
                                  "t_s": _strided(t[mine], step), "power_w": _strided(w[mine], step)})
+        ts = pd.DataFrame({"t_s": table.column("t_s").to_numpy(zero_copy_only=False),
+                           "phase": table.column("phase").to_pylist()})
+        spans = ts[ts["phase"].isin(list(PHASE_COLOURS))].groupby("phase")["t_s"].agg(["min", "max"])
+        out["phases"] = [[str(p), float(r["min"]), float(r["max"])] for p, r in spans.iterrows()]
         if runs.is_file():
-            ts = pd.DataFrame({"t_s": table.column("t_s").to_numpy(zero_copy_only=False),
-                               "phase": table.column("phase").to_pylist()})
             out["windows"] = [[float(a), float(b), None if s is None else [float(x) for x in s]]
                               for a, b, s in cycle_windows(pq.read_table(runs, use_threads=False).to_pandas(), ts)]
     return out
@@ -264,6 +278,7 @@ def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
     return {"metrics": {m: metric_meta(m) for m in METRICS}, "energy": ENERGY,
             "throughput": THROUGHPUT, "itl": {str(q): c for q, c in ITL_COLUMNS.items()},
             "frontiers": {name: x for name, x, _ in FRONTIERS}, "cells": cells,
+            "shading": shading(),
             "details": details}
 
 

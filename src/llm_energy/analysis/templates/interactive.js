@@ -152,15 +152,24 @@ function showDetail(id){
        xaxis:{title:{text:'output tokens'}},yaxis:{title:{text:'requests'}}},{displaylogo:false});
   }else{fresh('detail-hist').textContent='No successful requests recorded for this cell.';}
   if(d.power&&d.power.length){
-    var shapes=[];(d.windows||[]).forEach(function(wd){
-      shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[0],x1:wd[1],y0:0,y1:1,fillcolor:'rgba(204,121,167,.15)',line:{width:0}});
-      if(wd[2])shapes.push({type:'rect',xref:'x',yref:'paper',x0:wd[2][0],x1:wd[2][1],y0:0,y1:1,fillcolor:'rgba(0,158,115,.3)',line:{width:0}});});
+    // Shading: the phases before the cycles (idle, ...), each cycle, its steady state, each
+    // in its own colour (D.shading, as in the paper figure) and named in the legend.
+    var S=D.shading,shapes=[],named={};
+    function shade(kind,x0,x1,opacity){named[kind]=1;shapes.push({type:'rect',xref:'x',yref:'paper',
+      x0:x0,x1:x1,y0:0,y1:1,fillcolor:S[kind],opacity:opacity,layer:'below',line:{width:0}});}
+    (d.phases||[]).forEach(function(p){shade(p[0],p[1],p[2],1);});
+    (d.windows||[]).forEach(function(wd){shade('cycle',wd[0],wd[1],0.25);
+      if(wd[2])shade('steady state',wd[2][0],wd[2][1],0.35);});
+    var traces=d.power.map(function(p){return {type:'scatter',mode:'lines',
+      name:p.device+(p.source?' ('+p.source+')':''),x:p.t_s,y:p.power_w};});
+    Object.keys(S).forEach(function(kind){if(named[kind])traces.push({type:'scatter',mode:'markers',
+      x:[null],y:[null],name:kind,hoverinfo:'skip',marker:{symbol:'square',size:12,color:S[kind],
+      opacity:kind==='cycle'?0.5:kind==='steady state'?0.6:1,line:{width:1,color:'#999'}}});});
     fresh('detail-power');
-    Plotly.newPlot('detail-power',d.power.map(function(p){return {type:'scatter',mode:'lines',
-      name:p.device+(p.source?' ('+p.source+')':''),x:p.t_s,y:p.power_w};}),
-      {title:{text:'Power over time (cycles shaded, steady state darker)',font:{size:13}},shapes:shapes,
+    Plotly.newPlot('detail-power',traces,
+      {title:{text:'Power over time (shaded: phases, cycles, steady state)',font:{size:13}},shapes:shapes,
        margin:{t:30,r:10,b:50,l:60},xaxis:{title:{text:'time since model load (s)'}},
-       yaxis:{title:{text:'power (W)'}}},{displaylogo:false});
+       yaxis:{title:{text:'power (W)'}},legend:{orientation:'h',y:-0.3,font:{size:10}}},{displaylogo:false});
   }else{fresh('detail-power').textContent='No power samples for this cell.';}
 }
 
