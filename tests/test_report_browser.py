@@ -377,6 +377,23 @@ def _points(chrome: Chromium, chart: str) -> dict[str, dict]:
             out[id]={{symbol:t.marker.symbol[k],trace:i,index:k}};}});}});return out;}})()""")
 
 
+def _drawn(chrome: Chromium, chart: str) -> int:
+    """SVG points drawn for configurations (the marks of the best cells left out)."""
+    return chrome.eval(f"""(function(){{var gd=document.getElementById('{chart}');
+        var traces=gd.querySelectorAll('.scatterlayer .trace'),n=0;
+        gd.data.forEach(function(t,i){{if(t.customdata)n+=traces[i].querySelectorAll('path.point').length;}});
+        return n;}})()""")
+
+
+def _best(chrome: Chromium, chart: str) -> dict[str, list[str]]:
+    """The cells marked in a chart (trace name → cell ids) and in the tables (class → ids)."""
+    return chrome.eval(f"""(function(){{var out={{}};
+        document.getElementById('{chart}').data.forEach(function(t){{if(t.ids)out[t.name]=t.ids.slice().sort();}});
+        ['best-energy','best-speed'].forEach(function(k){{out[k]=Array.from(document.querySelectorAll(
+            'table.sortable tr.'+k)).map(function(r){{return r.dataset.cell;}}).sort();}});
+        return out;}})()""")
+
+
 def _marked(points: dict[str, dict]) -> set[str]:
     return {cell for cell, p in points.items() if not p["symbol"].endswith("-open")}
 
@@ -410,7 +427,7 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
     assert set(points) == measured | {REFERENCE_ROW[0]}
     assert _marked(points) == set(points)
     assert points[REFERENCE_ROW[0]]["symbol"] == "diamond" and points["aaaaaaaaaaa1"]["symbol"] == "circle"
-    assert browser.eval("document.querySelectorAll('#chart-throughput path.point').length") == 6
+    assert _drawn(browser, "chart-throughput") == 6
     assert browser.eval("document.getElementById('shown-count').textContent") == \
         "5 of 5 configurations shown"
 
@@ -436,7 +453,7 @@ def test_interactive_report_offline(browser, interactive_report, tmp_path):
     browser.click('input[data-facet="model"][value="m2"]')
     assert set(_points(browser, "chart-throughput")) == {r[0] for r in ROWS} | {REFERENCE_ROW[0]}
     assert "bbbbbbbbbbb1" not in _visible_rows(browser)
-    assert browser.eval("document.querySelectorAll('#chart-throughput path.point').length") == 5
+    assert _drawn(browser, "chart-throughput") == 5
     # Hide flagged cells: the one with a contention warning goes from chart and table.
     browser.click("#show-flagged")
     assert "aaaaaaaaaaa2" not in _points(browser, "chart-latency")
@@ -560,3 +577,43 @@ def test_headline_answer_is_on_screen_without_scrolling(tmp_path):
         assert "320.0 tokens/s" in text
     finally:
         chrome.close()
+
+
+@needs_chromium
+def test_sliders_mark_the_cheapest_and_fastest_configuration_per_model(browser, report_file):
+    """By hand from ROWS (J/token, ITL ms, tok/s): m1 (0.50, 2, 100), (0.30, 4, 180),
+    (0.20, 8, 300), (0.25, 16, 320); m2 (0.90, 3, 50). The star marks per model the lowest
+    J/token within the ITL deadline and the energy budget, the triangle the highest tok/s."""
+    energy, speed = "lowest J/token within the limits", "fastest within the limits"
+    browser.open(report_file)
+    # Default sliders: everything within; m1's cheapest is batch 4, its fastest batch 8.
+    marks = _best(browser, "chart-throughput")
+    assert marks[energy] == marks["best-energy"] == ["aaaaaaaaaaa3", "bbbbbbbbbbb1"]
+    assert marks[speed] == marks["best-speed"] == ["aaaaaaaaaaa4", "bbbbbbbbbbb1"]
+    assert _best(browser, "chart-latency")[energy] == ["aaaaaaaaaaa3", "bbbbbbbbbbb1"]
+    # The ITL deadline moved with the mouse to about 5 ms: m1's 2 and 4 ms cells are left, the
+    # cheaper is batch 2 (0.30 J); m2's 3 ms cell stays.
+    low, high = (float(browser.eval(f"document.getElementById('itl-deadline').{a}")) for a in ("min", "max"))
+    box = browser.rect("#itl-deadline")
+    browser.click_at(box["x"] + box["w"] * (5.0 - low) / (high - low), box["y"] + box["h"] / 2)
+    assert 4.0 <= float(browser.eval("document.getElementById('itl-deadline').value")) < 8.0
+    marks = _best(browser, "chart-throughput")
+    assert marks[energy] == marks["best-energy"] == ["aaaaaaaaaaa2", "bbbbbbbbbbb1"]
+    assert marks[speed] == marks["best-speed"] == ["aaaaaaaaaaa2", "bbbbbbbbbbb1"]
+    # Deadline back to the right end; an energy budget of 0.26 J: m1's 0.20 and 0.25 J cells
+    # are within, the fastest is batch 8 (320 tok/s); m2 (0.90 J) has none.
+    box = browser.rect("#itl-deadline")
+    browser.click_at(box["x"] + box["w"] - 1, box["y"] + box["h"] / 2)
+    browser.eval("var e=document.getElementById('energy-budget');e.value='0.26';"
+                 "e.dispatchEvent(new Event('input'))")
+    marks = _best(browser, "chart-throughput")
+    assert marks[energy] == marks["best-energy"] == ["aaaaaaaaaaa3"]
+    assert marks[speed] == marks["best-speed"] == ["aaaaaaaaaaa4"]
+    # 0.22 J: only batch 4 is left, both cheapest and fastest.
+    browser.eval("var e=document.getElementById('energy-budget');e.value='0.22';"
+                 "e.dispatchEvent(new Event('input'))")
+    marks = _best(browser, "chart-throughput")
+    assert marks[speed] == marks["best-speed"] == marks[energy] == ["aaaaaaaaaaa3"]
+    # The mark is visible in the table (the row's first cell says so).
+    assert "least J" in browser.eval("getComputedStyle(document.querySelector("
+                                     "'tr.best-energy td'),'::after').content")

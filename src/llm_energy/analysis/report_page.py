@@ -63,6 +63,9 @@ CHARTS = (
     "<p>One point per configuration (hover for its settings, numbers with their 95% intervals "
     "and flags; click to pick it for the comparison and open its detail). Dotted lines: the "
     "Pareto frontier per model. Open markers: outside the ITL deadline or the energy budget; "
+    "per model, a ringed star marks the lowest energy per token within both (move the "
+    "deadline to see the cheapest it allows) and a ringed triangle the highest throughput "
+    "within both (move the budget to see the fastest it affords), as ★ and ▲ in the table; "
     "diamonds: reference data.</p>"
     '<div class="charts"><div id="chart-throughput" class="chart"></div>'
     '<div id="chart-latency" class="chart"></div></div>'

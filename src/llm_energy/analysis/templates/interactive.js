@@ -49,6 +49,25 @@ function meets(c){
   return !((x!==null&&x>parseFloat(el('itl-deadline').value))||
            (e!==null&&e>parseFloat(el('energy-budget').value)));
 }
+// Per model, among its measured successful cells shown and within both limits: the lowest
+// energy per token (what the ITL deadline moves: the cheapest within it) and the highest
+// throughput (what the energy budget moves: the fastest it affords; the cheapest under a
+// budget is the cheapest overall). Ties: the lower cell id.
+var best={energy:{},speed:{}};
+function findBest(){
+  best={energy:{},speed:{}};
+  D.cells.forEach(function(c){
+    if(!c.ok||c.source!=='measured'||!visible(c)||!meets(c))return;
+    var e=val(c,D.energy),t=val(c,D.throughput),b;
+    if(e!==null){b=best.energy[c.model];
+      if(!b||e<val(b,D.energy)||(e===val(b,D.energy)&&c.id<b.id))best.energy[c.model]=c;}
+    if(t!==null){b=best.speed[c.model];
+      if(!b||t>val(b,D.throughput)||(t===val(b,D.throughput)&&c.id<b.id))best.speed[c.model]=c;}
+  });
+}
+function bestIds(kind){return Object.keys(best[kind]).sort().map(function(m){return best[kind][m].id;});}
+var MARKS=[['energy','lowest J/token within the limits','star','#D55E00'],
+           ['speed','fastest within the limits','star-triangle-up','#0072B2']];
 function label(m){var x=D.metrics[m];return x.label+(x.label.indexOf(x.unit)<0&&x.unit?' ('+x.unit+')':'');}
 
 function chartTraces(xm,front){
@@ -77,6 +96,12 @@ function chartTraces(xm,front){
       x:f.map(function(c){return val(c,xm);}),y:f.map(function(c){return val(c,D.energy);}),
       line:{dash:'dot',width:2}});
   });
+  MARKS.forEach(function(k){
+    var g=bestIds(k[0]).map(function(id){return byId[id];}).filter(function(c){return val(c,xm)!==null;});
+    if(g.length)out.push({type:'scatter',mode:'markers',name:k[1],ids:g.map(function(c){return c.id;}),
+      x:g.map(function(c){return val(c,xm);}),y:g.map(function(c){return val(c,D.energy);}),
+      hoverinfo:'skip',marker:{symbol:k[2]+'-open',size:22,line:{width:2.5,color:k[3]}}});
+  });
   return out;
 }
 function drawCharts(){
@@ -93,8 +118,12 @@ function apply(){
   el('itl-deadline-value').textContent=el('itl-deadline').value;
   el('energy-budget-value').textContent=el('energy-budget').value;
   var shown=0,total=0;
+  findBest();
+  var marked={energy:bestIds('energy'),speed:bestIds('speed')};
   document.querySelectorAll('table.sortable tbody tr[data-cell]').forEach(function(tr){
     var c=byId[tr.dataset.cell];if(!c)return;
+    tr.classList.toggle('best-energy',marked.energy.indexOf(c.id)>=0);
+    tr.classList.toggle('best-speed',marked.speed.indexOf(c.id)>=0);
     var out=!visible(c)||(c.ok&&!meets(c));
     tr.hidden=out;
     if(c.ok&&c.source==='measured'){total++;if(!out)shown++;}
@@ -182,5 +211,6 @@ document.querySelectorAll('button.detail').forEach(function(b){b.addEventListene
 apply();renderCompare();
 ['chart-throughput','chart-latency'].forEach(function(id){
   el(id).on('plotly_click',function(ev){var p=ev.points[0];if(p&&p.customdata){togglePick(p.customdata);showDetail(p.customdata);}});});
-window.llmEnergyReport={data:D,picked:picked,visible:visible,meets:meets,showDetail:showDetail};
+window.llmEnergyReport={data:D,picked:picked,visible:visible,meets:meets,showDetail:showDetail,
+  best:function(kind){return bestIds(kind);}};
 })();
