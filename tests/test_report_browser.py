@@ -617,3 +617,32 @@ def test_sliders_mark_the_cheapest_and_fastest_configuration_per_model(browser, 
     # The mark is visible in the table (the row's first cell says so).
     assert "least J" in browser.eval("getComputedStyle(document.querySelector("
                                      "'tr.best-energy td'),'::after').content")
+
+
+@needs_chromium
+def test_filters_by_precision_and_varying_axes_and_fixed_columns_hidden(browser, report_file):
+    """The filter bar has precision (dtype) and the axis that varies (batch_size); unticking
+    batch 4 removes its row and point, and m1's cheapest becomes batch 8 (0.25 J). dtype is
+    float32 everywhere: its column is hidden until asked for."""
+    browser.open(report_file)
+    groups = browser.eval("Array.from(document.querySelectorAll('#facet-filters .facet')).map("
+                          "function(g){return g.firstChild.textContent;})")
+    assert groups == ["model: ", "backend: ", "device: ", "dtype: ", "batch_size: "]
+    values = browser.eval("Array.from(document.querySelectorAll('input[data-facet=batch_size]'))"
+                          ".map(function(b){return b.value;})")
+    assert values == ["1", "2", "4", "8", "16"]  # numbers in order, written as integers
+    browser.click('input[data-facet="batch_size"][value="4"]')
+    assert "aaaaaaaaaaa3" not in _visible_rows(browser)
+    assert "aaaaaaaaaaa3" not in _points(browser, "chart-throughput")
+    assert _best(browser, "chart-throughput")["best-energy"] == ["aaaaaaaaaaa4", "bbbbbbbbbbb1"]
+    browser.click('input[data-facet="dtype"][value="float32"]')
+    assert _visible_rows(browser) == set()
+    browser.click('input[data-facet="dtype"][value="float32"]')
+    # The dtype column (one value) is hidden by default; batch_size (varies) is shown.
+    shown = ("(function(){var h=Array.from(document.querySelector('table.sortable').tHead.rows[0].cells)"
+             ".filter(function(c){return c.textContent===%s;})[0];return getComputedStyle(h).display;})()")
+    assert browser.eval(shown % '"dtype"') == "none"
+    assert browser.eval(shown % '"batch_size"') != "none"
+    assert "dtype=float32" in browser.eval("document.getElementById('fixed-axes').textContent")
+    browser.click("#show-fixed")
+    assert browser.eval(shown % '"dtype"') == "table-cell"

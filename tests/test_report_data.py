@@ -220,3 +220,26 @@ def test_headline_per_model_lowest_energy_fastest_and_cheapest_meeting_the_slo()
 def test_local_runs_show_no_slurm_job():
     page = render(study_frames()[0], pd.DataFrame(), [], {"c": {"slurm_job_id": None}}, [], "t")
     assert "<th class='t'>Slurm job</th><td>—</td>" in page
+
+
+def test_facets_are_precision_and_the_axes_that_vary():
+    """Filters: model, backend, device, precision (dtype) where present, and each setting or
+    workload axis whose value differs; the table hides by default the ones that do not."""
+    summary, reference = study_frames()
+    assert report_data.axes(summary) == (["batch_size"], ["dtype"])
+    summary["request_rate_per_s"] = [1.0, 2.0, 1.0, 2.0, 1.0, 1.0]  # a workload axis
+    summary["max_num_seqs"] = 8.0                                   # a setting, one value
+    varying, fixed = report_data.axes(summary)
+    assert set(varying) == {"batch_size", "request_rate_per_s"}
+    assert set(fixed) == {"dtype", "max_num_seqs"}
+    data = report_data.build(summary, reference)
+    assert data["facets"][:4] == ["model", "backend", "device", "dtype"]
+    assert set(data["facets"][4:]) == {"batch_size", "request_rate_per_s"}
+    cells = _cells(data)
+    assert cells["aaaaaaaaaaa2"]["axes"] == {"dtype": "float32", "batch_size": "2",
+                                             "request_rate_per_s": "2"}
+    assert cells[REFERENCE_ROW[0]]["axes"]["request_rate_per_s"] == "—"  # the row has none
+    page = render(summary, pd.DataFrame(), [], {}, [], "t")
+    assert '<th class="t fixed">dtype</th>' in page and '<th class="t">batch_size</th>' in page
+    assert '<th class="t">request_rate_per_s</th>' in page
+    assert "dtype=float32, max_num_seqs=8" in page  # the fixed values said once, not hidden

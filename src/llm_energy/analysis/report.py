@@ -108,19 +108,22 @@ def _row_data(r: pd.Series) -> str:
     return " ".join(attrs)
 
 
-def _model_table(summary: pd.DataFrame, pareto: set[str]) -> str:
+def _model_table(summary: pd.DataFrame, pareto: set[str], fixed: Iterable[str] = ()) -> str:
+    """`fixed`: the axes with one value in the whole study: their columns are hidden until
+    "show the settings that do not vary" is ticked."""
     settings = _settings_columns(summary)
+    hide = {c: ' fixed' if c in set(fixed) else "" for c in settings}
     # Headline metrics first (J/token, tok/s, ... in the registry's `report` order), then the
     # settings: the answer is on screen without scrolling right.
     head = '<th class="t">backend</th>' + \
         "".join(f"<th>{_esc(label)}</th>" for _, label, _, _ in TABLE_COLUMNS) + \
-        "".join(f'<th class="t">{_esc(c)}</th>' for c in settings) + \
+        "".join(f'<th class="t{hide[c]}">{_esc(c)}</th>' for c in settings) + \
         '<th class="t">cycles</th><th class="t">energy</th><th class="t">Pareto</th><th class="t">cell</th>'
     rows = []
     for _, r in summary.iterrows():
         cells = [f'<td class="t" data-v="{_esc(r["backend"])}">{_esc(r["backend"])}</td>']
-        setting_cells = [f'<td class="t" data-v="{_esc(r.get(c))}">{_esc(r.get(c))}</td>'
-                         for c in settings]
+        setting_cells = [f'<td class="t{hide[c]}" data-v="{_esc(r.get(c))}">'
+                         f'{_esc(report_data.fmt_setting(r.get(c)))}</td>' for c in settings]
         data = ""
         if r["status"] != "ok":
             # One cell per column (no colspan), so sorting by column index stays aligned.
@@ -238,9 +241,16 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
     if len(summary):
         pareto = set(pareto_cells(summary, "itl_ms_p50", "energy_per_output_token_j", True)) \
             if {"itl_ms_p50", "energy_per_output_token_j"} <= set(summary.columns) else set()
+        fixed = report_data.axes(summary)[1]
+        if fixed:
+            first = summary.iloc[0]
+            parts.append('<p id="fixed-axes">The same in every configuration (columns hidden; '
+                         "tick <i>show settings that do not vary</i> to show them): " + ", ".join(
+                             f"{_esc(c)}={_esc(report_data.fmt_setting(first[c]))}" for c in fixed)
+                         + ".</p>")
         for model, group in summary.groupby("model", sort=True):
             parts.append(f"<h3>Model: {_esc(model)}</h3>")
-            parts.append(_model_table(group, pareto))
+            parts.append(_model_table(group, pareto, fixed))
     parts.append(recommend.report_section(summary))
     parts.append(report_section(reference, summary))
     parts.append("<h2>Figures (static, for papers)</h2>")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm_energy.analysis.export import _value, histogram, leaderboard_stability
+from llm_energy.analysis.export import KEY_FIELDS, _value, histogram, leaderboard_stability
 from llm_energy.analysis.figures import pareto_cells
 from llm_energy.results import schema
 
@@ -41,6 +41,28 @@ HISTOGRAM_BINS = 20
 #: Power samples kept per device and cell (evenly strided), so 10,000 cells stay a page a
 #: browser opens.
 MAX_POWER_POINTS = 120
+
+
+#: Filters every page has; then precision (the export's `weight_precision` column) where
+#: present, and every other setting or workload axis whose value differs between cells.
+BASE_FACETS = ("model", "backend", "device")
+PRECISION = KEY_FIELDS["weight_precision"]
+
+
+def axes(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(varying, fixed): the settings and workload columns with a value somewhere
+    (`schema.present_settings`, `schema.present_workload`), split by whether the value (as
+    written, "—" for none) differs between the frame's rows."""
+    present = [c for c in dict.fromkeys(schema.present_settings(frame) + schema.present_workload(frame))
+               if c not in BASE_FACETS]
+    varying = [c for c in present if frame[c].map(fmt_setting).nunique() > 1]
+    return varying, [c for c in present if c not in varying]
+
+
+def facets(frame: pd.DataFrame) -> list[str]:
+    """The filter bar's facets: BASE_FACETS, precision, the axes that vary."""
+    varying, fixed = axes(frame)
+    return [*BASE_FACETS, *([PRECISION] if PRECISION in fixed else []), *varying]
 
 
 def metric_meta(name: str) -> dict[str, Any]:
@@ -128,13 +150,15 @@ def hover_text(cell: Mapping[str, Any]) -> str:
 
 def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
                 stable: tuple[bool, str] | None, frontier: Mapping[str, bool],
-                note: str | None = None) -> dict[str, Any]:
+                note: str | None = None, axis_names: Iterable[str] = ()) -> dict[str, Any]:
+    """One configuration; `axis_names`: the settings and workload columns the filters use."""
     ok = row.get("status", "ok") == "ok"
     cell = {
         "id": str(row["cell_id"]), "note": note, "source": source, "model": str(row["model"]),
         "backend": str(row["backend"]), "device": fmt_setting(row.get("device")),
         "device_name": fmt_setting(row.get("device_name")), "ok": ok,
         "settings": {s: fmt_setting(row.get(s)) for s in settings if not missing(row.get(s))},
+        "axes": {a: fmt_setting(row.get(a)) for a in axis_names},
         "workload": workload_text(row),
         "values": {m: _numbers(row, m) for m in METRICS},
         "text": {m: fmt_metric(row, m) for m in METRICS},
@@ -154,18 +178,20 @@ def _has(frame: pd.DataFrame, *columns: str) -> bool:
     return set(columns) <= set(frame.columns)
 
 
-def measured_records(summary: pd.DataFrame) -> list[dict[str, Any]]:
+def measured_records(summary: pd.DataFrame, axis_names: Iterable[str] = ()) -> list[dict[str, Any]]:
     settings = schema.present_settings(summary)
     fronts = {name: set(pareto_cells(summary, x, ENERGY, not maximise))
               if _has(summary, x, ENERGY) else set() for name, x, maximise in FRONTIERS}
     ok = summary[summary["status"] == "ok"] if len(summary) else summary
     stable = dict(zip(ok["cell_id"], leaderboard_stability(ok, settings))) if len(ok) else {}
     return [cell_record(row, settings, MEASURED, stable.get(row["cell_id"]),
-                        {name: row["cell_id"] in front for name, front in fronts.items()})
+                        {name: row["cell_id"] in front for name, front in fronts.items()},
+                        axis_names=axis_names)
             for row in summary.to_dict("records")]
 
 
-def reference_records(reference: pd.DataFrame | None) -> list[dict[str, Any]]:
+def reference_records(reference: pd.DataFrame | None,
+                      axis_names: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Reference rows (the summary's columns plus `source`): drawn, never on our frontier."""
     if reference is None or not len(reference):
         return []
@@ -186,7 +212,7 @@ def reference_records(reference: pd.DataFrame | None) -> list[dict[str, Any]]:
         stable = _value(row.get("is_stable"))
         out.append(cell_record(row, settings, str(row["source"]),
                                None if stable is None else (bool(stable), ""),
-                               {name: False for name, _, _ in FRONTIERS}, note))
+                               {name: False for name, _, _ in FRONTIERS}, note, axis_names))
     return out
 
 
@@ -273,12 +299,14 @@ def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
           cell_dirs: Mapping[str, Path] | None = None, workers: int = 1) -> dict[str, Any]:
     """The embedded document. `cell_dirs`: cell id → its results folder (for the details),
     read in `workers` processes."""
-    cells = measured_records(summary) + reference_records(reference)
+    facet_names = facets(summary)
+    axis_names = [f for f in facet_names if f not in BASE_FACETS]
+    cells = measured_records(summary, axis_names) + reference_records(reference, axis_names)
     details = cell_details(cell_dirs or {}, workers)
     return {"metrics": {m: metric_meta(m) for m in METRICS}, "energy": ENERGY,
             "throughput": THROUGHPUT, "itl": {str(q): c for q, c in ITL_COLUMNS.items()},
             "frontiers": {name: x for name, x, _ in FRONTIERS}, "cells": cells,
-            "shading": shading(),
+            "shading": shading(), "facets": facet_names,
             "details": details}
 
 

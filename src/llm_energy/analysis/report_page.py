@@ -45,7 +45,9 @@ def filters(data: dict[str, Any]) -> str:
     reference = any(c["source"] != "measured" for c in cells)
     switches = ('<label><input type="checkbox" id="show-flagged" checked> flagged cells</label>'
                 '<label><input type="checkbox" id="show-unstable" checked> unstable cells '
-                "(leaderboard rule)</label>")
+                "(leaderboard rule)</label>"
+                '<label><input type="checkbox" id="show-fixed"> show settings that do not vary'
+                "</label>")
     if reference:
         switches += '<label><input type="checkbox" id="show-reference" checked> reference rows</label>'
     energy = data["metrics"][data["energy"]]

@@ -4,14 +4,18 @@
 // (analysis/report_data.py, the column registry); nothing here is fetched.
 (function(){
 var D=JSON.parse(document.getElementById('report-data').textContent);
-var FACETS=['model','backend','device'],byId={},picked=[],GL_FROM=2000;
+var FACETS=D.facets,byId={},picked=[],GL_FROM=2000;
 // WebGL where the browser has it (else SVG, slower past a few thousand points).
 var HAS_GL=(function(){try{var c=document.createElement('canvas');
   return !!(c.getContext('webgl')||c.getContext('experimental-webgl'));}catch(e){return false;}})();
 D.cells.forEach(function(c){byId[c.id]=c;});
 function el(id){return document.getElementById(id);}
 function val(c,m){var v=c.values[m];return v?v[0]:null;}
-function unique(key){var s={};D.cells.forEach(function(c){s[c[key]]=1;});return Object.keys(s).sort();}
+// A cell's value of a facet: model, backend, device, or a setting or workload axis.
+function facetValue(c,f){return f in c.axes?c.axes[f]:c[f];}
+function unique(key){var s={};D.cells.forEach(function(c){s[facetValue(c,key)]=1;});
+  return Object.keys(s).sort(function(a,b){var x=Number(a),y=Number(b);
+    return isNaN(x)||isNaN(y)||a===''||b===''?a.localeCompare(b):x-y;});}
 
 function buildFacets(){
   var box=el('facet-filters');
@@ -31,7 +35,7 @@ function readFacets(){
     (facetState[b.dataset.facet]=facetState[b.dataset.facet]||{})[b.value]=b.checked;});
 }
 function facetOk(c){
-  return FACETS.every(function(f){var s=facetState[f];return !s||s[c[f]]!==false;});
+  return FACETS.every(function(f){var s=facetState[f];return !s||s[facetValue(c,f)]!==false;});
 }
 function checked(id){var e=el(id);return !e||e.checked;}
 // Shown at all: the facet filters and the validity switches.
@@ -205,6 +209,8 @@ function showDetail(id){
 buildFacets();
 ['itl-deadline','energy-budget'].forEach(function(id){el(id).addEventListener('input',apply);});
 el('itl-percentile').addEventListener('change',resetItl);
+el('show-fixed').addEventListener('change',function(){
+  document.body.classList.toggle('show-fixed',el('show-fixed').checked);});
 ['show-flagged','show-unstable','show-reference'].forEach(function(id){if(el(id))el(id).addEventListener('change',apply);});
 document.querySelectorAll('input.pick').forEach(function(b){b.addEventListener('change',function(){togglePick(b.dataset.cell);});});
 document.querySelectorAll('button.detail').forEach(function(b){b.addEventListener('click',function(){showDetail(b.dataset.cell);});});
