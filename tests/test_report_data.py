@@ -198,9 +198,11 @@ def test_headline_per_model_lowest_energy_fastest_and_cheapest_meeting_the_slo()
     assert (m1["fastest"]["cell_id"], m1["fastest"]["value"], m1["fastest"]["settings"]) == \
         ("aaaaaaaaaaa4", "320.0 (300.0–340.0)", "batch_size=8")
     assert m1["slo"] is None and "Cheapest meeting" not in headline.section(summary)
-    # m2 has one cell: nothing differs, so every present setting identifies it.
+    # m2 has one cell: the settings that vary in the study identify it (dtype does not).
     assert rows["m2"]["energy"]["cell_id"] == rows["m2"]["fastest"]["cell_id"] == "bbbbbbbbbbb1"
-    assert rows["m2"]["energy"]["settings"] == "batch_size=1, dtype=float32"
+    assert rows["m2"]["energy"]["settings"] == "batch_size=1"
+    only = headline.headline(summary[summary["cell_id"] == "bbbbbbbbbbb1"])[0]
+    assert only["energy"]["settings"] == "the study's only configuration"
 
     summary["slo_attainment"] = [0.99, 0.95, 0.5, 0.92, 0.8, None]
     summary["slo_target_attainment"] = 0.9

@@ -1,5 +1,6 @@
 # Everything the rules share: the validated study (PLAN), its folder, output lists and
 # the helper functions the rules call. Rules live in the other rule files, never here.
+import atexit
 import sys
 from pathlib import Path
 
@@ -99,7 +100,8 @@ onsuccess:
     if _failures:
         sys.stderr.write(_failures)
     if Path(f"{RESULTS}/report.html").is_file():
-        sys.stderr.write(f"report: {RESULTS}/report.html\n")
+        # At exit: after Snakemake's own closing lines ("Complete log: ...").
+        atexit.register(sys.stderr.write, f"report: {RESULTS}/report.html\n")
     if _failures:
         raise SystemExit(1)
 

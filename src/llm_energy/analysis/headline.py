@@ -26,12 +26,14 @@ def _has_slo(summary: pd.DataFrame) -> bool:
     return TARGET_COLUMN in summary and bool(summary[TARGET_COLUMN].notna().any())
 
 
-def _settings(group: pd.DataFrame, row: pd.Series) -> str:
-    """The settings that tell the group's cells apart (all present ones when none differ),
-    written as in the study (4, not 4.0)."""
+def _settings(summary: pd.DataFrame, group: pd.DataFrame, row: pd.Series) -> str:
+    """The settings that tell the group's cells apart, else (one cell) those that differ in
+    the study, written as in the study (4, not 4.0); "the study's only configuration"."""
     present = schema.present_settings(group)
-    differ = [n for n in present if group[n].astype(str).nunique() > 1] or present
-    return ", ".join(f"{n}={fmt_setting(row[n])}" for n in differ if fmt_setting(row[n]) != "—")
+    differ = [n for n in present if group[n].astype(str).nunique() > 1] or \
+        [n for n in present if summary[n].astype(str).nunique() > 1]
+    return ", ".join(f"{n}={fmt_setting(row[n])}" for n in differ if fmt_setting(row[n]) != "—") \
+        or "the study's only configuration"
 
 
 def _entry(summary: pd.DataFrame, group: pd.DataFrame, cell_id: Any, metric: str,
@@ -42,7 +44,7 @@ def _entry(summary: pd.DataFrame, group: pd.DataFrame, cell_id: Any, metric: str
     meta = metric_meta(metric)
     return {"cell_id": cell_id, "backend": str(row["backend"]), "metric": metric,
             "value": fmt_metric(row, metric), "unit": meta["label"],
-            "settings": _settings(group, row) or "default settings", "note": extra}
+            "settings": _settings(summary, group, row), "note": extra}
 
 
 def headline(summary: pd.DataFrame) -> list[dict[str, Any]]:
