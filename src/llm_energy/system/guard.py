@@ -6,7 +6,7 @@ Started by `processes.start_guarded` in a session of its own, the guard leads th
 process group and:
 
 - is told by the kernel when its parent dies (`PR_SET_PDEATHSIG`), and also checks every
-  0.1 s; then it SIGKILLs the whole tree below it at once and exits;
+  `POLL_S`; then it SIGKILLs the whole tree below it at once (no grace) and exits;
 - starts COMMAND in its group with `PR_SET_PDEATHSIG = SIGKILL`, so the server dies if the
   guard itself is SIGKILLed;
 - is a child subreaper: the server's own children (vLLM's engine core, workers) are
@@ -36,7 +36,9 @@ from llm_energy.system.processes import (
     set_parent_death_signal,
 )
 
-_POLL_S = 0.1
+#: How often the guard checks that its parent lives (besides the kernel's parent-death signal).
+POLL_S = 0.1
+_HANDLED_SIGNALS = (*TERMINATION_SIGNALS, PARENT_DEATH_SIGNAL)
 
 
 def _server_preexec() -> None:  # runs in the forked child, before exec; the guard has no threads
@@ -49,16 +51,30 @@ class Guard:
         self.grace_s = grace_s
         self.server: subprocess.Popen[bytes] | None = None
         self.kill_at: float | None = None
+        self.abandoning = False
 
     def parent_gone(self) -> bool:
         return os.getppid() != self.parent_pid
 
     def abandon(self) -> None:
-        """The parent is gone: nothing below may survive it."""
-        kill_descendants()
+        """The parent is gone: nothing below may survive it. Runs to the end once: the parent
+        and the grandparent killed together re-parent the guard twice, so a second parent-death
+        signal can arrive during the kill; its handler (run by Python inside this one) must not
+        start over or cut this one short. If the kill itself fails, the guard's group (server,
+        engine) is SIGKILLed with the guard."""
+        if self.abandoning:
+            return
+        self.abandoning = True
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        try:
+            kill_descendants()
+        except BaseException:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         os._exit(1)
 
     def on_signal(self, signum: int, _frame: object = None) -> None:
+        if self.abandoning:
+            return
         if self.parent_gone():
             self.abandon()
         if signum == PARENT_DEATH_SIGNAL:
@@ -84,7 +100,7 @@ class Guard:
                 self.server.returncode = os.waitstatus_to_exitcode(status)
 
     def run(self, command: list[str]) -> int:
-        for sig in (*TERMINATION_SIGNALS, PARENT_DEATH_SIGNAL):
+        for sig in _HANDLED_SIGNALS:
             signal.signal(sig, self.on_signal)
         set_parent_death_signal(PARENT_DEATH_SIGNAL)
         become_subreaper()
@@ -92,7 +108,7 @@ class Guard:
             self.abandon()
         self.server = subprocess.Popen(command, preexec_fn=_server_preexec)
         while self.server.returncode is None:
-            time.sleep(_POLL_S)
+            time.sleep(POLL_S)
             if self.parent_gone():
                 self.abandon()
             self._reap()

@@ -16,7 +16,11 @@ SIGKILL of any link), every process below dies with it:
 Under Slurm without cgroups (`proctrack/linuxproc`) the job's processes are found by walking
 the process tree at the moment of each signal: a process re-parented to init escapes both
 `scancel`'s SIGTERM and the SIGKILL after `KillWait`. The rules above keep every process in
-the tree until it is dead."""
+the tree until it is dead.
+
+psutil is imported when this module is, never inside a function: `kill_descendants` runs in
+signal handlers, and a second signal whose handler runs while the first one is importing
+psutil would find a half-initialised module (AttributeError) and leave the tree alive."""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -61,8 +67,6 @@ def become_subreaper() -> bool:
 
 def _below() -> dict[int, Any]:
     """This process's descendants, and the members of the groups it started or leads."""
-    import psutil
-
     me = os.getpid()
     try:
         found = {p.pid: p for p in psutil.Process(me).children(recursive=True)}
@@ -78,7 +82,11 @@ def _below() -> dict[int, Any]:
     return found
 
 
-def kill_descendants(timeout_s: float = 5.0) -> None:
+#: How long `kill_descendants` waits, at most, for the processes it SIGKILLed to be dead.
+KILL_WAIT_S = 5.0
+
+
+def kill_descendants(timeout_s: float = KILL_WAIT_S) -> None:
     """SIGKILL every descendant of this process (also those in sessions of their own) and
     every member of the groups it started or leads, then wait until each is dead (gone, or a
     zombie: this process or a subreaper collects those).
@@ -87,8 +95,6 @@ def kill_descendants(timeout_s: float = 5.0) -> None:
     process forking at this moment (vLLM's engine starting a worker) cannot leave a child
     behind that a one-shot list would miss. Reaps nothing itself, so a caller's own `waitpid`
     still sees its children's exit statuses. Safe in a signal handler."""
-    import psutil
-
     frozen: dict[int, Any] = {}
     for _ in range(50):
         new = {pid: p for pid, p in _below().items() if pid not in frozen}
@@ -113,8 +119,6 @@ def kill_descendants(timeout_s: float = 5.0) -> None:
 
 
 def _alive(proc: Any) -> bool:
-    import psutil
-
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -123,8 +127,6 @@ def _alive(proc: Any) -> bool:
 
 def kill_processes(processes: list[Any], timeout_s: float) -> None:
     """SIGKILL each psutil process that still exists and wait for them to be gone."""
-    import psutil
-
     for proc in processes:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -185,8 +187,6 @@ def start_guarded(command: list[str], grace_s: float, **popen_kwargs: Any) -> su
 def stop_process_group(process: subprocess.Popen[Any], grace_s: float) -> None:
     """SIGTERM the group led by `process`, SIGKILL it after `grace_s`, then kill descendants
     that left the group. Returns when the leader is reaped and the strays are gone."""
-    import psutil
-
     try:
         strays = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
