@@ -27,6 +27,7 @@ from llm_energy.results.io import write_cell
 from llm_energy.study.config import validate_study
 from llm_energy.study.matrix import expand
 from llm_energy.telemetry.meters.base import Meter, WindowEnergy
+from llm_energy.telemetry.sampler import Sample
 
 
 class ConstantMeter(Meter):
@@ -51,13 +52,17 @@ def runner(tmp_path, output_tokens: int, num_prompts: int = 1, extensions: bool 
                       meter=ConstantMeter())
 
 
-def rows(tmp_path, result, max_tokens, extensions=True, **measurement):
-    """The protocol's rows of one cycle's load result."""
+def rows(tmp_path, result, max_tokens, extensions=True, samples=(), **measurement):
+    """The protocol's rows of one cycle's load result (5 J in the window)."""
     cell = runner(tmp_path, max_tokens, len(result.records), extensions, **measurement)
     window = WindowEnergy(result.end_s - result.start_s, {"cpu": 5.0, "gpu": None, "dram": None},
                           {"cpu": "rapl"})
-    return cell._cycle_rows(0, result.records, result.start_s, result.end_s, window, None, [],
-                            None)
+    return cell._cycle_rows(0, result.records, result.start_s, result.end_s, window, None,
+                            list(samples), None)
+
+
+def power(t_s: float, watts: float) -> Sample:
+    return Sample(t_s, "cpu", watts, "rapl", None, None, None, None)
 
 
 def cycle(tmp_path, server, prompts, max_tokens, extensions=True, concurrency=1):
@@ -89,14 +94,30 @@ def test_four_tokens_per_chunk_count_as_64_real_tokens(tmp_path, mode):
     assert 8.0 <= row["tpot_ms_p50"] <= 12.0
     assert 8.0 <= row["itl_ms_p50"] <= 12.0
     assert row["output_tokens"] == 64
-    # Both window rules open the window at the first token (the first chunk, 4 tokens): the 60
-    # real tokens after it fall inside (counted per chunk it was 15), and the steady-state
-    # J/token is the cycle's (it was 3.9x with per-chunk counting).
+    # Both window rules open the window at the first token (the first chunk, 4 tokens) and
+    # close it at the last: the 60 real tokens after the first chunk fall inside (counted per
+    # chunk it was 15). The window's energy is the cycle's power over the window, not a share
+    # of the cycle's J/token: the wait for the first chunk (connection, first 4 tokens) is
+    # outside it, and on a loaded machine it takes from 5% to half of the cycle.
+    start, end = result.start_s, result.end_s
+    first, last = record.first_token_s, record.finish_s
+    assert first == record.token_times_s[3] and last == record.token_times_s[-1]
+    # Power: 40 W until shortly before the first chunk, then 10 W (a ramp of 5 ms between two
+    # samples on the sampler's 1 ms grid), held past the end.
+    t1, t2 = round(first, 3) - 0.010, round(first, 3) - 0.005
+    profile = [power(round(start, 3) - 0.010, 40.0), power(t1, 40.0), power(t2, 10.0),
+               power(round(end, 3) + 0.5, 10.0)]
+    whole_j = 40.0 * (t1 - start) + 25.0 * (t2 - t1) + 10.0 * (end - t2)
     for rule in ("mlenergy", "batch-full"):
-        steady, _ = rows(tmp_path, result, 64, extensions, steady_state_rule=rule)
-        assert steady["steady_state_output_tokens"] == 60, rule
-        steady_j_per_token = steady["steady_state_energy_j"] / steady["steady_state_output_tokens"]
-        assert steady_j_per_token == pytest.approx(steady["energy_per_output_token_j"], rel=0.1)
+        for samples, steady_j in (([], 5.0 * (last - first) / (end - start)),
+                                  (profile, 5.0 * 10.0 * (last - first) / whole_j)):
+            steady, _ = rows(tmp_path, result, 64, extensions, samples, steady_state_rule=rule)
+            assert steady["steady_state_output_tokens"] == 60, rule
+            assert steady["steady_state_start_s"] == pytest.approx(first - start, abs=1e-9)
+            assert steady["steady_state_end_s"] == pytest.approx(last - start, abs=1e-9)
+            assert steady["steady_state_energy_j"] == pytest.approx(steady_j, rel=1e-6), rule
+            assert ("fewer than 2 power samples in the cycle: steady-state energy apportioned "
+                    "by time" in steady["warnings"]) == (not samples)
     assert any("arrived several to a streamed chunk" in w and w.startswith("48 of 64 output tokens")
                for w in row["warnings"]), row["warnings"]
     # Only the text-only server's count disagrees with the stream (16 chunks, 64 tokens).

@@ -69,14 +69,14 @@ class OpenAIServerBackend(Backend):
             return {}
         from llm_energy.loadgen.prometheus import server_cycle_columns
 
-        return server_cycle_columns(self._scraper.samples, start_s, end_s)
+        return server_cycle_columns(self._scraper.snapshot(), start_s, end_s)
 
     def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
         if self._scraper is None:
             return []
         from llm_energy.loadgen.prometheus import scrape_coverage_warning
 
-        warning = scrape_coverage_warning(self._scraper.samples, cycle, start_s, end_s,
+        warning = scrape_coverage_warning(self._scraper.snapshot(), cycle, start_s, end_s,
                                           self._scrape_period_s())
         return [warning] if warning else []
 

@@ -56,13 +56,16 @@ class ServerSample:
 
 class MetricsScraper:
     """Polls `url` every `period_s` in a daemon thread; keeps one `ServerSample` per scrape.
-    A failed scrape is a gap, not an error (the server may be busy or going away)."""
+    A failed scrape is a gap, not an error (the server may be busy or going away). A sample
+    is stamped (receipt of the answer) and stored under one lock, so `snapshot()` taken after
+    a moment holds every sample stamped before it."""
 
     def __init__(self, url: str, period_s: float) -> None:
         self.url = url
         self.period_s = period_s
         self.samples: list[ServerSample] = []
         self.errors = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-energy-metrics", daemon=True)
 
@@ -74,8 +77,19 @@ class MetricsScraper:
         if not values:
             return None
         frac = values.get("kv_cache_usage_frac")
-        return ServerSample(time.perf_counter(), "server", values.get("requests_running"),
+        # t_s is stamped by `_store`, when the sample joins the list.
+        return ServerSample(0.0, "server", values.get("requests_running"),
                             values.get("requests_waiting"), None if frac is None else 100.0 * frac)
+
+    def _store(self, sample: ServerSample) -> None:
+        with self._lock:
+            sample.t_s = time.perf_counter()
+            self.samples.append(sample)
+
+    def snapshot(self) -> list[ServerSample]:
+        """The samples so far, including any stamped before this call."""
+        with self._lock:
+            return list(self.samples)
 
     def _run(self) -> None:
         import httpx
@@ -86,7 +100,7 @@ class MetricsScraper:
                 try:
                     sample = self.scrape_once(client)
                     if sample is not None:
-                        self.samples.append(sample)
+                        self._store(sample)
                     else:
                         self.errors += 1
                 except Exception:
