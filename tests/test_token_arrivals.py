@@ -139,10 +139,13 @@ def test_a_token_with_empty_text_is_counted_and_ttft_is_not_late(tmp_path, mode)
     assert record.count_note is None and record.token_time_observed is None
     # The first token is the empty-text chunk, read before the second chunk was even sent.
     assert sent[0] <= record.token_times_s[0] < sent[1]
-    # TTFT ~1x the token time, not 2x. Counted from when the server got the request: the
-    # client's connection set-up before it varies with the load of this machine.
-    assert record.token_times_s[0] - received_s < 1.5 * delay
-    assert metrics.ttft_ms(record) < (received_s - record.arrival_s + 1.5 * delay) * 1000
+    # So TTFT ends at the empty chunk, a whole token time (the server's gap between chunks)
+    # before a client that skipped it would stop the clock: the order of events, not a wall-clock
+    # bound, which a loaded machine can stretch.
+    assert sent[1] - sent[0] >= delay * 0.9 and received_s <= sent[0]
+    assert metrics.ttft_ms(record) == pytest.approx(
+        (record.token_times_s[0] - record.arrival_s) * 1000)
+    assert metrics.ttft_ms(record) < (sent[1] - record.arrival_s) * 1000
     assert not any("token" in w and "chunk" in w for w in row["warnings"]), row["warnings"]
 
 
