@@ -29,6 +29,7 @@ localrules:
     workload,
     aggregate,
     figures,
+    power_figures,
     report,
     export_mlenergy,
 

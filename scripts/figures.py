@@ -1,4 +1,4 @@
-"""Rule `figures`: the study figures and one power figure per cell."""
+"""Rule `figures`: the study figures."""
 
 import sys
 from pathlib import Path
@@ -8,11 +8,8 @@ from _common import logged
 
 from llm_energy.execution import stages
 
-# Guarded: figure worker processes (spawn) import this module again as __mp_main__.
-if __name__ == "__main__":
-    with logged(snakemake):
-        stages.figures(snakemake.input.summary,
-                       [Path(r).parent for r in snakemake.input.runs],
-                       Path(snakemake.output.power).parent,
-                       snakemake.params.cache_dir, snakemake.threads,
-                       list(snakemake.params.references), dict(snakemake.params.model_ids))
+with logged(snakemake):
+    stages.figures(snakemake.input.summary,
+                   [Path(r).parent for r in snakemake.input.runs],
+                   Path(snakemake.output[0]).parent,
+                   list(snakemake.params.references), dict(snakemake.params.model_ids))

@@ -13,7 +13,7 @@ if __name__ == "__main__":
     with logged(snakemake):
         stages.report(snakemake.input.summary, snakemake.input.matrix,
                       list(snakemake.input.figures), list(snakemake.input.provenance),
-                      sorted(Path(snakemake.input.power).glob("*.png")),
+                      sorted(p for d in snakemake.input.power for p in Path(d).glob("*.png")),
                       snakemake.output[0], snakemake.params.title,
                       list(snakemake.params.references), dict(snakemake.params.model_ids),
                       [Path(r).parent for r in snakemake.input.runs], snakemake.threads)

@@ -260,3 +260,30 @@ def test_energy_vs_goodput_uses_the_rate_axis_and_marks_the_slo(tmp_path):
     # Without a rate sweep: energy against goodput.
     figures.energy_vs_goodput(summary.iloc[:1], tmp_path / "one")
     assert "Offered request rate" not in (tmp_path / "one.svg").read_text()
+
+
+def test_per_cell_power_figures_are_opt_in_and_analysis_only(tmp_path):
+    """`figures.power_per_cell` (default off): the workflow plans the per-cell power figures
+    only when asked, and the key changes no cell id."""
+    import yaml
+    from conftest import dry_run_jobs
+
+    from llm_energy.study.config import validate_study
+    from llm_energy.study.identity import roles
+    from llm_energy.study.matrix import expand
+
+    study = {"name": "opt-in", "models": [{"name": "tiny", "demo": {}}],
+             "backends": {"transformers": {"batch_size": [1, 2]}}}
+    on = study | {"figures": {"power_per_cell": True}}
+    assert roles()["figures"] == "analysis-only"
+    assert validate_study(study).figures.power_per_cell is False
+    ids = [c.cell_id for c in expand(validate_study(study))[0]]
+    assert [c.cell_id for c in expand(validate_study(on))[0]] == ids and len(ids) == 2
+    jobs = {}
+    for name, config in (("off", study), ("on", on)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        jobs[name] = dry_run_jobs(tmp_path / name, path)
+    assert "power_figures" not in jobs["off"] and jobs["off"]["report"] == 1
+    assert jobs["on"]["power_figures"] == 1
+    assert jobs["on"]["figures"] == jobs["off"]["figures"] == 1

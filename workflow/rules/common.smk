@@ -33,16 +33,19 @@ REFERENCES = [
 REFERENCE_FILES = [r["path"] for r in REFERENCES]
 MODEL_IDS = PLAN.study.reference_model_ids() if REFERENCES else {}
 
-# Study figures, then one power-over-time figure per cell; the PNGs go into
+# Study figures, then (opt-in) one power-over-time figure per cell; the PNGs go into
 # `snakemake --report`, each with its caption (workflow/report/<figure>.rst).
 STUDY_FIGURES = figure_names(bool(REFERENCES))
 STUDY_FIGURE_FILES = [
     f"{RESULTS}/figures/{name}.{fmt}" for name in STUDY_FIGURES for fmt in FORMATS
 ]
 # Per-cell power figures go into one directory output: listing 3 files per cell as separate
-# outputs makes Snakemake's DAG work grow with the square of the cell count.
+# outputs makes Snakemake's DAG work grow with the square of the cell count. Drawn only with
+# `figures: {power_per_cell: true}` (~0.7 s per cell): the report draws power in the page.
+POWER_FIGURES = PLAN.study.figures.power_per_cell
 POWER_FIGURE_DIR = f"{RESULTS}/figures/power"
-FIGURE_FILES = STUDY_FIGURE_FILES + [POWER_FIGURE_DIR]
+POWER_FIGURE_FILES = [POWER_FIGURE_DIR] if POWER_FIGURES else []
+FIGURE_FILES = STUDY_FIGURE_FILES + POWER_FIGURE_FILES
 
 # The summary in the ML.ENERGY leaderboard's format: index.json + one task file (the study).
 MLENERGY_FILES = [

@@ -3,7 +3,8 @@ rule report:
         summary=f"{RESULTS}/summary.parquet",
         matrix=f"{RESULTS}/matrix.csv",
         figures=[f"{RESULTS}/figures/{name}.png" for name in STUDY_FIGURES],
-        power=POWER_FIGURE_DIR,
+        # The opt-in per-cell power figures' directory (none by default).
+        power=POWER_FIGURE_FILES,
         provenance=cell_files("provenance.json"),
         references=REFERENCE_FILES,
         # The detail view: output lengths and power over time of each cell.

@@ -45,15 +45,12 @@ def _reference(frame: Any, references: list[dict[str, Any]] | None,
 
 
 def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
-            cache_dir: str | Path, workers: int,
             references: list[dict[str, Any]] | None = None,
             model_ids: dict[str, str] | None = None) -> None:
-    """The study figures and one power figure per cell (under `out_dir`/power).
-    `references`: the study's `references` entries; `model_ids`: study model name -> the
-    model id reference rows are matched by."""
+    """The study figures (under `out_dir`). `references`: the study's `references` entries;
+    `model_ids`: study model name -> the model id reference rows are matched by."""
     import pandas as pd
 
-    from llm_energy.analysis.cell_figures import draw_cells
     from llm_energy.analysis.figures import draw_study
     from llm_energy.analysis.summary import read_requests
 
@@ -64,6 +61,14 @@ def figures(summary: str | Path, cell_dirs: list[Path], out_dir: str | Path,
     for path in draw_study(frame, request_frame, out_dir,
                            _reference(frame, references, model_ids)):
         print(f"wrote {path}")
+
+
+def power_figures(cell_dirs: list[Path], out_dir: str | Path, cache_dir: str | Path,
+                  workers: int) -> None:
+    """One power figure per cell (under `out_dir`/power; opt-in: `figures.power_per_cell`),
+    drawn in `workers` processes, unchanged cells reused from `cache_dir`."""
+    from llm_energy.analysis.cell_figures import draw_cells
+
     power = draw_cells(cell_dirs, out_dir, cache_dir=Path(cache_dir), workers=workers)
     print(f"wrote {len(power)} power figure files of {len(cell_dirs)} cells to "
           f"{Path(out_dir) / 'power'}")

@@ -52,6 +52,7 @@ from llm_energy.study.sections import (  # noqa: F401 - re-exported: config's na
     MAX_TIMEOUT_S,
     CarbonConfig,
     ClockSetting,
+    FiguresConfig,
     MeasurementConfig,
     ReferenceConfig,
     ReferenceKind,
@@ -121,6 +122,7 @@ class StudyConfig(_Strict):
     measurement: MeasurementConfig = MeasurementConfig()
     carbon: CarbonConfig = CarbonConfig()
     slo: SloConfig | None = None
+    figures: FiguresConfig = FiguresConfig()
     # Published measurements drawn beside the cells (figures, report): in no cell.
     references: list[ReferenceConfig] = Field(default_factory=list,
                                               json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})

@@ -156,6 +156,18 @@ class CarbonConfig(_Strict):
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price")
 
 
+class FiguresConfig(_Strict):
+    """What the figures rule draws beyond the study figures (applied after measuring, so
+    changing it never re-measures a cell)."""
+
+    model_config = ConfigDict(json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
+
+    power_per_cell: bool = Field(
+        False, description="also pre-draw one power-over-time figure per cell "
+        "(figures/power/<cell_id>.{pdf,svg,png}, ~0.7 s per cell: ~30 min at 10,000 cells); "
+        "off by default: the report draws each cell's power over time in the page")
+
+
 class SloConfig(_Strict):
     """Per-request latency service-level objectives (SLOs), applied in aggregation, so changing
     them never re-measures a cell. A request meets the SLO when it succeeded and each threshold
