@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 CELLS_PER_MODEL = 100
 TARGETS_10K = {"plan": ("duration_s", 2.0), "dryrun": ("duration_s", 60.0),
-               "aggregate_runs": ("duration_s", 30.0)}
+               "aggregate_runs": ("duration_s", 30.0), "publish_total": ("duration_s", 300.0)}
 MEMORY_TARGET_MIB = 2048
 REQUESTS_PER_CYCLE, CYCLES, OUTPUT_TOKENS = 16, 3, 32
 
@@ -107,10 +107,14 @@ def stage_plan(study_path: Path) -> dict:
             "per_job_lookups_s": t2 - t1}
 
 
-def _synthetic_cell(args: tuple[Path, int, bool]) -> None:
+#: Power samples per synthetic cell of the publish stages (1 device, 10 Hz over 30 s).
+POWER_SAMPLES = 300
+
+
+def _synthetic_cell(args: tuple[Path, int, bool] | tuple[Path, int, bool, bool]) -> None:
     from llm_energy.results import io as results
 
-    out, index, with_requests = args
+    out, index, with_requests, *series = args
     rng = random.Random(index)
     cell_id = f"{index:012x}"
     settings = {"batch_size": index % 50 + 1, "dtype": ("float32", "bfloat16")[index % 2],
@@ -148,8 +152,12 @@ def _synthetic_cell(args: tuple[Path, int, bool]) -> None:
                 "finish_s": finish, "ttft_ms": first * 1000, "tpot_ms": sum(itl) / len(itl),
                 "e2e_ms": finish * 1000, "itl_ms": itl,
                 "energy_j": energy / REQUESTS_PER_CYCLE, "success": True})
+    timeseries = [{"t_s": 0.1 * k, "device": "cpu", "power_w": 20.0 + 5 * rng.random(),
+                   "power_source": "estimate", "phase": "idle" if k < 30 else f"cycle{k * 3 // 300}"}
+                  for k in range(POWER_SAMPLES)] if series and series[0] else []
     results.write_cell(out / "cells" / runs[0]["model"] / "transformers" / cell_id,
-                       runs, requests, [], {"cell_config": {"cell_id": cell_id}})
+                       runs, requests, timeseries,
+                       {"cell_config": {"cell_id": cell_id}, "host": "scale-bench"})
 
 
 def synthetic_results(workdir: Path, n_cells: int, with_requests: bool) -> Path:
@@ -162,6 +170,106 @@ def synthetic_results(workdir: Path, n_cells: int, with_requests: bool) -> Path:
             list(pool.map(_synthetic_cell, jobs, chunksize=64))
         marker.write_text(str(n_cells))
     return out
+
+
+def publish_results(workdir: Path, n_cells: int) -> Path:
+    """N synthetic cells with requests and POWER_SAMPLES power samples each (the input of
+    the figures, report and export rules), written once and reused (the marker says so)."""
+    out = workdir / f"results-{n_cells}-publish"
+    marker = out / ".complete"
+    if not marker.exists():
+        jobs = [(out, i, True, True) for i in range(n_cells)]
+        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+            list(pool.map(_synthetic_cell, jobs, chunksize=64))
+        marker.write_text(str(n_cells))
+    return out
+
+
+def _cell_dirs(results_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in results_dir.glob("cells/*/*/*/runs.parquet"))
+
+
+def stage_figures(results_dir: Path) -> dict:
+    """The figures rule's work by default (study figures; per-cell power figures are opt-in)."""
+    import shutil
+
+    from llm_energy.execution import stages
+
+    shutil.rmtree(results_dir / "figures", ignore_errors=True)
+    t0 = time.perf_counter()
+    stages.figures(results_dir / "summary.parquet", _cell_dirs(results_dir), results_dir / "figures")
+    return {"duration_s": time.perf_counter() - t0,
+            "files": len(list((results_dir / "figures").glob("*")))}
+
+
+def stage_report(results_dir: Path) -> dict:
+    """The report rule's work (2 processes read the cells' details, as `--cores 2` gives)."""
+    import pandas as pd
+
+    from llm_energy.analysis.figures import figure_names
+    from llm_energy.execution import stages
+
+    dirs = _cell_dirs(results_dir)
+    matrix = results_dir / "matrix.csv"
+    pd.DataFrame({"cell_id": [d.name for d in dirs], "model": [d.parent.parent.name for d in dirs],
+                  "backend": "transformers", "status": "planned"}).to_csv(matrix, index=False)
+    figures = [results_dir / "figures" / f"{name}.png" for name in figure_names(False)]
+    out = results_dir / "report.html"
+    t0 = time.perf_counter()
+    stages.report(results_dir / "summary.parquet", matrix, [f for f in figures if f.is_file()],
+                  [d / "provenance.json" for d in dirs], [], out, "scale", cell_dirs=dirs,
+                  workers=2)
+    return {"duration_s": time.perf_counter() - t0, "mib": out.stat().st_size / 2**20}
+
+
+def stage_export(results_dir: Path) -> dict:
+    """The export_mlenergy rule's work (parameter counts from the study's tiny checkpoint)."""
+    import shutil
+
+    import pandas as pd
+
+    from llm_energy.execution import stages
+
+    shutil.rmtree(results_dir / "mlenergy", ignore_errors=True)
+    summary = results_dir / "summary.parquet"
+    models = sorted(pd.read_parquet(summary, columns=["model"])["model"].unique())
+    t0 = time.perf_counter()
+    stages.export(summary, results_dir / "mlenergy", "scale",
+                  {m: str(results_dir.parent / "tiny-model") for m in models})
+    return {"duration_s": time.perf_counter() - t0}
+
+
+def stage_browser(report: Path) -> dict:
+    """The report in headless Chromium (the browser tests' launcher): time to the `load`
+    event (navigation start to load end, as the page measures it), then one filter change
+    (unticking the first model: the tables and both charts redrawn, layout forced)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tempfile
+
+    from test_report_browser import Chromium
+
+    with tempfile.TemporaryDirectory() as profile:
+        chrome = Chromium(Path(profile))
+        try:
+            chrome.events.clear()
+            t0 = time.perf_counter()
+            chrome.send("Page.navigate", {"url": report.resolve().as_uri()}, session=True)
+            chrome.wait_event("Page.loadEventFired", timeout=600)
+            wall = time.perf_counter() - t0
+            load_s = chrome.eval("(performance.timing.loadEventEnd||performance.now())"
+                                 "-performance.timing.navigationStart") / 1000
+            filter_s = chrome.eval("""(function(){var b=document.querySelector(
+                'input[data-facet=model]');var t=performance.now();b.click();
+                document.body.offsetHeight;return performance.now()-t;})()""") / 1000
+            shown = chrome.eval("document.getElementById('shown-count').textContent")
+        finally:
+            chrome.close()
+    return {"duration_s": load_s, "load_wall_s": wall, "filter_s": filter_s, "shown": shown}
+
+
+#: The stages `--stages publish` times, each in a fresh process, after the aggregation.
+PUBLISH = {"figures": stage_figures, "report": stage_report, "export": stage_export}
+PUBLISH_TARGET_S = 300.0
 
 
 def stage_aggregate(results_dir: Path) -> dict:
@@ -307,6 +415,33 @@ def write_doc(doc: Path, block: str) -> None:
     doc.write_text(text)
 
 
+def publish(workdir: Path, n: int, record) -> None:
+    """Aggregation (with the requests' bootstrap), then figures, report and export from
+    scratch, each in a fresh process; their sum against PUBLISH_TARGET_S; then Chromium."""
+    results_dir = publish_results(workdir, n)
+    write_study(workdir, n)  # the tiny checkpoint the export reads parameter counts from
+    agg = _child_stage("aggregate", results_dir)
+    assert agg["cells"] == n and agg["problems"] == 0, agg
+    record("aggregate_publish", n, agg)
+    total = 0.0
+    for stage in PUBLISH:
+        result = _child_stage(stage, results_dir)
+        record(stage, n, result)
+        total += result["wall_s"]
+    print(f"figures + report + export at {n} cells, from the summary: {total:.1f} s "
+          f"(wall, processes included; the summary's bootstrap not included: "
+          f"+{agg['wall_s']:.1f} s); target at 10,000 cells < {PUBLISH_TARGET_S:g} s", flush=True)
+    record("publish_total", n, {"duration_s": total, "wall_s": total, "peak_rss_mib": 0.0})
+    try:
+        result = _child_stage("browser", results_dir / "report.html")
+    except SystemExit as error:  # no Chromium here: say so, keep the numbers
+        print(f"browser stage skipped: {str(error).splitlines()[-1]}")
+        return
+    print(f"Chromium: load {result['duration_s']:.1f} s, one filter change "
+          f"{result['filter_s']:.2f} s ({result['shown']})", flush=True)
+    record("browser_load", n, result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,7 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="studies and synthetic cells (kept: reused by the next run)")
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--stages", nargs="+", default=["plan", "dryrun", "aggregate"],
-                        choices=("plan", "dryrun", "aggregate"), help="which stages to run")
+                        choices=("plan", "dryrun", "aggregate", "publish"),
+                        help="which stages to run (publish: aggregation with requests, then "
+                             "figures, report and export from scratch, then the report in "
+                             "Chromium)")
     parser.add_argument("--commits", nargs=2, metavar=("OLD", "NEW"),
                         help="time `snakemake -n` on two commits side by side (`.`: this "
                              "working tree); only the dry run, at each of --sizes")
@@ -329,12 +467,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --commits: write the table into this Markdown file")
     parser.add_argument("--max-ratio", type=float, default=1.1,
                         help="with --commits: exit 1 when NEW / OLD exceeds this")
-    parser.add_argument("--stage", choices=("plan", "aggregate"), help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("plan", "aggregate", "browser", *PUBLISH),
+                        help=argparse.SUPPRESS)
     parser.add_argument("stage_arg", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.stage:  # inside a child: print one JSON line
-        run = stage_plan if args.stage == "plan" else stage_aggregate
+        run = {"plan": stage_plan, "aggregate": stage_aggregate, "browser": stage_browser,
+               **PUBLISH}[args.stage]
         print(json.dumps(run(args.stage_arg)))
         return 0
 
@@ -375,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=False))
             assert agg["cells"] == n and agg["problems"] == 0, agg
             record("aggregate_runs", n, agg)
+        if "publish" in args.stages:
+            publish(args.workdir, n, record)
     for n in request_sizes if "aggregate" in args.stages else []:
         agg = _child_stage("aggregate", synthetic_results(args.workdir, n, with_requests=True))
         assert agg["cells"] == n and agg["problems"] == 0, agg
