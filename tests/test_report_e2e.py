@@ -24,7 +24,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("publish")
-    config = write_config(workdir, small_study())
+    # With the opt-in per-cell power figures: their rule, files and `--report` caption.
+    config = write_config(workdir, small_study() | {"figures": {"power_per_cell": True}})
     run_snakemake(workdir, config)
     return workdir, config
 
