@@ -287,3 +287,28 @@ def test_per_cell_power_figures_are_opt_in_and_analysis_only(tmp_path):
     assert "power_figures" not in jobs["off"] and jobs["off"]["report"] == 1
     assert jobs["on"]["power_figures"] == 1
     assert jobs["on"]["figures"] == jobs["off"]["figures"] == 1
+
+
+def test_ttft_boxes_are_per_model_and_backend_past_the_cell_limit(tmp_path, monkeypatch):
+    """Past MAX_CELL_BOXES cells the TTFT box plot has one box per model and backend,
+    holding all their cells' successful requests."""
+    summary = pd.DataFrame([{"cell_id": f"c{k}", "model": f"m{k % 2}", "backend": "transformers",
+                             "batch_size": k + 1, "dtype": "float32", "status": "ok"}
+                            for k in range(4)])
+    requests = pd.DataFrame([{"cell_id": f"c{k}", "ttft_ms": 10.0 * k + r, "success": r < 2}
+                             for k in range(4) for r in range(3)])
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [])
+    monkeypatch.setattr(figures, "MAX_CELL_BOXES", 3)
+    figures.ttft_distribution(summary, requests, tmp_path / "t")
+    ax = drawn[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m0 · transformers",
+                                                            "m1 · transformers"]
+    # m0: cells 0 and 2, successful requests r = 0, 1: TTFT 0, 1, 20, 21 -> median 10.5.
+    # m1: cells 1 and 3: TTFT 10, 11, 30, 31 -> median 20.5.
+    medians = [line.get_ydata()[0] for line in ax.lines
+               if line.get_color() == figures.OKABE_ITO[3]]
+    assert medians == [10.5, 20.5]
+    monkeypatch.setattr(figures, "MAX_CELL_BOXES", 4)
+    figures.ttft_distribution(summary, requests, tmp_path / "t")
+    assert len(drawn[-1].axes[0].get_xticklabels()) == 4  # one box per cell

@@ -176,14 +176,26 @@ def cell_label(row: pd.Series, with_model: bool = False) -> str:
     return f"{row['model']}: {label}" if with_model else label
 
 
+#: Above this many cells the TTFT box plot has one box per model and backend (a box per
+#: cell is unreadable there, and 10,000 boxes took minutes to draw).
+MAX_CELL_BOXES = 40
+
+
 def ttft_distribution(summary: pd.DataFrame, requests: pd.DataFrame | None, stem: Path) -> list[Path]:
     """Box plot of time to first token per cell (all successful requests of its successful
-    cycles): median, quartiles, whiskers at 1.5 IQR, outliers as points."""
+    cycles): median, quartiles, whiskers at 1.5 IQR, outliers as points. Above
+    MAX_CELL_BOXES cells, one box per model and backend (all their cells' requests)."""
     ok = summary[summary["status"] == "ok"].copy()
     ok["_batch"] = batch_column(ok)
     ok = ok.sort_values(["model", "backend", "_batch"]) if len(ok) else ok
     data, labels = [], []
-    if requests is not None and len(requests):
+    if requests is not None and len(requests) and len(ok) > MAX_CELL_BOXES:
+        good = requests[requests["success"].fillna(False).astype(bool) & requests["ttft_ms"].notna()]
+        good = good.merge(ok[["cell_id", "model", "backend"]], on="cell_id")
+        for (model, backend), group in good.groupby(["model", "backend"], sort=True):
+            data.append(group["ttft_ms"].to_numpy())
+            labels.append(f"{model} · {backend}")
+    elif requests is not None and len(requests):
         good = requests[requests["success"].fillna(False).astype(bool) & requests["ttft_ms"].notna()]
         by_cell = dict(tuple(good.groupby("cell_id")))
         for _, row in ok.iterrows():
