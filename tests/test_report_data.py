@@ -245,3 +245,12 @@ def test_facets_are_precision_and_the_axes_that_vary():
     assert '<th class="t fixed">dtype</th>' in page and '<th class="t">batch_size</th>' in page
     assert '<th class="t">request_rate_per_s</th>' in page
     assert "dtype=float32, max_num_seqs=8" in page  # the fixed values said once, not hidden
+
+def test_an_unreadable_result_file_leaves_the_detail_empty_and_named(tmp_path):
+    (tmp_path / "runs.parquet").write_bytes(b"PAR1 truncated")
+    pd.DataFrame({"t_s": [0.0, 1.0], "device": ["cpu", "cpu"], "power_w": [5.0, 6.0],
+                  "power_source": ["estimate"] * 2, "phase": ["cycle", "cycle"]}
+                 ).to_parquet(tmp_path / "timeseries.parquet")
+    detail = report_data.cell_detail(tmp_path)
+    assert detail["windows"] == [] and detail["lengths"] is None
+    assert len(detail["unreadable"]) == 1 and detail["unreadable"][0].startswith("runs.parquet: ")

@@ -232,6 +232,30 @@ def shading() -> dict[str, str]:
 
 
 def cell_detail(cell_dir: Path) -> dict[str, Any]:
+    """`_cell_detail`, or what of it could be read: a result file that cannot be read (a
+    truncated or foreign Parquet file; the summary reports it too) leaves its part of the
+    detail empty and is named in `unreadable` ("file: error") instead of failing the report."""
+    try:
+        return _cell_detail(cell_dir)
+    except Exception as exc:  # noqa: BLE001 - any reader error: report it, build the rest
+        partial: dict[str, Any] = {"lengths": None, "power": [], "windows": [], "phases": []}
+        for name, part in (("requests.parquet", "lengths"), ("timeseries.parquet", "power"),
+                           ("runs.parquet", "windows")):
+            try:
+                import pyarrow.parquet as pq
+
+                pq.read_metadata(Path(cell_dir) / name)
+            except FileNotFoundError:
+                continue
+            except Exception as file_exc:  # noqa: BLE001
+                partial.setdefault("unreadable", []).append(
+                    f"{name}: {type(file_exc).__name__}: {file_exc}")
+        if "unreadable" not in partial:
+            partial["unreadable"] = [f"{type(exc).__name__}: {exc}"]
+        return partial
+
+
+def _cell_detail(cell_dir: Path) -> dict[str, Any]:
     """One cell's output-length histogram (successful requests, all cycles) and its power
     samples per device (strided to MAX_POWER_POINTS) with the cycle and steady windows and
     the spans of the phases before the cycles (`phases`: [phase, first t, last t]).
