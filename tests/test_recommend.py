@@ -147,3 +147,16 @@ def test_the_report_section_gives_the_same_answer_as_the_command():
     assert "vs fastest c2: 33.3% more energy, 25.0% lower" in items[0]
     assert items[1].startswith("model=m2: no cell meets the SLO")
     assert rec.report_section(SUMMARY.drop(columns="energy_per_output_token_j")) == ""
+
+
+def test_cli_names_what_is_wrong_with_the_summary(tmp_path):
+    cli = [sys.executable, "-m", "llm_energy.cli", "recommend"]
+    missing = subprocess.run([*cli, str(tmp_path / "nope.parquet")], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert missing.returncode == 1 and "no summary at" in missing.stderr
+    none = subprocess.run(cli, capture_output=True, text=True, cwd=tmp_path)
+    assert none.returncode == 1 and "0 found under results/" in none.stderr
+    pd.DataFrame({"model": ["m"], "energy_per_output_token_j": [0.1]}).to_csv(tmp_path / "s.csv")
+    foreign = subprocess.run([*cli, str(tmp_path / "s.csv")], capture_output=True, text=True)
+    assert foreign.returncode == 1 and "Traceback" not in foreign.stderr
+    assert "not an llm-energy summary: no column(s) cell_id, backend, status" in foreign.stderr

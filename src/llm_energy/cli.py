@@ -64,12 +64,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_path(given: str | None) -> str:
+    """A summary file: the one given, `<dir>/summary.parquet` for a study's results folder,
+    or, with none given, the only study under results/. ValueError names what is missing."""
+    from pathlib import Path
+
+    if given is None:
+        found = sorted(Path("results").glob("*/summary.parquet"))
+        if len(found) != 1:
+            raise ValueError(f"give the study's summary (results/<study>/summary.parquet or "
+                             f"results/<study>): {len(found)} found under results/")
+        return str(found[0])
+    path = Path(given)
+    path = path / "summary.parquet" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"no summary at {path}: run the study first or give "
+                         "results/<study>/summary.parquet")
+    return str(path)
+
+
 def _recommend(args: argparse.Namespace) -> int:
     from llm_energy.analysis.compare import _read
     from llm_energy.analysis.recommend import DEFAULT_OBJECTIVE, format_table, recommend
 
     try:
-        table = recommend(_read(args.summary), args.objective or DEFAULT_OBJECTIVE, args.target)
+        path = _summary_path(args.summary)
+        table = recommend(_read(path), args.objective or DEFAULT_OBJECTIVE, args.target)
     except (OSError, ValueError) as exc:
         print(f"llm-energy: {exc}", file=sys.stderr)
         return 1
@@ -212,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_compare)
     p = sub.add_parser("recommend", help="per model and workload, the configuration with the "
                        "lowest energy that meets the study's latency SLO, against the fastest")
-    p.add_argument("summary", nargs="?", default="results/summary.parquet",
-                   help="summary.parquet (or .csv); default: results/summary.parquet")
+    p.add_argument("summary", nargs="?", default=None,
+                   help="summary.parquet (or .csv) or a study's results folder; default: the "
+                   "only study under results/")
     p.add_argument("--objective", help="summary column of the energy to minimise (default: "
                    "energy per output token; or energy_per_slo_request_j, ...: see README)")
     p.add_argument("--target", type=float, help="SLO attainment a cell needs, 0-1 (default: "

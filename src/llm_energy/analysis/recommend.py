@@ -56,6 +56,9 @@ def recommend(summary: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
     Raises ValueError for an unknown objective, or an SLO asked of a summary without one."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: one of {', '.join(OBJECTIVES)}")
+    missing = [c for c in ("cell_id", "model", "backend", "status") if c not in summary]
+    if missing:
+        raise ValueError(f"not an llm-energy summary: no column(s) {', '.join(missing)}")
     if target is None and TARGET_COLUMN in summary and summary[TARGET_COLUMN].notna().any():
         target = float(summary[TARGET_COLUMN].dropna().iloc[0])
     needs_slo = target is not None or "slo" in objective

@@ -180,6 +180,22 @@ class StudyConfig(_Strict):
         return name
 
     @model_validator(mode="after")
+    def _arrival_sweep_has_a_server(self) -> StudyConfig:
+        """A concurrency or rate sweep only changes server cells (offline engines take every
+        request at once): without one it would measure the same cells and say nothing."""
+        swept = [k for k in ("concurrency", "request_rate_per_s") if k in self.workload.swept()]
+        if not swept:
+            return self
+        for key, backend in self.backends.enabled().items():
+            spec = registry.get(key)
+            modes = backend.axes().get(registry.MODE_SETTING) \
+                or [backend.fixed().get(registry.MODE_SETTING)]
+            if any(spec.is_server({registry.MODE_SETTING: m}) for m in modes):
+                return self
+        raise ValueError(f"workload.{swept[0]}: a sweep needs a server backend (an offline "
+                         "engine takes every request at once); enable one or give one value")
+
+    @model_validator(mode="after")
     def _fits_allocation(self) -> StudyConfig:
         if self.measurement.device != "cuda":
             return self
