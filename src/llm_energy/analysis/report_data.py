@@ -237,17 +237,16 @@ def cell_detail(cell_dir: Path) -> dict[str, Any]:
     detail empty and is named in `unreadable` ("file: error") instead of failing the report."""
     try:
         return _cell_detail(cell_dir)
-    except Exception as exc:  # noqa: BLE001 - any reader error: report it, build the rest
+    except Exception as exc:  # any reader error: report it, build the rest
         partial: dict[str, Any] = {"lengths": None, "power": [], "windows": [], "phases": []}
-        for name, part in (("requests.parquet", "lengths"), ("timeseries.parquet", "power"),
-                           ("runs.parquet", "windows")):
+        for name in ("requests.parquet", "timeseries.parquet", "runs.parquet"):
             try:
                 import pyarrow.parquet as pq
 
                 pq.read_metadata(Path(cell_dir) / name)
             except FileNotFoundError:
                 continue
-            except Exception as file_exc:  # noqa: BLE001
+            except Exception as file_exc:
                 partial.setdefault("unreadable", []).append(
                     f"{name}: {type(file_exc).__name__}: {file_exc}")
         if "unreadable" not in partial:
