@@ -423,15 +423,17 @@ def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
         DatasetConfig(path=str(tmp_path / "plain_dir"))
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(DatasetError, match="not UTF-8 text"):
-        read_records(DatasetConfig(path=str(latin)))
+    with pytest.raises(ValueError, match="not UTF-8 text .byte 15"):   # before any job
+        DatasetConfig(path=str(latin))
     rows = _write_jsonl(tmp_path / "rows.jsonl", _prompt_rows(3))
     with pytest.raises(DatasetError, match="has no field 'prompt' .fields: id, question, answer"):
         read_records(DatasetConfig(path=str(rows)))
-    for name, text in (("empty.csv", "prompt\n"), ("empty.jsonl", "\n")):
-        (tmp_path / name).write_text(text)
-        with pytest.raises(DatasetError, match=f"dataset .*{name} is empty"):
-            read_records(DatasetConfig(path=str(tmp_path / name)))
+    (tmp_path / "empty.csv").write_text("prompt\n")       # a header, no records
+    with pytest.raises(DatasetError, match="dataset .*empty.csv is empty"):
+        read_records(DatasetConfig(path=str(tmp_path / "empty.csv")))
+    (tmp_path / "empty.jsonl").write_text("\n")           # nothing: refused before any job
+    with pytest.raises(ValueError, match="dataset .*empty.jsonl is empty"):
+        DatasetConfig(path=str(tmp_path / "empty.jsonl"))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a"}\n{"prompt": \n')
     with pytest.raises(DatasetError, match="cannot read dataset"):

@@ -83,6 +83,35 @@ class DatasetConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _readable_text(self) -> DatasetConfig:
+        """Text files (JSONL, JSON, CSV) checked before any job: not empty and UTF-8
+        throughout (streamed). Fields, records, and what needs the tokenizer (lengths, the
+        context) are checked by the workload rule, the first job of a study."""
+        path = Path(self.path).expanduser()
+        if not path.is_file() or path.suffix.lower() == ".parquet":
+            return self
+        import codecs
+
+        decoder, blank, seen = codecs.getincrementaldecoder("utf-8")(), True, 0
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                try:
+                    text = decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"dataset {self.path} is not UTF-8 text (byte "
+                                     f"{seen + exc.start}: {exc.reason})") from None
+                seen += len(chunk)
+                blank = blank and not text.strip()
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"dataset {self.path} is not UTF-8 text (it ends inside a "
+                                 f"character: {exc.reason})") from None
+        if blank:
+            raise ValueError(f"dataset {self.path} is empty")
+        return self
+
+    @model_validator(mode="after")
     def _order(self) -> DatasetConfig:
         if self.max_input_tokens is not None and self.max_input_tokens < self.min_input_tokens:
             raise ValueError("max_input_tokens must be >= min_input_tokens")
