@@ -56,3 +56,12 @@ class _Strict(BaseModel):
 def _as_axis(value: Any) -> list[Any]:
     """A value or a list of values (an axis) as a list."""
     return value if isinstance(value, list) else [value]
+
+
+def each_value_once(canonical: list[str], where: str = "") -> None:
+    """Refuse a sweep that lists one value twice (the same cell twice: a wrong count in the
+    matrix). `canonical`: the values as comparable text (JSON); `where`: the key, as a
+    message prefix. Raises ValueError naming the repeated values."""
+    repeated = sorted({s for s in canonical if canonical.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{where}repeated value(s) {', '.join(repeated)}; list each value once")

@@ -40,6 +40,7 @@ from llm_energy.study.base import (  # noqa: F401 - re-exported: config's names
     EnergySourceName,
     _as_axis,
     _Strict,
+    each_value_once,
 )
 from llm_energy.study.model_spec import (  # noqa: F401 - re-exported: config's names
     DemoModelSpec,
@@ -144,11 +145,8 @@ class StudyConfig(_Strict):
                              f"{', '.join(registry.names())}")
         for key, backend in backends.enabled().items():
             for setting, values in backend.axes().items():
-                seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
-                repeated = sorted({s for s in seen if seen.count(s) > 1})
-                if repeated:  # the same cell twice: a wrong count in the matrix
-                    raise ValueError(f"backends.{key}.{setting}: repeated value(s) "
-                                     f"{', '.join(repeated)}; list each value once")
+                each_value_once([json.dumps(v, sort_keys=True, default=str) for v in values],
+                                f"backends.{key}.{setting}: ")
         return backends
 
     @model_validator(mode="after")

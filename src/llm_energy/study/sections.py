@@ -23,6 +23,7 @@ from llm_energy.study.base import (
     EnergySourceName,
     _as_axis,
     _Strict,
+    each_value_once,
 )
 
 
@@ -65,16 +66,6 @@ class MeasurementConfig(_Strict):
     cycles: int = Field(3, gt=0, le=1000)
     warmup: WarmupConfig = WarmupConfig()
 
-    @field_validator(*GPU_AXES)
-    @classmethod
-    def _each_axis_value_once(cls, value: Any) -> Any:
-        # 200 and 200.0 are one power limit: the same cell twice, a wrong count in the matrix.
-        if isinstance(value, list):
-            seen = [json.dumps(v if isinstance(v, list) else float(v)) for v in value]
-            repeated = sorted({s for s in seen if seen.count(s) > 1})
-            if repeated:
-                raise ValueError(f"repeated value(s) {', '.join(repeated)}; list each value once")
-        return value
     idle_duration_s: float = Field(2.0, ge=0)
     cooldown_s: float = Field(0.0, ge=0)
     sampler_hz: float = Field(10.0, gt=0, le=1000)
@@ -125,6 +116,14 @@ class MeasurementConfig(_Strict):
     contention_cpu_cores: float = Field(
         0.25, ge=0, description="other processes using more cores than this on average "
         "during a cycle are flagged as contention")
+
+    @field_validator(*GPU_AXES)
+    @classmethod
+    def _each_axis_value_once(cls, value: Any) -> Any:
+        # 200 and 200.0 are one power limit: the same cell twice.
+        if isinstance(value, list):
+            each_value_once([json.dumps(v if isinstance(v, list) else float(v)) for v in value])
+        return value
 
     @model_validator(mode="after")
     def _max_cycles_at_least_cycles(self) -> MeasurementConfig:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from llm_energy.study.base import each_value_once
 from llm_energy.study.workload_spec import DatasetConfig, _as_list, _Strict
 
 #: Workload keys a study may sweep (a list of values: one cell per value).
@@ -47,11 +48,8 @@ class WorkloadSweep(_Strict):
     @classmethod
     def _each_value_once(cls, value: Any) -> Any:
         if isinstance(value, list):  # the same cell twice: a wrong count in the matrix
-            seen = [json.dumps(v.model_dump(mode="json") if isinstance(v, BaseModel) else v,
-                               sort_keys=True) for v in value]
-            repeated = sorted({s for s in seen if seen.count(s) > 1})
-            if repeated:
-                raise ValueError(f"repeated value(s) {', '.join(repeated)}; list each value once")
+            each_value_once([json.dumps(v.model_dump(mode="json") if isinstance(v, BaseModel)
+                                        else v, sort_keys=True) for v in value])
         return value
 
     @field_validator("concurrency")
