@@ -69,7 +69,8 @@ class OpenAIServerBackend(Backend):
             return {}
         from llm_energy.loadgen.prometheus import server_cycle_columns
 
-        return server_cycle_columns(self._scraper.snapshot(), start_s, end_s)
+        return server_cycle_columns(self._scraper.snapshot(), start_s, end_s,
+                                    self._scrape_period_s())
 
     def cycle_warnings(self, cycle: int, start_s: float, end_s: float) -> list[str]:
         if self._scraper is None:

@@ -126,28 +126,48 @@ class MetricsScraper:
 SCRAPE_COVERAGE_MIN = 0.5
 
 
+def _scrapes_inside(samples: list[ServerSample], start_s: float, end_s: float) -> list[ServerSample]:
+    return [s for s in samples if start_s <= s.t_s <= end_s]
+
+
+def _starved(got: int, start_s: float, end_s: float, period_s: float) -> float | None:
+    """The scrapes expected in [start_s, end_s] when fewer than `SCRAPE_COVERAGE_MIN` of them
+    came back, else None (a window under two periods cannot be judged: None)."""
+    expected = (end_s - start_s) / period_s
+    if expected < 2 or got >= SCRAPE_COVERAGE_MIN * expected:
+        return None
+    return expected
+
+
 def scrape_coverage_warning(samples: list[ServerSample], cycle: int, start_s: float,
                             end_s: float, period_s: float) -> str | None:
     """A flag when the server answered `/metrics` far less often than asked during a cycle:
     a server too busy to report (e.g. sharing 2 CPU cores with its engine) answers late, so
-    its few answers describe the moments it was free, not the cycle."""
-    expected = (end_s - start_s) / period_s
-    if expected < 2:
-        return None  # a cycle this short cannot be covered at this rate; nothing to judge
-    got = sum(1 for s in samples if start_s <= s.t_s <= end_s)
-    if got >= SCRAPE_COVERAGE_MIN * expected:
+    its few answers describe the moments it was free, not the cycle; the cycle's gauge
+    columns are then null (`server_cycle_columns`)."""
+    got = len(_scrapes_inside(samples, start_s, end_s))
+    expected = _starved(got, start_s, end_s, period_s)
+    if expected is None:
         return None
     return (f"server /metrics answered {got} time(s) in cycle {cycle} against ~{expected:.0f} "
-            f"asked ({1 / period_s:g} Hz): the server was too busy to report, so the server_* "
-            "columns of this cycle describe only the moments it answered")
+            f"asked ({1 / period_s:g} Hz): the server was too busy to report, so the cycle's "
+            "server_* gauge columns are null (its few answers describe only the moments it "
+            "was free)")
 
 
-def server_cycle_columns(samples: list[ServerSample], start_s: float, end_s: float) -> dict[str, Any]:
+def server_cycle_columns(samples: list[ServerSample], start_s: float, end_s: float,
+                         period_s: float | None = None) -> dict[str, Any]:
     """Per-cycle summary of scraped server metrics: mean requests running (the average batch
-    size the engine saw) and KV-cache use, over the scrapes inside the cycle."""
-    inside = [s for s in samples if start_s <= s.t_s <= end_s]
-    running = [s.requests_running for s in inside if s.requests_running is not None]
-    kv = [s.kv_cache_usage_pct for s in inside if s.kv_cache_usage_pct is not None]
+    size the engine saw) and KV-cache use, over the scrapes inside the cycle. With the scrape
+    period given, a cycle the server was too busy to report on (`scrape_coverage_warning`)
+    gets null gauge columns rather than values from its idle moments."""
+    inside = _scrapes_inside(samples, start_s, end_s)
+    if period_s is not None and _starved(len(inside), start_s, end_s, period_s) is not None:
+        inside_gauges: list[ServerSample] = []
+    else:
+        inside_gauges = inside
+    running = [s.requests_running for s in inside_gauges if s.requests_running is not None]
+    kv = [s.kv_cache_usage_pct for s in inside_gauges if s.kv_cache_usage_pct is not None]
     return {
         "server_metric_samples": len(inside),
         "server_avg_batch_size": sum(running) / len(running) if running else None,
