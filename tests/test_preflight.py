@@ -190,6 +190,22 @@ def test_hub_and_remote_code_models_are_left_to_the_workload_rule(tmp_path, demo
     assert not (tmp_path / "cache").exists()
 
 
+def test_a_tokenizer_that_fails_to_load_is_left_to_the_workload_rule(tmp_path, demo_model_dir):
+    data = _chat(tmp_path / "chat.jsonl", 6)
+    study = small_study(models=[{"name": "tiny", "path": str(demo_model_dir)}],
+                        workload={"num_prompts": 4, "output_tokens": 8,
+                                  "dataset": {"path": str(data), "format": "sharegpt"}})
+    plan = plan_from_config(study)
+    (key,) = plan.workloads
+
+    def broken(source):
+        raise OSError("tokenizer.json: bad file\nsecond line")
+
+    assert pf.preflight(plan, tmp_path / "cache", broken) == {
+        key: "left to the workload rule (tokenizer: tokenizer.json: bad file)"}
+    assert not (tmp_path / "cache").exists()
+
+
 def test_output_cap_no_prompt_can_fit_is_refused_at_validation(tmp_path, capsys):
     """output_tokens 5000 against a 1024-token context: every request needs at least
     min_input_tokens + 5000 tokens, refused before tokenising anything."""
@@ -246,3 +262,26 @@ def test_an_empty_section_is_refused_naming_it(tmp_path, capsys, section):
     assert code == 1 and err == [
         f"llm-energy: config error: invalid value for '{section}': the section is empty; "
         "remove the key for its default, or give its keys"]
+
+
+@pytest.mark.smollm2
+def test_default_study_gguf_tokenizer_read_from_the_file(tmp_path):
+    """The default study's GGUF model, not converted yet: its tokenizer is read from the GGUF
+    file, and a dataset filter that leaves nothing is refused by `snakemake -n`."""
+    import yaml
+
+    study = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    study["workload"]["dataset"]["path"] = str(ROOT / study["workload"]["dataset"]["path"])
+    study["workload"]["dataset"]["max_input_tokens"] = 5
+    config = write_config(tmp_path, study)
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(config), "--cores", "1", "-n"],
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("llm-energy:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+    assert errors[0].startswith("llm-energy: config error: workload.dataset.max_input_tokens: "
+                                "dataset ") and "nothing left of " in errors[0]
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    (cached,) = (tmp_path / ".snakemake" / "llm-energy" / "preflight").glob("*.json")
+    assert json.loads(cached.read_text())["error"] == errors[0].removeprefix(
+        "llm-energy: config error: ")

@@ -151,8 +151,9 @@ def _write_cache(path: Path, record: dict[str, Any]) -> None:
 def preflight(plan: Plan, cache_dir: str | Path = CACHE_DIR,
               loader: Callable[[tuple[str, Any]], Any] = load_tokenizer) -> dict[str, str]:
     """Check every dataset workload of `plan` whose tokenizer can be had without a job.
-    Returns workload key -> `checked`, `cached` or `left to the workload rule`; raises
-    `ConfigError` (one line naming the key) for the first that fails, cached or not."""
+    Returns workload key -> `checked`, `cached` or `left to the workload rule` (also when the
+    tokenizer fails to load: the rule reports that); raises `ConfigError` (one line naming
+    the key) for the first that fails, cached or not."""
     results: dict[str, str] = {}
     tokenizers: dict[str, Any] = {}
     versions: list[str | None] | None = None
@@ -171,7 +172,14 @@ def preflight(plan: Plan, cache_dir: str | Path = CACHE_DIR,
 
             started = time.perf_counter()
             if model_name not in tokenizers:
-                tokenizers[model_name] = loader(source)
+                try:
+                    tokenizers[model_name] = loader(source)
+                except Exception as exc:  # no verdict on the input: the rule will say
+                    tokenizers[model_name] = exc
+            if isinstance(tokenizers[model_name], Exception):
+                first = str(tokenizers[model_name]).strip().splitlines()[:1]
+                results[key] = f"left to the workload rule (tokenizer: {''.join(first)[:200]})"
+                continue
             try:
                 checked_workload(spec, tokenizers[model_name], plan.workload_context_limits(key))
                 error = None
