@@ -1,6 +1,8 @@
 """Rule `workload`: build one workload file (llm_energy.workload.build); bad input (a
 dataset prompt that cannot fit a cell's context, an empty dataset, ...) fails the rule with
-one line, before any measure job."""
+one line, before any measure job. The plan-time preflight (llm_energy.execution.preflight)
+runs the same checks before any job wherever the tokenizer can be had without one; this
+catches the rest (hub models, `trust_remote_code`)."""
 
 import sys
 from pathlib import Path

@@ -219,6 +219,9 @@ ALLOWED = {
     ("loadgen/client.py", "base_url"),
     # A key of Hugging Face config.json files (MPT's position limit), not TensorRT-LLM's.
     ("study/base.py", "max_seq_len"),
+    # The tokenizer library of the pipeline's environment (whose version keys the plan-time
+    # preflight's cache), not the backend.
+    ("execution/preflight.py", "transformers"),
 }
 
 

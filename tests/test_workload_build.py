@@ -204,10 +204,16 @@ def test_length_filters(tmp_path, tokenizer):
                                    min_input_tokens=lo, max_input_tokens=hi), tokenizer)
     assert set(workload.record_index) == eligible
     assert all(lo <= len(p) <= hi for p in workload.prompts)
-    with pytest.raises(DatasetError, match="left of 40 after the length filters"):
+    with pytest.raises(DatasetError, match="left of 40 after the length filters") as info:
         make_workload(_spec(path, n=len(eligible) + 1, prompt_field="question",
                             min_input_tokens=lo, max_input_tokens=hi), tokenizer)
-    with pytest.raises(DatasetError, match="nothing left"):
+    # Every record visited: the line names the filter that dropped most, with the counts.
+    below, above = sum(n < lo for n in lengths), sum(n > hi for n in lengths)
+    assert str(info.value).startswith(
+        f"workload.dataset.{'max' if above > below else 'min'}_input_tokens: dataset ")
+    assert f"dropped {below} by min_input_tokens={lo}, {above} by max_input_tokens={hi})" \
+        in str(info.value)
+    with pytest.raises(DatasetError, match="^workload.dataset.min_input_tokens: .*nothing left"):
         make_workload(_spec(path, prompt_field="question", min_input_tokens=10_000), tokenizer)
     # Reply-length filters use the reply's tokens.
     replies = [len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) for r in rows]
@@ -426,20 +432,22 @@ def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="not UTF-8 text .byte 15"):   # before any job
         DatasetConfig(path=str(latin))
     rows = _write_jsonl(tmp_path / "rows.jsonl", _prompt_rows(3))
-    with pytest.raises(DatasetError, match="has no field 'prompt' .fields: id, question, answer"):
+    with pytest.raises(DatasetError, match="^workload.dataset.prompt_field: .*has no field "
+                                           "'prompt' .fields: id, question, answer"):
         read_records(DatasetConfig(path=str(rows)))
     (tmp_path / "empty.csv").write_text("prompt\n")       # a header, no records
-    with pytest.raises(DatasetError, match="dataset .*empty.csv is empty"):
+    with pytest.raises(DatasetError, match="^workload.dataset.path: dataset .*empty.csv is empty"):
         read_records(DatasetConfig(path=str(tmp_path / "empty.csv")))
     (tmp_path / "empty.jsonl").write_text("\n")           # nothing: refused before any job
     with pytest.raises(ValueError, match="dataset .*empty.jsonl is empty"):
         DatasetConfig(path=str(tmp_path / "empty.jsonl"))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a"}\n{"prompt": \n')
-    with pytest.raises(DatasetError, match="cannot read dataset"):
+    with pytest.raises(DatasetError, match="^workload.dataset.path: cannot read dataset"):
         read_records(DatasetConfig(path=str(broken)))
     wrong = _write_jsonl(tmp_path / "wrong.jsonl", [{"messages": "not a list"}])
-    with pytest.raises(DatasetError, match="record 0 field 'messages' is not a non-empty list"):
+    with pytest.raises(DatasetError, match="^workload.dataset.format: .*record 0 field "
+                                           "'messages' is not a non-empty list"):
         read_records(DatasetConfig(path=str(wrong), format="messages"))
     with pytest.raises(ValueError, match="output_tokens 'dataset' needs replies"):
         WorkloadSpec(output_tokens="dataset", dataset={"path": str(rows),
@@ -475,7 +483,8 @@ def test_dataset_prompts_that_cannot_fit_the_context_are_refused(tmp_path, token
                               (longest - 1, "backends.vllm.max_model_len")])
     message = str(info.value)
     record = built.record_index[need.index(longest)]
-    assert message.startswith(f"workload.dataset: record {record} needs ")
+    # The key to change: the dataset's prompt-length filter (prompts keep their own length).
+    assert message.startswith(f"workload.dataset.max_input_tokens: record {record} needs ")
     assert f"= {longest}, more than backends.vllm.max_model_len = {longest - 1}" in message
     assert "\n" not in message
     # The limits the workload rule checks: every cell's context setting and model limit.

@@ -54,9 +54,12 @@ def test_dataset_study_reads_the_workload_file(tmp_path):
     assert jobs.get("workload") == 1 and jobs.get("measure") == 1, jobs
 
 
-def test_dataset_prompts_longer_than_the_context_fail_the_workload_rule(tmp_path, demo_model_dir):
-    """Dataset prompts have their token counts only once tokenised: the workload rule refuses
-    them with one line naming the key and the limit, and no measure job runs."""
+def test_dataset_prompts_longer_than_the_context_are_refused_before_any_job(tmp_path,
+                                                                           demo_model_dir):
+    """Dataset prompts have their token counts only once tokenised: the plan-time preflight
+    (the workload rule's own code, run in memory with the model's tokenizer) refuses them with
+    one line naming the key and the limit, and no job runs (tests/test_preflight.py has the
+    other cases)."""
     data = tmp_path / "chat.jsonl"
     _chat(data, 6)  # prompt i has about 2 × i + 8 tokens: the longest over 12
     study = small_study(
@@ -69,8 +72,9 @@ def test_dataset_prompts_longer_than_the_context_fail_the_workload_rule(tmp_path
     proc = run_snakemake(tmp_path, write_config(tmp_path, study), check=False)
     assert proc.returncode != 0
     lines = [line for line in (proc.stdout + proc.stderr).splitlines()
-             if line.startswith("llm-energy: workload error: workload.dataset: record ")]
-    assert lines, proc.stderr[-3000:]
-    assert "more than backends.vllm.max_model_len = 20; set workload.dataset.max_input_tokens" \
+             if line.startswith("llm-energy: config error: workload.dataset.max_input_tokens: "
+                                "record ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "more than backends.vllm.max_model_len = 20; set it to drop longer prompts" \
         in lines[0]
-    assert not list((study_dir(tmp_path) / "cells").glob("*/*/*/runs.parquet"))
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()

@@ -24,10 +24,21 @@ def _validate(args: argparse.Namespace) -> int:
     # The study name must not be taken by another config file's folder (as in the pipeline).
     check_owner(study.name, [c.cell_id for c in cells], str(Path(args.config).resolve()),
                 args.results)
+    checked: dict[str, str] = {}
+    if not args.no_preflight:
+        # Dataset workloads built in memory with the model's tokenizer, as the Snakefile does.
+        from llm_energy.execution.preflight import preflight
+        from llm_energy.study.plan import Plan
+
+        plan = Plan(study, {c.cell_id: c for c in cells}, pruned,
+                    project_dir=str(Path(__file__).resolve().parents[2]))
+        checked = preflight(plan)
     print(f"{args.config}: valid; {len(cells)} cell(s), {len(pruned)} pruned; results in "
           f"{study_dir(study.name, args.results)}/")
     for p in pruned:
         print(f"  pruned {p.model}/{p.backend} {p.settings}: {p.reason}")
+    for key, how in checked.items():
+        print(f"  dataset workload {key}: {how}")
     return 0
 
 
@@ -212,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--results", default="results",
                    help="the results root whose study folders the name must not clash with")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip building dataset workloads in memory with the models' tokenizers "
+                   "(the check the pipeline runs before any job; cached in "
+                   ".snakemake/llm-energy/preflight)")
     p.set_defaults(func=_validate)
     p = sub.add_parser("matrix", help="print the study's cells (planned and pruned) as CSV")
     p.add_argument("config")

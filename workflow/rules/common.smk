@@ -11,12 +11,19 @@ from llm_energy.analysis.figures import FORMATS, figure_names
 from llm_energy.backends.registry import PIPELINE_ENVIRONMENT
 from llm_energy.execution.runner import failure_message
 from llm_energy.study.plan import GGUF_MODELS_DIR, plan_or_exit
+from llm_energy.execution.preflight import preflight_or_exit
 
 # No `configfile:` directive: Snakemake would merge a user's --configfile into the default
 # study key by key. Validation happens here, before any job exists; it also refuses a study
 # name whose folder belongs to another config file (llm_energy.study.layout).
 # The project directory holds the backend environments (.venvs/<backend>).
 PLAN = plan_or_exit(config, workflow.basedir, [str(f) for f in workflow.configfiles])
+# Dataset workloads built in memory with their model's tokenizer where it can be had without
+# a job (the workload rule's own checks; cached per workload in .snakemake/llm-energy/):
+# a missing field, no usable record, nothing left after the length filters, a prompt over a
+# cell's context is one line here, not a failed first job. Not again in each job's process.
+if workflow.is_main_process:
+    preflight_or_exit(PLAN)
 CELLS = PLAN.cells
 # Every output of this study lives under results/<study name>/.
 RESULTS = PLAN.results_dir

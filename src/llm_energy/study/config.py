@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +41,7 @@ from llm_energy.study.base import (  # noqa: F401 - re-exported: config's names
     _Strict,
     each_value_once,
 )
+from llm_energy.study.errors import one_line
 from llm_energy.study.model_spec import (  # noqa: F401 - re-exported: config's names
     DemoModelSpec,
     GgufModelSpec,
@@ -113,6 +113,10 @@ class StudyWorkloadConfig(WorkloadSweep, WorkloadConfig):
     """The study's `workload:`, with sweep axes (`study.workload_sweep`)."""
 
 
+#: Top-level keys that hold a value, not a section.
+SCALAR_KEYS = ("schema_version", "name")
+
+
 class StudyConfig(_Strict):
     schema_version: Literal[1] = 1
     # A label of the study's outputs (report title, export task), in no cell.
@@ -127,6 +131,20 @@ class StudyConfig(_Strict):
     # Published measurements drawn beside the cells (figures, report): in no cell.
     references: list[ReferenceConfig] = Field(default_factory=list,
                                               json_schema_extra={ROLE_KEY: ANALYSIS_ONLY})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_section(cls, data: Any) -> Any:
+        """A section written with nothing under it (`figures:`, `slo:`: YAML null) is refused
+        like any other value of the wrong type, one line naming it: remove the key for its
+        default (no SLO, no references), or give its keys."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if value is None and key in cls.model_fields and key not in SCALAR_KEYS:
+                    fix = ("it is required: give its entries" if cls.model_fields[key].is_required()
+                           else "remove the key for its default, or give its keys")
+                    raise ValueError(f"{key}: the section is empty; {fix}")
+        return data
 
     @field_validator("models")
     @classmethod
@@ -230,31 +248,39 @@ class StudyConfig(_Strict):
     @model_validator(mode="after")
     def _fits_context(self) -> StudyConfig:
         """Prompt + output tokens must fit every context limit known before any job: each
-        backend's context setting and each model's position limit."""
-        longest_in = longest_tokens(self.workload.input_tokens, self.workload.datasets)
-        longest_out = longest_tokens(self.workload.output_tokens, None)
-        if longest_in is None or longest_out is None:
-            return self  # the dataset's own lengths: checked when the workload is built
-        need = longest_in + longest_out
-        tokens = (f"workload.input_tokens + workload.output_tokens = "
-                  f"{longest_in} + {longest_out} = {need}")
-        for key, backend in self.backends.enabled().items():
-            setting = registry.get(key).context_setting
+        backend's context setting and each model's position limit. A dataset's own prompt
+        lengths are known only once tokenised: without `max_input_tokens` the least a request
+        can need (`min_input_tokens` + the longest output) is checked here, and the plan-time
+        preflight (llm_energy.execution.preflight) builds the workload to check the rest."""
+        workload = self.workload
+        longest_out = longest_tokens(workload.output_tokens, None)
+        if longest_out is None:
+            return self  # each record's reply length: checked when the workload is built
+        longest_in = longest_tokens(workload.input_tokens, workload.datasets)
+        if longest_in is not None:
+            key = ("workload.dataset.max_input_tokens" if workload.input_tokens == "dataset"
+                   else "workload.input_tokens")
+            need = longest_in + longest_out
+            tokens = f"{key} + workload.output_tokens = {longest_in} + {longest_out} = {need}"
+        else:
+            shortest = min(d.min_input_tokens for d in workload.datasets)
+            key, need = "workload.output_tokens", shortest + longest_out
+            tokens = (f"workload.output_tokens {longest_out} + at least "
+                      f"workload.dataset.min_input_tokens = {shortest} prompt token(s) = {need}")
+        for name, backend in self.backends.enabled().items():
+            setting = registry.get(name).context_setting
             if setting is None:
                 continue
             for limit in _as_axis(getattr(backend, setting)):
                 if limit is not None and need > limit:
-                    raise ValueError(f"workload.input_tokens: {tokens} exceeds "
-                                     f"backends.{key}.{setting} = {limit}; raise {setting} or "
-                                     "shorten the workload")
+                    raise ValueError(f"{key}: {tokens} exceeds backends.{name}.{setting} = "
+                                     f"{limit}; raise {setting} or shorten the workload")
         for model in self.models:
             limit, where = model.context_limit()
             if limit is not None and need > limit:
-                raise ValueError(f"workload.input_tokens: {tokens} exceeds {where} = {limit} "
-                                 f"of model '{model.name}'; shorten the workload")
+                raise ValueError(f"{key}: {tokens} exceeds {where} = {limit} of model "
+                                 f"'{model.name}'; shorten the workload")
         return self
-
-
 
 
 @functools.lru_cache(maxsize=8)
@@ -277,54 +303,6 @@ def study_model() -> type[StudyConfig]:
 # ---------------------------------------------------------------- loading
 
 
-def _location(loc: tuple[Any, ...], data: Any) -> str:
-    parts: list[str] = []
-    node = data
-    for item in loc:
-        if isinstance(item, int):
-            name = None
-            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
-                name = node[item].get("name")
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{name if name else item}]"]
-        elif item in ("function-after", "function-before") or "[" in str(item):
-            continue
-        elif node is not None and not (isinstance(node, dict) and (item in node
-                                                                   or item == loc[-1])):
-            continue  # a union member's tag (`DatasetConfig`, `constrained-int`): not a key
-        else:
-            parts.append(str(item))
-        if isinstance(node, dict):
-            node = node.get(item)
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
-            node = node[item]
-        else:
-            node = None
-    return ".".join(parts) or "<top level>"
-
-
-def _format_error(error: dict[str, Any], data: Any) -> str:
-    loc = tuple(error.get("loc", ()))
-    # Union/tagged branches put type names into the location; keep the key path only.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and re.match(r"^[a-z_]+\[", p)))
-    where = _location(loc, data)
-    kind = error.get("type", "")
-    message = error.get("msg", "invalid")
-    if kind == "extra_forbidden" and loc[:1] == ("backends",) and len(loc) == 2:
-        return (f"unknown key '{where}': not a backend; known backends: "
-                f"{', '.join(registry.names())}")
-    if kind == "extra_forbidden":
-        return f"unknown key '{where}': remove it or check its spelling (see config/README.md)"
-    if kind == "missing":
-        return f"missing key '{where}': it is required (see config/README.md)"
-    message = message.removeprefix("Value error, ")
-    keyed = re.match(r"^([a-z_]+(?:\.[a-z_-]+)+): (.*)$", message)
-    if where == "<top level>" and keyed:
-        where, message = keyed.groups()
-    got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"invalid value for '{where}'{shown}: {message}"
-
-
 def validate_study(data: Any) -> StudyConfig:
     if data is None:
         raise ConfigError("the study config is empty: it needs at least 'models' and 'backends'")
@@ -336,10 +314,7 @@ def validate_study(data: Any) -> StudyConfig:
     try:
         return study_model().model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = _format_error(errors[0], data)
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
+        raise ConfigError(one_line(exc.errors(), data)) from None
 
 
 #: Keys that hold a file or directory path: (section path, key); `*` is every list item.

@@ -86,7 +86,8 @@ class DatasetConfig(_Strict):
     def _readable_text(self) -> DatasetConfig:
         """Text files (JSONL, JSON, CSV) checked before any job: not empty and UTF-8
         throughout (streamed). Fields, records, and what needs the tokenizer (lengths, the
-        context) are checked by the workload rule, the first job of a study."""
+        context) are checked when the study is planned (llm_energy.execution.preflight), or by
+        the workload rule where the tokenizer needs a job."""
         path = Path(self.path).expanduser()
         if not path.is_file() or path.suffix.lower() == ".parquet":
             return self

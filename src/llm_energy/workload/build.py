@@ -133,6 +133,8 @@ def _from_dataset(spec: WorkloadSpec, tokenizer: Any) -> tuple[list[list[int]], 
     prompts: list[list[int]] = []
     indices: list[int] = []
     replies: list[int | None] = []
+    dropped = dict.fromkeys(("min_input_tokens", "max_input_tokens", "reply_field",
+                             "min_output_tokens", "max_output_tokens"), 0)
     visited = 0
     for first in range(0, len(order), _ENCODE_CHUNK):
         if len(prompts) >= spec.num_prompts:
@@ -144,27 +146,43 @@ def _from_dataset(spec: WorkloadSpec, tokenizer: Any) -> tuple[list[list[int]], 
             if len(prompts) >= spec.num_prompts:
                 break
             visited += 1
-            n = len(prompt)
-            if n < cfg.min_input_tokens or (cfg.max_input_tokens and n > cfg.max_input_tokens):
-                continue
-            if need_reply and not reply:
-                continue
-            if cfg.min_output_tokens and reply < cfg.min_output_tokens:
-                continue
-            if cfg.max_output_tokens and reply > cfg.max_output_tokens:
+            reason = _filtered(cfg, len(prompt), reply, need_reply)
+            if reason is not None:
+                dropped[reason] += 1
                 continue
             prompts.append(list(prompt))
             indices.append(record.index)
             replies.append(reply)
     if len(prompts) < spec.num_prompts:
         what = "nothing" if not prompts else f"only {len(prompts)} record(s)"
+        # The key to change: the filter that dropped most records (num_prompts if none did).
+        key = max(dropped, key=dropped.__getitem__) if any(dropped.values()) else None
+        why = ", ".join(f"{n} by {k}" + (f"={getattr(cfg, k)}" if k != "reply_field" else
+                                         " (no reply)") for k, n in dropped.items() if n)
         raise DatasetError(
-            f"dataset {cfg.path}: {what} left of {len(records)} after the length filters "
+            f"{'workload.dataset.' + key if key else 'workload.num_prompts'}: dataset "
+            f"{cfg.path}: {what} left of {len(records)} after the length filters "
             f"(input tokens {cfg.min_input_tokens}..{cfg.max_input_tokens or 'any'}"
             + (", a reply" if need_reply else "")
-            + f"), fewer than num_prompts={spec.num_prompts}")
+            + f"; dropped {why or 'none'}), fewer than num_prompts={spec.num_prompts}")
     counts = {"records": len(records), "records_visited": visited}
     return prompts, indices, replies, counts
+
+
+def _filtered(cfg: Any, n: int, reply: int | None, need_reply: bool) -> str | None:
+    """The length filter (its key) that drops a record with `n` prompt tokens and a reply of
+    `reply` tokens, or None when it is kept."""
+    if n < cfg.min_input_tokens:
+        return "min_input_tokens"
+    if cfg.max_input_tokens and n > cfg.max_input_tokens:
+        return "max_input_tokens"
+    if need_reply and not reply:
+        return "reply_field"
+    if cfg.min_output_tokens and reply < cfg.min_output_tokens:
+        return "min_output_tokens"
+    if cfg.max_output_tokens and reply > cfg.max_output_tokens:
+        return "max_output_tokens"
+    return None
 
 
 def _from_corpus(spec: WorkloadSpec, tokenizer: Any, lengths: np.ndarray) -> list[list[int]]:
@@ -243,8 +261,9 @@ def write_workload(workload: Workload, path: str | Path) -> Path:
 def check_context(workload: Workload, limits: Sequence[tuple[int, str]]) -> None:
     """Refuse a workload whose longest request (prompt + target output tokens) exceeds a
     context limit of a cell that uses it (`Plan.workload_context_limits`: (tokens, where)),
-    with one line naming the key; the study's validation catches what the config says, this
-    the dataset's own prompt lengths."""
+    with one line naming the key to change: `workload.dataset.max_input_tokens` for a
+    dataset's own prompt lengths, else `workload.input_tokens`. The study's validation catches
+    what the config says, this the prompt lengths known only once tokenised."""
     if not workload.prompts or not limits:
         return
     need = [len(p) + o for p, o in zip(workload.prompts, workload.output_tokens)]
@@ -253,21 +272,30 @@ def check_context(workload: Workload, limits: Sequence[tuple[int, str]]) -> None
     if need[longest] > limit:
         record = workload.record_index[longest]
         what = f"record {record}" if record is not None else f"request {longest}"
-        key = "workload.dataset" if record is not None else "workload.input_tokens"
-        fix = ("set workload.dataset.max_input_tokens to drop longer prompts"
-               if record is not None else "shorten the workload")
+        own_lengths = (workload.info.get("spec") or {}).get("input_tokens") == "dataset"
+        key = "workload.dataset.max_input_tokens" if own_lengths else "workload.input_tokens"
+        fix = ("set it to drop longer prompts" if own_lengths else "shorten the prompts")
         raise ValueError(
             f"{key}: {what} needs {len(workload.prompts[longest])} prompt tokens + "
             f"{workload.output_tokens[longest]} output tokens = {need[longest]}, more than "
-            f"{where} = {limit}; {fix}")
+            f"{where} = {limit}; {fix} or lower workload.output_tokens")
+
+
+def checked_workload(workload: Any, tokenizer: Any,
+                     context_limits: Sequence[tuple[int, str]] = ()) -> Workload:
+    """The workload built in memory (`make_workload`) and checked against `context_limits`
+    (`check_context`): what the workload rule writes, and what the plan-time preflight
+    (`llm_energy.execution.preflight`) runs before any job."""
+    built = make_workload(workload, tokenizer)
+    check_context(built, context_limits)
+    return built
 
 
 def build_workload(workload: Any, tokenizer: Any, path: str | Path,
                    context_limits: Sequence[tuple[int, str]] = ()) -> Workload:
     """Build the workload, check it fits `context_limits` (`check_context`) and write it to
     `path`; returns what was written."""
-    built = make_workload(workload, tokenizer)
-    check_context(built, context_limits)
+    built = checked_workload(workload, tokenizer, context_limits)
     write_workload(built, path)
     return built
 

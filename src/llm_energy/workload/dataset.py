@@ -13,7 +13,8 @@ Formats (`DatasetConfig.format`):
   and the turn right after it, when it is the model's, the reply (as vLLM's `bench serve`
   reads ShareGPT).
 
-Every problem raises `DatasetError` with one line naming the file and the record."""
+Every problem raises `DatasetError` with one line naming the key to change, the file and the
+record."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ _MODEL = ("gpt", "assistant", "chatgpt", "bard", "model", "bing")
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be used; `str()` is one line naming the file and what is wrong."""
+    """A dataset cannot be used; `str()` is one line: the key to change (`workload.dataset.<key>:`),
+    the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ class ChatRecord:
 def _check_utf8(path: Path) -> None:
     data = path.read_bytes()
     if not data.strip():
-        raise DatasetError(f"dataset {path} is empty")
+        raise DatasetError(f"workload.dataset.path: dataset {path} is empty")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"dataset {path} is not UTF-8 text (byte {exc.start}: "
+        raise DatasetError(f"workload.dataset.path: dataset {path} is not UTF-8 text (byte {exc.start}: "
                            f"{exc.reason})") from None
 
 
@@ -61,8 +63,8 @@ def load_table(config: DatasetConfig) -> Any:
             loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
             if isinstance(loaded, datasets.DatasetDict):
                 if config.split not in loaded:
-                    raise DatasetError(f"dataset {path} has no split {config.split!r} (splits: "
-                                       f"{', '.join(loaded)}): set dataset.split")
+                    raise DatasetError(f"workload.dataset.split: dataset {path} has no split "
+                                       f"{config.split!r} (splits: {', '.join(loaded)})")
                 loaded = loaded[config.split]
             return loaded
         builder = DATA_FILE_BUILDERS[path.suffix.lower()]
@@ -76,8 +78,9 @@ def load_table(config: DatasetConfig) -> Any:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "corresponds to no data" in first:  # the builders' word for a file without rows
-            raise DatasetError(f"dataset {path} is empty") from None
-        raise DatasetError(f"cannot read dataset {path}: {first[:300]}") from None
+            raise DatasetError(f"workload.dataset.path: dataset {path} is empty") from None
+        raise DatasetError(f"workload.dataset.path: cannot read dataset {path}: "
+                           f"{first[:300]}") from None
 
 
 def _text(value: Any, where: str) -> str:
@@ -129,20 +132,23 @@ def read_records(config: DatasetConfig) -> list[ChatRecord]:
     columns = list(table.column_names)
     for name in (field, config.reply_field):
         if name is not None and name not in columns:
-            raise DatasetError(f"dataset {path} has no field {name!r} (fields: "
-                               f"{', '.join(columns) or 'none'}): set dataset.prompt_field "
-                               "/ reply_field or dataset.format")
+            key = "reply_field" if name == config.reply_field else "prompt_field"
+            raise DatasetError(f"workload.dataset.{key}: dataset {path} has no field {name!r} "
+                               f"(fields: {', '.join(columns) or 'none'}): set "
+                               f"dataset.{key} or dataset.format")
     if len(table) == 0:
-        raise DatasetError(f"dataset {path} is empty")
+        raise DatasetError(f"workload.dataset.path: dataset {path} is empty")
     prompts = table[field]
     replies = table[config.reply_field] if config.reply_field else [None] * len(prompts)
     records: list[ChatRecord] = []
     for index, (value, reply) in enumerate(zip(prompts, replies)):
-        where = f"dataset {path} record {index} field {field!r}"
+        key = "prompt_field" if config.format == "prompt" else "format"
+        where = f"workload.dataset.{key}: dataset {path} record {index} field {field!r}"
         if config.format == "prompt":
             text = _text(value, where)
             if reply is not None:
-                reply = _text(reply, f"dataset {path} record {index} field {config.reply_field!r}")
+                reply = _text(reply, f"workload.dataset.reply_field: dataset {path} record "
+                                     f"{index} field {config.reply_field!r}")
             records.append(ChatRecord(index, [{"role": "user", "content": text}], reply))
         elif config.format == "messages":
             records.append(_messages_record(index, value, where))
@@ -151,5 +157,6 @@ def read_records(config: DatasetConfig) -> list[ChatRecord]:
             if record is not None:
                 records.append(record)
     if not records:
-        raise DatasetError(f"dataset {path} has no record with a prompt")
+        raise DatasetError(f"workload.dataset.format: dataset {path} has no record with a "
+                           f"prompt (format {config.format!r})")
     return records
