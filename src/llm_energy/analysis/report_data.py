@@ -318,6 +318,40 @@ def cell_details(cell_dirs: Mapping[str, Path], workers: int = 1) -> dict[str, d
         return dict(zip(ids, pool.map(cell_detail, dirs, chunksize=64)))
 
 
+def _interval(row: Mapping[str, Any], name: str) -> list[float | None] | None:
+    """[low, high, pooled] of a latency percentile's bootstrap over requests, if it has one."""
+    low, high = row.get(f"{name}_boot95_low"), row.get(f"{name}_boot95_high")
+    if missing(low) or missing(high):
+        return None
+    pooled = row.get(f"{name}_pooled")
+    return [float(low), float(high), None if missing(pooled) else float(pooled)]
+
+
+def table_spec(summary: pd.DataFrame) -> dict[str, Any]:
+    """What the page's per-model tables (templates/table.js) show beyond the cells' records:
+    the registry's report columns [name, label, decimals, basis], each model's settings and
+    workload columns (those with a value in one of its rows), the study's `fixed` axes
+    (`axes`: their columns hidden until asked for), and per cell (compact keys) `s` the
+    values of its model's columns, `b` bootstrap intervals, `n` the cycle note."""
+    columns = [[c.name, c.display, c.digits, c.basis] for c in schema.report_columns()]
+    models, rows = [], {}
+    for model, group in summary.groupby("model", sort=True) if len(summary) else ():
+        settings = schema.present_settings(group) + schema.present_workload(group)
+        models.append([str(model), settings])
+        for row in group.to_dict("records"):
+            extra: dict[str, Any] = {"s": [fmt_setting(row.get(s)) for s in settings]}
+            boot = {m: b for m, _, _, _ in columns if (b := _interval(row, m)) is not None}
+            if boot:
+                extra["b"] = boot
+            cycles = _value(row.get("cycles"))
+            if row.get("status", "ok") == "ok" and (cycles is None or cycles < 2):
+                extra["n"] = fmt_setting(row.get("ci_note")) if not missing(row.get("ci_note")) \
+                    else "fewer than 2 cycles: no interval"
+            rows[str(row["cell_id"])] = extra
+    return {"columns": columns, "models": models, "rows": rows,
+            "fixed": axes(summary)[1] if len(summary) else []}
+
+
 def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
           cell_dirs: Mapping[str, Path] | None = None, workers: int = 1) -> dict[str, Any]:
     """The embedded document. `cell_dirs`: cell id → its results folder (for the details),
@@ -330,7 +364,7 @@ def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
             "throughput": THROUGHPUT, "itl": {str(q): c for q, c in ITL_COLUMNS.items()},
             "frontiers": {name: x for name, x, _ in FRONTIERS}, "cells": cells,
             "shading": shading(), "facets": facet_names,
-            "details": details}
+            "table": table_spec(summary), "details": details}
 
 
 def to_script(data: Mapping[str, Any]) -> str:
