@@ -165,10 +165,13 @@ function renderCompare(){
   });
   box.innerHTML='';box.appendChild(t);
 }
+// The cells' details: their own JSON element, parsed on the first detail opened.
+var DETAILS=null;
+function details(){if(DETAILS===null)DETAILS=JSON.parse(el('report-details').textContent);return DETAILS;}
 // An empty plot box: the previous cell's plot (or note) removed.
 function fresh(id){Plotly.purge(id);el(id).textContent='';return el(id);}
 function showDetail(id){
-  var c=byId[id],d=D.details[id]||{},box=el('detail');
+  var c=byId[id],d=details()[id]||{},box=el('detail');
   el('detail-title').textContent=c.model+' · '+c.backend+' · '+c.device_name+' · cell '+c.id;
   el('detail-flags').textContent='flags: '+(c.flags.join('; ')||'none')+' · leaderboard rule: '+
     (c.stable===null?'—':c.stable?'stable':'unstable ('+c.unstable_reason+')')+' · energy: '+c.energy_source;
