@@ -261,3 +261,16 @@ def test_an_unreadable_result_file_leaves_the_detail_empty_and_named(tmp_path):
     detail = report_data.cell_detail(tmp_path)
     assert detail["windows"] == [] and detail["lengths"] is None
     assert len(detail["unreadable"]) == 1 and detail["unreadable"][0].startswith("runs.parquet: ")
+
+
+def test_a_warning_shared_by_many_cells_is_listed_once_with_its_cells_folded():
+    """10,000 cells on a machine without a sensor share "energy is estimated": one line with
+    the count (the cells folded under it), not 10,000; a rarer warning stays per cell."""
+    summary, _ = study_frames()
+    summary["warnings"] = [["energy is estimated"]] * 4 + [["energy is estimated", "odd"], []]
+    page = render(summary, pd.DataFrame(), [], {}, [], "t")
+    section = page[page.index("<h2>Warnings</h2>"):page.index('<h2 id="failed">')]
+    assert section.count("energy is estimated") == 1 and "energy is estimated: 5 cells" in section
+    folded = section[section.index("<details>"):section.index("</details>")]
+    assert all(f"<code>{r[0]}</code>" in folded for r in ROWS)
+    assert "<li><code>bbbbbbbbbbb1</code>: odd</li>" in section

@@ -346,7 +346,8 @@ def figure_names(with_reference: bool) -> list[str]:
 
 CAPTIONS = {
     "energy_vs_itl": "Energy per output token against median inter-token latency (the time-energy "
-                     "tradeoff), one line per backend and precision, points labelled by batch size; "
+                     "tradeoff), one line per backend and precision, points labelled by batch size "
+                     f"(below {RASTER_FROM} points; from there rasterized, unlabelled); "
                      "ringed points form the Pareto frontier (lowest energy for a latency).",
     "energy_vs_throughput": "Energy per output token against output throughput; ringed points form "
                             "the Pareto frontier (lowest energy for a throughput).",

@@ -51,6 +51,29 @@ def _image(path: Path, caption: str | None = None) -> str:
     return f"<figure>{img}<figcaption>{_esc(caption)}</figcaption></figure>" if caption else img
 
 
+#: A warning shared by more cells than this is listed once, its cells folded under it.
+WARNING_CELLS_INLINE = 3
+
+
+def _warnings(summary: pd.DataFrame) -> str:
+    """Each cell's warnings; one shared by many cells (on a machine without an energy sensor,
+    "energy is estimated" on all 10,000) once, with its count and the cells folded."""
+    cells: dict[str, list[str]] = {}
+    for row in summary[["cell_id", "warnings"]].to_dict("records"):
+        for warning in _as_list(row["warnings"]):
+            cells.setdefault(str(warning), []).append(str(row["cell_id"]))
+    if not cells:
+        return ""
+    items = []
+    for warning, ids in cells.items():
+        if len(ids) <= WARNING_CELLS_INLINE:
+            items += [f"<li><code>{_esc(c)}</code>: {_esc(warning)}</li>" for c in ids]
+        else:
+            items.append(f"<li>{_esc(warning)}: {len(ids)} cells <details><summary>which</summary>"
+                         + " ".join(f"<code>{_esc(c)}</code>" for c in ids) + "</details></li>")
+    return "<h2>Warnings</h2><ul>" + "".join(items) + "</ul>"
+
+
 def _environment(provenance: dict[str, dict[str, Any]]) -> str:
     """What the cells share (or the distinct values, where they differ)."""
     if not provenance:
@@ -155,10 +178,8 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
     parts.append(report_section(reference, summary))
     parts.append("<h2>Figures (static, for papers)</h2>")
     parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
-    warnings = [(r["cell_id"], w) for _, r in summary.iterrows() for w in _as_list(r.get("warnings"))]
-    if warnings:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(
-            f"<li><code>{_esc(c)}</code>: {_esc(w)}</li>" for c, w in warnings) + "</ul>")
+    if "warnings" in summary and len(summary):
+        parts.append(_warnings(summary))
     failed = summary[summary["status"] != "ok"] if len(summary) else summary
     pruned = matrix[matrix["status"] == "pruned"] if len(matrix) else matrix
     parts.append('<h2 id="failed">Failed and pruned cells</h2>')
