@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -87,22 +88,20 @@ def batches_of(frame: pd.DataFrame) -> list[int | None]:
     return [batch_of(r) for r in frame[[c for c in frame.columns if c in names]].to_dict("records")]
 
 
-#: From this many points on, a figure's points, error bars and labels are rasterized in the
-#: PDF and SVG (10,000 vector points made a 12.5 MB SVG and minutes of drawing); axes, text
-#: and the Pareto rings stay vector.
+#: From this many points on, a figure's points and error bars are rasterized in the PDF and
+#: SVG (10,000 vector points made a 12.5 MB SVG and minutes of drawing; axes, text and the
+#: Pareto rings stay vector) and the trade-off figures leave out the per-point batch labels.
 RASTER_FROM = 300
 #: Past this many legend entries the legend goes beside the axes in columns (placing it
 #: "best" over thousands of points took minutes).
 LEGEND_INSIDE_UP_TO = 12
 
 
-def rasterize(artists: object) -> None:
-    """Rasterize an artist or the artists of a container (e.g. what `errorbar` returns)."""
-    children = artists.get_children() if hasattr(artists, "get_children") and \
-        not hasattr(artists, "set_rasterized") else artists
-    for artist in children if isinstance(children, (list, tuple)) else [children]:
-        if hasattr(artist, "set_rasterized"):
-            artist.set_rasterized(True)
+def rasterize(container: Any) -> None:
+    """Rasterize (in the PDF and SVG) every artist of a container, e.g. what `errorbar`
+    returns: its line, markers, bars and caps."""
+    for artist in container.get_children():
+        artist.set_rasterized(True)
 
 
 def legend(ax: plt.Axes, points: int) -> None:
