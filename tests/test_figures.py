@@ -312,3 +312,29 @@ def test_ttft_boxes_are_per_model_and_backend_past_the_cell_limit(tmp_path, monk
     monkeypatch.setattr(figures, "MAX_CELL_BOXES", 4)
     figures.ttft_distribution(summary, requests, tmp_path / "t")
     assert len(drawn[-1].axes[0].get_xticklabels()) == 4  # one box per cell
+
+
+def test_many_points_are_rasterized_without_batch_labels(tmp_path):
+    """Below RASTER_FROM points every point is a vector mark labelled by its batch size; from
+    RASTER_FROM on (10,000 cells made a 12.5 MB SVG and minutes of text layout) the points
+    and bars are one embedded image in the SVG, the labels are left out and the figure says
+    so, and a legend of many series sits beside the axes."""
+    def summary(n: int, models: int) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "cell_id": f"c{k}", "model": f"m{k % models}", "backend": "transformers",
+            "batch_size": 7 + k % 3, "dtype": "float32", "status": "ok",
+            "energy_per_output_token_j": 0.1 + k / n, "itl_ms_p50": 1.0 + (k * 7919 % n) / n,
+            "output_tokens_per_s": 100.0 + k} for k in range(n)])
+
+    few = figures.energy_vs_itl(summary(figures.RASTER_FROM - 1, 2), tmp_path / "few")
+    svg = few[1].read_text()
+    assert "<image" not in svg and svg.count(">7<") + svg.count(">8<") + svg.count(">9<") > 0
+    assert "batch labels left out" not in svg
+    many = figures.energy_vs_itl(summary(figures.RASTER_FROM, 20), tmp_path / "many")
+    svg = many[1].read_text()
+    assert svg.count("<image") >= 1
+    assert f"{figures.RASTER_FROM} points: batch labels left out" in svg
+    # 20 series + the frontier: beside the axes, so the saved figure is wider than the axes'.
+    assert png_size(many[2])[0] > png_size(few[2])[0] * 1.3
+    for path in many:
+        assert path.stat().st_size < 400_000, path

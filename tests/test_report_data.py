@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from test_report_browser import LENGTHS, REFERENCE_ROW, ROWS, study_frames, write_cell
 
-from llm_energy.analysis import report_data
+from llm_energy.analysis import report_data, report_details
 from llm_energy.analysis.report import render
 from llm_energy.results import schema
 
@@ -127,6 +127,9 @@ def test_page_embeds_the_data_and_plotly_offline(tmp_path):
     text = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html,
                      re.S).group(1)
     data = json.loads(text)
+    # The details in an element of their own (parsed when a detail is first opened).
+    data["details"] = json.loads(re.search(
+        r'<script type="application/json" id="report-details">(.*?)</script>', html, re.S).group(1))
     assert data == json.loads(report_data.to_script(report_data.build(
         summary, reference, {"aaaaaaaaaaa1": tmp_path / "aaaaaaaaaaa1"})))
     assert "alert(1)</script>" not in text  # a name cannot close the data element
@@ -170,7 +173,7 @@ def test_details_in_worker_processes_equal_the_serial_ones(tmp_path, monkeypatch
         dirs[f"cell{k}"] = tmp_path / f"cell{k}"
         write_cell(dirs[f"cell{k}"], [5 + k, 9, 12 * (k + 1)])
     serial = report_data.cell_details(dirs)
-    monkeypatch.setattr(report_data, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(report_details, "PARALLEL_FROM", 2)
     assert report_data.cell_details(dirs, workers=2) == serial
     assert serial["cell2"]["lengths"]["bins"][-1] == 36.0
 
@@ -241,9 +244,13 @@ def test_facets_are_precision_and_the_axes_that_vary():
     assert cells["aaaaaaaaaaa2"]["axes"] == {"dtype": "float32", "batch_size": "2",
                                              "request_rate_per_s": "2"}
     assert cells[REFERENCE_ROW[0]]["axes"]["request_rate_per_s"] == "—"  # the row has none
+    # The page's tables (drawn from data["table"]) have a column for each; the fixed ones
+    # are named for hiding (test_report_browser checks they are hidden).
+    assert set(data["table"]["fixed"]) == {"dtype", "max_num_seqs"}
+    columns = dict(data["table"]["models"])["m1"]
+    assert {"dtype", "batch_size", "request_rate_per_s"} <= set(columns)
+    assert data["table"]["rows"]["aaaaaaaaaaa2"]["s"][columns.index("request_rate_per_s")] == "2"
     page = render(summary, pd.DataFrame(), [], {}, [], "t")
-    assert '<th class="t fixed">dtype</th>' in page and '<th class="t">batch_size</th>' in page
-    assert '<th class="t">request_rate_per_s</th>' in page
     assert "dtype=float32, max_num_seqs=8" in page  # the fixed values said once, not hidden
 
 def test_an_unreadable_result_file_leaves_the_detail_empty_and_named(tmp_path):
@@ -254,3 +261,16 @@ def test_an_unreadable_result_file_leaves_the_detail_empty_and_named(tmp_path):
     detail = report_data.cell_detail(tmp_path)
     assert detail["windows"] == [] and detail["lengths"] is None
     assert len(detail["unreadable"]) == 1 and detail["unreadable"][0].startswith("runs.parquet: ")
+
+
+def test_a_warning_shared_by_many_cells_is_listed_once_with_its_cells_folded():
+    """10,000 cells on a machine without a sensor share "energy is estimated": one line with
+    the count (the cells folded under it), not 10,000; a rarer warning stays per cell."""
+    summary, _ = study_frames()
+    summary["warnings"] = [["energy is estimated"]] * 4 + [["energy is estimated", "odd"], []]
+    page = render(summary, pd.DataFrame(), [], {}, [], "t")
+    section = page[page.index("<h2>Warnings</h2>"):page.index('<h2 id="failed">')]
+    assert section.count("energy is estimated") == 1 and "energy is estimated: 5 cells" in section
+    folded = section[section.index("<details>"):section.index("</details>")]
+    assert all(f"<code>{r[0]}</code>" in folded for r in ROWS)
+    assert "<li><code>bbbbbbbbbbb1</code>: odd</li>" in section

@@ -8,7 +8,7 @@ import pandas as pd
 from conftest import small_study
 
 from llm_energy.analysis.export import configuration
-from llm_energy.analysis.report import _model_table
+from llm_energy.analysis.report_data import table_spec
 from llm_energy.analysis.summary import summarise
 from llm_energy.results import schema
 from llm_energy.results.io import RUN_COLUMNS
@@ -81,10 +81,14 @@ def test_summary_report_and_export_carry_the_workload_and_the_study():
     assert schema.present_workload(summary) == [
         "study", "dataset", "arrival", "request_rate_per_s", "input_length_policy",
         "output_length_policy"]
-    table = _model_table(summary, set())
+    # The report's table (drawn in the page from table_spec): the workload columns, values
+    # as written in the study (whole rates without .0).
+    table = table_spec(summary)
+    (model, columns), = table["models"]
     for header in ("study", "arrival", "request_rate_per_s", "input_length_policy"):
-        assert f">{header}</th>" in table
-    assert 'data-v="1.5">1.5</td>' in table and 'data-v="3.0">3</td>' in table  # whole: no .0
+        assert header in columns
+    rate = columns.index("request_rate_per_s")
+    assert [table["rows"][c]["s"][rate] for c in ("aaaaaaaaaaa1", "aaaaaaaaaaa2")] == ["1.5", "3"]
     exported = [configuration(row, ["mode"])["llm_energy"] for _, row in summary.iterrows()]
     assert [e["study"] for e in exported] == ["rates", "rates"]
     assert [e["workload"]["request_rate_per_s"] for e in exported] == [1.5, 3.0]

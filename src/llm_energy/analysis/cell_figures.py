@@ -10,7 +10,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,24 +34,44 @@ PHASE_COLOURS = {"load": "0.92", "idle": "#e6f0f8", "warmup": "#fdf2dc"}
 CYCLE_COLOUR, STEADY_COLOUR = OKABE_ITO[4], OKABE_ITO[2]
 
 
+#: The runs.parquet columns `cycle_windows` reads.
+WINDOW_COLUMNS = ("cycle", "status", "cycle_start_s", "duration_s", "steady_state_start_s",
+                  "steady_state_end_s")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def windows_of(runs: Iterable[Mapping[str, Any]], phase_start: Callable[[str], float | None],
+               ) -> list[tuple[float, float, tuple[float, float] | None]]:
+    """`cycle_windows` of runs given as records (WINDOW_COLUMNS); `phase_start("cycle<k>")`:
+    the first sample time of a phase (for files from before cycle_start_s existed)."""
+    cycles = sorted((r for r in runs if r.get("status") == "ok" and not _missing(r.get("cycle"))),
+                    key=lambda r: r["cycle"])
+    windows: list[tuple[float, float, tuple[float, float] | None]] = []
+    for r in cycles:
+        start = r.get("cycle_start_s")
+        if _missing(start):
+            # Files from before cycle_start_s existed: the phase labels bound the cycle.
+            start = phase_start(f"cycle{int(r['cycle'])}")
+            if start is None:
+                continue
+        s0, s1 = r.get("steady_state_start_s"), r.get("steady_state_end_s")
+        steady = None if _missing(s0) else (start + s0, start + s1)
+        windows.append((start, start + r["duration_s"], steady))
+    return windows
+
+
 def cycle_windows(runs: pd.DataFrame, ts: pd.DataFrame) -> list[tuple[float, float, tuple[float, float] | None]]:
     """(cycle start, cycle end, (steady start, steady end) or None) of each measured cycle, on
     the timeseries clock (seconds from model load)."""
-    cycles = runs[(runs["status"] == "ok") & runs["cycle"].notna()].sort_values("cycle") \
-        if len(runs) else runs
-    windows: list[tuple[float, float, tuple[float, float] | None]] = []
-    for _, r in cycles.iterrows():
-        start = r.get("cycle_start_s")
-        if start is None or pd.isna(start):
-            # Files from before cycle_start_s existed: the phase labels bound the cycle.
-            phase = ts[ts["phase"] == f"cycle{int(r['cycle'])}"]["t_s"]
-            if phase.empty:
-                continue
-            start = phase.min()
-        s0, s1 = r.get("steady_state_start_s"), r.get("steady_state_end_s")
-        steady = None if s0 is None or pd.isna(s0) else (start + s0, start + s1)
-        windows.append((start, start + r["duration_s"], steady))
-    return windows
+    def phase_start(phase: str) -> float | None:
+        times = ts[ts["phase"] == phase]["t_s"]
+        return None if times.empty else times.min()
+
+    records = runs.to_dict("records") if len(runs) else []
+    return windows_of(records, phase_start)
 
 
 def power_timeseries(runs: pd.DataFrame, timeseries: pd.DataFrame, stem: Path,

@@ -143,20 +143,29 @@ def stability(row: pd.Series) -> tuple[bool, str]:
     return True, ""
 
 
+#: The columns `stability` and the cascade read besides the backends' settings.
+STABILITY_COLUMNS = ("model", "backend", "device_name", "steady_state_duration_s",
+                     "steady_state_energy_per_output_token_j", "avg_batch_size")
+
+
 def leaderboard_stability(rows: pd.DataFrame, settings: list[str]) -> list[tuple[bool, str]]:
     """`stability` per row, then the leaderboard's cascade: among configurations that differ
     only in the batch limit (same model, backend, device, GPU count and other settings), once
     one is unstable at limit m, every one at a limit >= m is unstable too
     (`cascade_from_unstable_batch:m`): a larger batch cannot fill where a smaller did not."""
-    status = [stability(r) for _, r in rows.iterrows()]
-    limits = [max_num_seqs(r) for _, r in rows.iterrows()]
     # Settings other than the batch limits and the GPU count (every backend's, registry).
     skip = {*registry.batch_settings(), *registry.parallel_settings()}
     others = [c for c in settings if c not in skip]
+    # The rows as records of only the columns read here (a summary has ~250 columns: a row
+    # Series each, three times over, was most of the report's records at 10,000 cells).
+    needed = {*STABILITY_COLUMNS, *registry.setting_names(), *others}
+    records = rows[[c for c in rows.columns if c in needed]].to_dict("records")
+    status = [stability(r) for r in records]
+    limits = [max_num_seqs(r) for r in records]
     keys = [tuple(str(_value(v)) for v in (*(r.get(c) for c in ("model", "backend", "device_name")),
                                            registry.setting_of(r, "parallel_setting"),
                                            *(r.get(c) for c in others)))
-            for _, r in rows.iterrows()]
+            for r in records]
     threshold: dict[tuple[str, ...], int] = {}
     for key, limit, (stable, _) in zip(keys, limits, status):
         if limit is not None and not stable:

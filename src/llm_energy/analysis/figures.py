@@ -25,6 +25,7 @@ from llm_energy.analysis.figure_style import (  # noqa: F401 - re-exported: figu
     DOUBLE_COLUMN_IN,
     FORMATS,
     OKABE_ITO,
+    RASTER_FROM,
     SINGLE_COLUMN_IN,
     STYLE,
     _empty,
@@ -33,10 +34,14 @@ from llm_energy.analysis.figure_style import (  # noqa: F401 - re-exported: figu
     _series_name,
     _wide,
     batch_of,
+    batches_of,
+    legend,
     pareto_cells,
     pareto_front,
+    rasterize,
     save,
     series_label,
+    series_labels,
 )
 from llm_energy.analysis.reference import field_columns
 
@@ -79,7 +84,8 @@ def _draw_reference(ax: plt.Axes, ok: pd.DataFrame, ref: pd.DataFrame, x: str, y
 def tradeoff(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, stem: Path,
              minimize_x: bool, title: str | None = None, log_x: bool | None = None,
              log_y: bool | None = None, reference: pd.DataFrame | None = None) -> list[Path]:
-    """One line per backend/precision, points labelled by batch size, the Pareto set ringed;
+    """One line per backend/precision, points labelled by batch size (up to RASTER_FROM
+    points; from there points and bars are rasterized in the PDF/SVG), the Pareto set ringed;
     with `reference`, the matching reference rows beside them (`tradeoff_data`).
     `log_x`/`log_y` None: logarithmic when the values span more than 20×."""
     ok, ref = tradeoff_data(summary, x, y, reference)
@@ -87,16 +93,22 @@ def tradeoff(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, st
         fig, ax = plt.subplots(figsize=SINGLE_COLUMN_IN)
         if ok.empty:
             _empty(ax)
-        ok["_series"] = ok.apply(series_label, axis=1) if len(ok) else []
+        ok["_series"] = series_labels(ok) if len(ok) else []
+        ok["_batch"] = batches_of(ok) if len(ok) else []
+        many = len(ok) >= RASTER_FROM
         for (model, series), group in ok.groupby(["model", "_series"], sort=True):
             group = group.sort_values(x)
-            ax.errorbar(group[x], group[y], xerr=_errors(group, x), yerr=_errors(group, y),
-                        marker="o", capsize=2, label=_series_name(ok, model, series))
-            for _, row in group.iterrows():
-                batch = batch_of(row)
-                if batch is not None:
-                    ax.annotate(str(batch), (row[x], row[y]), textcoords="offset points",
+            bars = ax.errorbar(group[x], group[y], xerr=_errors(group, x), yerr=_errors(group, y),
+                               marker="o", capsize=2, label=_series_name(ok, model, series))
+            for px, py, batch in zip(group[x], group[y], group["_batch"]) if not many else ():
+                if batch is not None and not pd.isna(batch):
+                    ax.annotate(str(int(batch)), (px, py), textcoords="offset points",
                                 xytext=(3, 3), fontsize=6)
+            if many:
+                rasterize(bars)
+        if many:  # thousands of labels are ink, not text, and took minutes to lay out
+            ax.text(0.01, 0.01, f"{len(ok)} points: batch labels left out (the report's "
+                    "hover names each point)", transform=ax.transAxes, fontsize=5, color="0.4")
         if not ok.empty:
             front = set(pareto_cells(ok, x, y, minimize_x))
             labelled = False
@@ -107,7 +119,7 @@ def tradeoff(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, st
                            linewidths=0.8, label=None if labelled else "Pareto frontier", zorder=3)
                 labelled = True
             _draw_reference(ax, ok, ref, x, y)
-            ax.legend(frameon=False)
+            legend(ax, len(ok))
             drawn = pd.concat([ok[[x, y]], ref[[x, y]]])
             if log_x if log_x is not None else _wide(drawn[x]):
                 ax.set_xscale("log")
@@ -134,7 +146,8 @@ def energy_vs_itl(summary: pd.DataFrame, stem: Path) -> list[Path]:
 
 
 def batch_column(summary: pd.DataFrame) -> pd.Series:
-    return summary.apply(batch_of, axis=1) if len(summary) else pd.Series(dtype=float)
+    return pd.Series(batches_of(summary), index=summary.index) if len(summary) \
+        else pd.Series(dtype=float)
 
 
 def energy_throughput_vs_batch(summary: pd.DataFrame, stem: Path) -> list[Path]:
@@ -150,12 +163,14 @@ def energy_throughput_vs_batch(summary: pd.DataFrame, stem: Path) -> list[Path]:
             for ax in axes:
                 _empty(ax, "no successful cells with a batch size")
         else:
-            ok["_series"] = ok.apply(series_label, axis=1)
+            ok["_series"] = series_labels(ok)
             for ax, (metric, label) in zip(axes, panels):
                 for (model, series), group in ok.groupby(["model", "_series"], sort=True):
                     group = group[group[metric].notna()].sort_values("_batch")
-                    ax.errorbar(group["_batch"], group[metric], yerr=_errors(group, metric),
-                                marker="o", capsize=2, label=_series_name(ok, model, series))
+                    bars = ax.errorbar(group["_batch"], group[metric], yerr=_errors(group, metric),
+                                       marker="o", capsize=2, label=_series_name(ok, model, series))
+                    if len(ok) >= RASTER_FROM:
+                        rasterize(bars)
                 ax.set_xscale("log", base=2)
                 ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
                 ax.set_xticks(sorted(ok["_batch"].unique()))
@@ -164,7 +179,7 @@ def energy_throughput_vs_batch(summary: pd.DataFrame, stem: Path) -> list[Path]:
                     ax.set_yscale("log")
                 ax.set_xlabel("Batch size (max concurrent requests)")
                 ax.set_ylabel(label)
-            axes[0].legend(frameon=False)
+            legend(axes[0], len(ok))
         fig.tight_layout()
         _estimate_note(fig, summary)
         return save(fig, stem)
@@ -266,7 +281,7 @@ def energy_vs_goodput(summary: pd.DataFrame, stem: Path) -> list[Path]:
             target = ok.get("slo_target_attainment")
             ok["_meets"] = (ok["slo_attainment"] >= target) if target is not None \
                 else pd.Series(True, index=ok.index)
-            ok["_series"] = ok.apply(series_label, axis=1)
+            ok["_series"] = series_labels(ok)
             panels = (("goodput_requests_per_s", "Goodput (SLO-meeting requests/s)"),
                       ("energy_per_slo_request_j", "Energy per SLO-meeting request (J)"))
             for ax, (metric, label) in zip(axes, panels):
@@ -331,7 +346,8 @@ def figure_names(with_reference: bool) -> list[str]:
 
 CAPTIONS = {
     "energy_vs_itl": "Energy per output token against median inter-token latency (the time-energy "
-                     "tradeoff), one line per backend and precision, points labelled by batch size; "
+                     "tradeoff), one line per backend and precision, points labelled by batch size "
+                     f"(below {RASTER_FROM} points; from there rasterized, unlabelled); "
                      "ringed points form the Pareto frontier (lowest energy for a latency).",
     "energy_vs_throughput": "Energy per output token against output throughput; ringed points form "
                             "the Pareto frontier (lowest energy for a throughput).",

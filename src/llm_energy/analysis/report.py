@@ -2,7 +2,8 @@
 plotly.js inlined) that opens on the interactive views (`report_page`, data from
 `report_data`: charts with hover, filters, the ITL-deadline and energy-budget sliders, the
 Pareto frontier, a comparison and a per-cell detail), then the summary per model (headline
-metrics first, sortable by any column, rows filtered by the same controls), a
+metrics first, sortable by any column, rows filtered by the same controls; drawn in the page
+from the embedded data, a page of rows at a time: templates/table.js), a
 measured/estimated badge on every number, the Pareto set marked, the static paper figures,
 failed and pruned cells with reasons, the environment and per-cell provenance."""
 
@@ -20,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from llm_energy.analysis import headline, recommend, report_data, report_page
-from llm_energy.analysis.figures import CAPTIONS, pareto_cells
+from llm_energy.analysis.figures import CAPTIONS
 from llm_energy.analysis.reference import report_section
 from llm_energy.results import schema
 
@@ -28,7 +29,6 @@ from llm_energy.results import schema
 # decimals and basis: "energy" (the cell's energy source: measured or estimate), "timing"
 # (measured with the host clock), "flops" (analytic FLOP count / measured time: an estimate).
 TABLE_COLUMNS = tuple((c.name, c.display, c.digits, c.basis) for c in schema.report_columns())
-ITL_FILTER_PERCENTILES = schema.PERCENTILES
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
@@ -41,50 +41,8 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def _fmt(value: Any, digits: int) -> str:
-    return f"{value:.{digits}f}"
-
-
-def _badge(kind: str, source: Any) -> str:
-    """M (measured) or E (estimated), with the source as tooltip."""
-    if kind == "timing":
-        return '<span class="badge measured" title="measured (host clock)">M</span>'
-    if kind == "flops":
-        return ('<span class="badge estimate" title="estimate: analytic FLOP count / measured '
-                'time">E</span>')
-    if _is_missing(source) or not source:
-        return '<span class="badge estimate" title="no energy sensor">E</span>'
-    if "estimate" in str(source):
-        return f'<span class="badge estimate" title="estimate: {_esc(source)}">E</span>'
-    return f'<span class="badge measured" title="measured: {_esc(source)}">M</span>'
-
-
-def _number(row: pd.Series, metric: str, digits: int, kind: str) -> str:
-    value = row.get(metric)
-    if _is_missing(value):
-        return '<td data-v="">n/a</td>'
-    text = _fmt(value, digits)
-    low, high = row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
-    if not _is_missing(low) and not _is_missing(high):
-        text += (f' <span class="ci" title="95% interval across cycles (docs/methodology.md)">'
-                 f'({_fmt(low, digits)}–{_fmt(high, digits)})</span>')
-    b_low, b_high = row.get(f"{metric}_boot95_low"), row.get(f"{metric}_boot95_high")
-    if not _is_missing(b_low) and not _is_missing(b_high):
-        text += (f' <span class="ci" title="pooled over requests {_fmt(row.get(f"{metric}_pooled"), digits)}; '
-                 f'95% bootstrap interval">[{_fmt(b_low, digits)}, {_fmt(b_high, digits)}]</span>')
-    return f'<td data-v="{value}">{text}{_badge(kind, row.get("energy_source"))}</td>'
-
-
 def _as_list(value: Any) -> list[Any]:
     return [] if value is None or isinstance(value, float) else list(value)
-
-
-def _source_badge(source: Any) -> str:
-    if _is_missing(source) or not source:
-        return '<span class="badge estimate">no energy sensor</span>'
-    kind = "estimate" if "estimate" in str(source) else "measured"
-    label = kind if str(source) == kind else f"{kind}: {_esc(source)}"
-    return f'<span class="badge {kind}">{label}</span>'
 
 
 def _image(path: Path, caption: str | None = None) -> str:
@@ -93,62 +51,27 @@ def _image(path: Path, caption: str | None = None) -> str:
     return f"<figure>{img}<figcaption>{_esc(caption)}</figcaption></figure>" if caption else img
 
 
-def _settings_columns(summary: pd.DataFrame) -> list[str]:
-    """The swept and fixed settings with a value in some row (the registry's settings), then
-    the study and workload columns (`schema.WORKLOAD`: cells of a rate sweep differ there)."""
-    return schema.present_settings(summary) + schema.present_workload(summary)
+#: A warning shared by more cells than this is listed once, its cells folded under it.
+WARNING_CELLS_INLINE = 3
 
 
-def _row_data(r: pd.Series) -> str:
-    """Filter keys on a row: energy per token and the ITL percentiles."""
-    attrs = [f'data-energy="{r["energy_per_output_token_j"]}"'] \
-        if not _is_missing(r.get("energy_per_output_token_j")) else ['data-energy=""']
-    attrs += [f'data-itl-p{q}="{r.get(schema.percentile_column("itl", q))}"'
-              for q in ITL_FILTER_PERCENTILES if not _is_missing(r.get(schema.percentile_column("itl", q)))]
-    return " ".join(attrs)
-
-
-def _model_table(summary: pd.DataFrame, pareto: set[str], fixed: Iterable[str] = ()) -> str:
-    """`fixed`: the axes with one value in the whole study: their columns are hidden until
-    "show the settings that do not vary" is ticked."""
-    settings = _settings_columns(summary)
-    hide = {c: ' fixed' if c in set(fixed) else "" for c in settings}
-    # Headline metrics first (J/token, tok/s, ... in the registry's `report` order), then the
-    # settings: the answer is on screen without scrolling right.
-    head = '<th class="t">backend</th>' + \
-        "".join(f"<th>{_esc(label)}</th>" for _, label, _, _ in TABLE_COLUMNS) + \
-        "".join(f'<th class="t{hide[c]}">{_esc(c)}</th>' for c in settings) + \
-        '<th class="t">cycles</th><th class="t">energy</th><th class="t">Pareto</th><th class="t">cell</th>'
-    rows = []
-    for _, r in summary.iterrows():
-        cells = [f'<td class="t" data-v="{_esc(r["backend"])}">{_esc(r["backend"])}</td>']
-        setting_cells = [f'<td class="t{hide[c]}" data-v="{_esc(r.get(c))}">'
-                         f'{_esc(report_data.fmt_setting(r.get(c)))}</td>' for c in settings]
-        data = ""
-        if r["status"] != "ok":
-            # One cell per column (no colspan), so sorting by column index stays aligned.
-            cells.append(f'<td class="t failed" data-v="">failed: {_esc(r.get("error"))}</td>')
-            cells += ['<td data-v=""></td>'] * (len(TABLE_COLUMNS) - 1)
-            cells += setting_cells + ['<td data-v=""></td>'] * 3
+def _warnings(summary: pd.DataFrame) -> str:
+    """Each cell's warnings; one shared by many cells (on a machine without an energy sensor,
+    "energy is estimated" on all 10,000) once, with its count and the cells folded."""
+    cells: dict[str, list[str]] = {}
+    for row in summary[["cell_id", "warnings"]].to_dict("records"):
+        for warning in _as_list(row["warnings"]):
+            cells.setdefault(str(warning), []).append(str(row["cell_id"]))
+    if not cells:
+        return ""
+    items = []
+    for warning, ids in cells.items():
+        if len(ids) <= WARNING_CELLS_INLINE:
+            items += [f"<li><code>{_esc(c)}</code>: {_esc(warning)}</li>" for c in ids]
         else:
-            data = " " + _row_data(r)
-            cells += [_number(r, m, d, kind) for m, _, d, kind in TABLE_COLUMNS]
-            cells += setting_cells
-            note = "" if r["cycles"] >= 2 else \
-                f' <span class="warn">({_esc(r.get("ci_note") or "fewer than 2 cycles: no interval")})</span>'
-            cells.append(f'<td class="t" data-v="{r["cycles"]}">{r["cycles"]}{note}</td>')
-            cells.append(f'<td class="t" data-v="{_esc(r.get("energy_source"))}">'
-                         f'{_source_badge(r.get("energy_source"))}</td>')
-            on_front = r["cell_id"] in pareto
-            mark = '<span class="badge pareto">frontier</span>' if on_front else ""
-            cells.append(f'<td class="t" data-v="{int(on_front)}">{mark}</td>')
-        cid = _esc(r["cell_id"])
-        pick = (f'<input type="checkbox" class="pick" data-cell="{cid}" title="compare"> ',
-                f' <button class="detail" data-cell="{cid}">detail</button>') \
-            if r["status"] == "ok" else ("", "")
-        cells.append(f'<td class="t" data-v="{cid}">{pick[0]}<code>{cid}</code>{pick[1]}</td>')
-        rows.append(f'<tr data-cell="{_esc(r["cell_id"])}"{data}>{"".join(cells)}</tr>')
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            items.append(f"<li>{_esc(warning)}: {len(ids)} cells <details><summary>which</summary>"
+                         + " ".join(f"<code>{_esc(c)}</code>" for c in ids) + "</details></li>")
+    return "<h2>Warnings</h2><ul>" + "".join(items) + "</ul>"
 
 
 def _environment(provenance: dict[str, dict[str, Any]]) -> str:
@@ -239,26 +162,24 @@ def render(summary: pd.DataFrame, matrix: pd.DataFrame, figures: Iterable[Path],
                  '<span class="badge pareto">frontier</span>: on the Pareto frontier of energy per '
                  "token against median ITL.</p>")
     if len(summary):
-        pareto = set(pareto_cells(summary, "itl_ms_p50", "energy_per_output_token_j", True)) \
-            if {"itl_ms_p50", "energy_per_output_token_j"} <= set(summary.columns) else set()
-        fixed = report_data.axes(summary)[1]
+        fixed = data["table"]["fixed"]
         if fixed:
             first = summary.iloc[0]
             parts.append('<p id="fixed-axes">The same in every configuration (columns hidden; '
                          "tick <i>show settings that do not vary</i> to show them): " + ", ".join(
                              f"{_esc(c)}={_esc(report_data.fmt_setting(first[c]))}" for c in fixed)
                          + ".</p>")
-        for model, group in summary.groupby("model", sort=True):
+        # One table per model, drawn in the page from the embedded data (templates/table.js,
+        # paged): 10,000 static rows were ~20 MB of HTML and most of the page's load time.
+        for model, _ in data["table"]["models"]:
             parts.append(f"<h3>Model: {_esc(model)}</h3>")
-            parts.append(_model_table(group, pareto, fixed))
+            parts.append(f'<div class="model-table" data-model="{_esc(model)}"></div>')
     parts.append(recommend.report_section(summary))
     parts.append(report_section(reference, summary))
     parts.append("<h2>Figures (static, for papers)</h2>")
     parts += [_image(p, CAPTIONS.get(p.stem)) for p in figures]
-    warnings = [(r["cell_id"], w) for _, r in summary.iterrows() for w in _as_list(r.get("warnings"))]
-    if warnings:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(
-            f"<li><code>{_esc(c)}</code>: {_esc(w)}</li>" for c, w in warnings) + "</ul>")
+    if "warnings" in summary and len(summary):
+        parts.append(_warnings(summary))
     failed = summary[summary["status"] != "ok"] if len(summary) else summary
     pruned = matrix[matrix["status"] == "pruned"] if len(matrix) else matrix
     parts.append('<h2 id="failed">Failed and pruned cells</h2>')

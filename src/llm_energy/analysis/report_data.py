@@ -15,11 +15,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from llm_energy.analysis.export import KEY_FIELDS, _value, histogram, leaderboard_stability
+from llm_energy.analysis.export import KEY_FIELDS, _value, leaderboard_stability
 from llm_energy.analysis.figures import pareto_cells
+from llm_energy.analysis.report_details import (  # noqa: F401 - the report's data, one import
+    HISTOGRAM_BINS,
+    MAX_POWER_POINTS,
+    cell_detail,
+    cell_details,
+    shading,
+)
 from llm_energy.results import schema
 
 MEASURED = "measured"
@@ -37,10 +43,6 @@ METRICS = tuple(dict.fromkeys([c.name for c in schema.report_columns()] + list(I
 #: whole-cycle ones, and say so.
 STEADY_COUNTERPART = {by["cycle"]: by["steady_state"] for by in schema.export_columns().values()
                       if "cycle" in by and "steady_state" in by}
-HISTOGRAM_BINS = 20
-#: Power samples kept per device and cell (evenly strided), so 10,000 cells stay a page a
-#: browser opens.
-MAX_POWER_POINTS = 120
 
 
 #: Filters every page has; then precision (the export's `weight_precision` column) where
@@ -174,6 +176,20 @@ def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
     return cell
 
 
+#: The columns a cell's record reads besides its settings and axes.
+RECORD_COLUMNS = ("cell_id", "model", "backend", "device", "device_name", "status", "requests",
+                  "input_tokens", "output_tokens", "warnings", "mlenergy_flags",
+                  "mlenergy_valid", "energy_source", "cycles", "error",
+                  *(f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci95_low", "_ci95_high")))
+
+
+def _records(frame: pd.DataFrame, *columns: Iterable[str]) -> list[dict[str, Any]]:
+    """The rows as dicts of only the named columns (those the frame has): a summary has ~250
+    columns, and boxing all of them was most of the report's records at 10,000 cells."""
+    names = {c for group in columns for c in group}
+    return frame[[c for c in frame.columns if c in names]].to_dict("records")
+
+
 def _has(frame: pd.DataFrame, *columns: str) -> bool:
     return set(columns) <= set(frame.columns)
 
@@ -187,7 +203,7 @@ def measured_records(summary: pd.DataFrame, axis_names: Iterable[str] = ()) -> l
     return [cell_record(row, settings, MEASURED, stable.get(row["cell_id"]),
                         {name: row["cell_id"] in front for name, front in fronts.items()},
                         axis_names=axis_names)
-            for row in summary.to_dict("records")]
+            for row in _records(summary, RECORD_COLUMNS, settings, axis_names)]
 
 
 def reference_records(reference: pd.DataFrame | None,
@@ -216,106 +232,40 @@ def reference_records(reference: pd.DataFrame | None,
     return out
 
 
-def _strided(values: np.ndarray, step: int) -> list[float]:
-    return [round(float(v), 3) for v in values[::step]]
+def _interval(row: Mapping[str, Any], name: str) -> list[float | None] | None:
+    """[low, high, pooled] of a latency percentile's bootstrap over requests, if it has one."""
+    low, high = row.get(f"{name}_boot95_low"), row.get(f"{name}_boot95_high")
+    if missing(low) or missing(high):
+        return None
+    pooled = row.get(f"{name}_pooled")
+    return [float(low), float(high), None if missing(pooled) else float(pooled)]
 
 
-def shading() -> dict[str, str]:
-    """The power chart's shading colours (CSS), the same as the paper figure's: each phase
-    outside the cycles (load, idle, warmup), the measured cycles, their steady state."""
-    from matplotlib.colors import to_hex
-
-    from llm_energy.analysis.cell_figures import CYCLE_COLOUR, PHASE_COLOURS, STEADY_COLOUR
-
-    return {**{p: to_hex(c) for p, c in PHASE_COLOURS.items()},
-            "cycle": to_hex(CYCLE_COLOUR), "steady state": to_hex(STEADY_COLOUR)}
-
-
-def cell_detail(cell_dir: Path) -> dict[str, Any]:
-    """`_cell_detail`, or what of it could be read: a result file that cannot be read (a
-    truncated or foreign Parquet file; the summary reports it too) leaves its part of the
-    detail empty and is named in `unreadable` ("file: error") instead of failing the report."""
-    try:
-        return _cell_detail(cell_dir)
-    except Exception as exc:  # any reader error: report it, build the rest
-        partial: dict[str, Any] = {"lengths": None, "power": [], "windows": [], "phases": []}
-        for name in ("requests.parquet", "timeseries.parquet", "runs.parquet"):
-            try:
-                import pyarrow.parquet as pq
-
-                pq.read_metadata(Path(cell_dir) / name)
-            except FileNotFoundError:
-                continue
-            except Exception as file_exc:
-                partial.setdefault("unreadable", []).append(
-                    f"{name}: {type(file_exc).__name__}: {file_exc}")
-        if "unreadable" not in partial:
-            partial["unreadable"] = [f"{type(exc).__name__}: {exc}"]
-        return partial
-
-
-def _cell_detail(cell_dir: Path) -> dict[str, Any]:
-    """One cell's output-length histogram (successful requests, all cycles) and its power
-    samples per device (strided to MAX_POWER_POINTS) with the cycle and steady windows and
-    the spans of the phases before the cycles (`phases`: [phase, first t, last t]).
-    Read with pyarrow column by column: at 10,000 cells this is most of the report's time."""
-    import pyarrow.parquet as pq
-
-    from llm_energy.analysis.cell_figures import PHASE_COLOURS, cycle_windows
-
-    out: dict[str, Any] = {"lengths": None, "power": [], "windows": [], "phases": []}
-    requests = Path(cell_dir) / "requests.parquet"
-    if requests.is_file():
-        req = pq.read_table(requests, columns=["output_tokens", "success"], use_threads=False)
-        ok = req.column("success").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-        lengths = req.column("output_tokens").to_numpy(zero_copy_only=False).astype(float)[ok]
-        lengths = lengths[~np.isnan(lengths)]
-        if len(lengths):
-            out["lengths"] = histogram(lengths, np.histogram_bin_edges(lengths, bins=HISTOGRAM_BINS))
-    series, runs = Path(cell_dir) / "timeseries.parquet", Path(cell_dir) / "runs.parquet"
-    if series.is_file():
-        table = pq.read_table(series, columns=["t_s", "device", "power_w", "power_source", "phase"],
-                              use_threads=False)
-        t = table.column("t_s").to_numpy(zero_copy_only=False).astype(float)
-        w = table.column("power_w").to_numpy(zero_copy_only=False).astype(float)
-        devices = np.asarray(table.column("device").to_pylist(), dtype=object)
-        sources = table.column("power_source").to_pylist()
-        keep = ~np.isnan(w)
-        order = np.argsort(t[keep], kind="stable")
-        t, w, devices = t[keep][order], w[keep][order], devices[keep][order]
-        sources = [s for s, k in zip(sources, keep) if k]
-        for device in sorted(set(devices)):
-            mine = devices == device
-            step = max(1, -(-int(mine.sum()) // MAX_POWER_POINTS))
-            source = next((s for s, m in zip(sources, mine) if m and s), "")
-            out["power"].append({"device": str(device), "source": str(source),
-                                 "t_s": _strided(t[mine], step), "power_w": _strided(w[mine], step)})
-        ts = pd.DataFrame({"t_s": table.column("t_s").to_numpy(zero_copy_only=False),
-                           "phase": table.column("phase").to_pylist()})
-        spans = ts[ts["phase"].isin(list(PHASE_COLOURS))].groupby("phase")["t_s"].agg(["min", "max"])
-        out["phases"] = [[str(p), float(r["min"]), float(r["max"])] for p, r in spans.iterrows()]
-        if runs.is_file():
-            out["windows"] = [[float(a), float(b), None if s is None else [float(x) for x in s]]
-                              for a, b, s in cycle_windows(pq.read_table(runs, use_threads=False).to_pandas(), ts)]
-    return out
-
-
-#: From this many cells on, the details are read in `workers` processes.
-PARALLEL_FROM = 200
-
-
-def cell_details(cell_dirs: Mapping[str, Path], workers: int = 1) -> dict[str, dict[str, Any]]:
-    """`cell_detail` of every cell (cell id → detail), in worker processes for many cells."""
-    ids, dirs = [c for c in sorted(cell_dirs)], [cell_dirs[c] for c in sorted(cell_dirs)]
-    if workers <= 1 or len(ids) < PARALLEL_FROM:
-        return dict(zip(ids, map(cell_detail, dirs)))
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not fork: the parent already runs Arrow's thread pools.
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        return dict(zip(ids, pool.map(cell_detail, dirs, chunksize=64)))
+def table_spec(summary: pd.DataFrame) -> dict[str, Any]:
+    """What the page's per-model tables (templates/table.js) show beyond the cells' records:
+    the registry's report columns [name, label, decimals, basis], each model's settings and
+    workload columns (those with a value in one of its rows), the study's `fixed` axes
+    (`axes`: their columns hidden until asked for), and per cell (compact keys) `s` the
+    values of its model's columns, `b` bootstrap intervals, `n` the cycle note."""
+    columns = [[c.name, c.display, c.digits, c.basis] for c in schema.report_columns()]
+    models, rows = [], {}
+    for model, group in summary.groupby("model", sort=True) if len(summary) else ():
+        settings = schema.present_settings(group) + schema.present_workload(group)
+        models.append([str(model), settings])
+        boots = [f"{m}{suffix}" for m, _, _, _ in columns
+                 for suffix in ("_boot95_low", "_boot95_high", "_pooled")]
+        for row in _records(group, ("cell_id", "status", "cycles", "ci_note"), settings, boots):
+            extra: dict[str, Any] = {"s": [fmt_setting(row.get(s)) for s in settings]}
+            boot = {m: b for m, _, _, _ in columns if (b := _interval(row, m)) is not None}
+            if boot:
+                extra["b"] = boot
+            cycles = _value(row.get("cycles"))
+            if row.get("status", "ok") == "ok" and (cycles is None or cycles < 2):
+                extra["n"] = fmt_setting(row.get("ci_note")) if not missing(row.get("ci_note")) \
+                    else "fewer than 2 cycles: no interval"
+            rows[str(row["cell_id"])] = extra
+    return {"columns": columns, "models": models, "rows": rows,
+            "fixed": axes(summary)[1] if len(summary) else []}
 
 
 def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
@@ -330,7 +280,7 @@ def build(summary: pd.DataFrame, reference: pd.DataFrame | None = None,
             "throughput": THROUGHPUT, "itl": {str(q): c for q, c in ITL_COLUMNS.items()},
             "frontiers": {name: x for name, x, _ in FRONTIERS}, "cells": cells,
             "shading": shading(), "facets": facet_names,
-            "details": details}
+            "table": table_spec(summary), "details": details}
 
 
 def to_script(data: Mapping[str, Any]) -> str:

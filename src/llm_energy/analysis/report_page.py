@@ -78,7 +78,12 @@ CHARTS = (
 
 
 def scripts(data: dict[str, Any]) -> str:
-    """The embedded data, plotly.js and the page's own script (after the tables)."""
-    return (f'<script type="application/json" id="report-data">{to_script(data)}</script>'
+    """The embedded data, plotly.js and the page's own script (after the tables). The cells'
+    details (power over time, output lengths: most of the data at 10,000 cells) are a JSON
+    element of their own, parsed when a detail is first opened, not when the page loads."""
+    rest = {k: v for k, v in data.items() if k != "details"}
+    return (f'<script type="application/json" id="report-data">{to_script(rest)}</script>'
+            f'<script type="application/json" id="report-details">'
+            f'{to_script(data.get("details") or {})}</script>'
             f"<script>{plotly_js()}</script><script>{template('table.js')}</script>"
             f"<script>{template('interactive.js')}</script>")

@@ -9,6 +9,7 @@ var FACETS=D.facets,byId={},picked=[],GL_FROM=2000;
 var HAS_GL=(function(){try{var c=document.createElement('canvas');
   return !!(c.getContext('webgl')||c.getContext('experimental-webgl'));}catch(e){return false;}})();
 D.cells.forEach(function(c){byId[c.id]=c;});
+var tables=window.llmEnergyTables(D);  // templates/table.js
 function el(id){return document.getElementById(id);}
 function val(c,m){var v=c.values[m];return v?v[0]:null;}
 // A cell's value of a facet: model, backend, device, or a setting or workload axis.
@@ -124,14 +125,10 @@ function apply(){
   var shown=0,total=0;
   findBest();
   var marked={energy:bestIds('energy'),speed:bestIds('speed')};
-  document.querySelectorAll('table.sortable tbody tr[data-cell]').forEach(function(tr){
-    var c=byId[tr.dataset.cell];if(!c)return;
-    tr.classList.toggle('best-energy',marked.energy.indexOf(c.id)>=0);
-    tr.classList.toggle('best-speed',marked.speed.indexOf(c.id)>=0);
-    var out=!visible(c)||(c.ok&&!meets(c));
-    tr.hidden=out;
-    if(c.ok&&c.source==='measured'){total++;if(!out)shown++;}
-  });
+  // A table row stays when shown at all and, with numbers, within the deadline and budget.
+  function keep(c){return visible(c)&&(!c.ok||meets(c));}
+  D.cells.forEach(function(c){if(c.ok&&c.source==='measured'){total++;if(keep(c))shown++;}});
+  tables.render(keep,picked,marked);
   el('shown-count').textContent=shown+' of '+total+' configurations shown';
   drawCharts();
 }
@@ -168,10 +165,13 @@ function renderCompare(){
   });
   box.innerHTML='';box.appendChild(t);
 }
+// The cells' details: their own JSON element, parsed on the first detail opened.
+var DETAILS=null;
+function details(){if(DETAILS===null)DETAILS=JSON.parse(el('report-details').textContent);return DETAILS;}
 // An empty plot box: the previous cell's plot (or note) removed.
 function fresh(id){Plotly.purge(id);el(id).textContent='';return el(id);}
 function showDetail(id){
-  var c=byId[id],d=D.details[id]||{},box=el('detail');
+  var c=byId[id],d=details()[id]||{},box=el('detail');
   el('detail-title').textContent=c.model+' · '+c.backend+' · '+c.device_name+' · cell '+c.id;
   el('detail-flags').textContent='flags: '+(c.flags.join('; ')||'none')+' · leaderboard rule: '+
     (c.stable===null?'—':c.stable?'stable':'unstable ('+c.unstable_reason+')')+' · energy: '+c.energy_source;
@@ -212,8 +212,9 @@ el('itl-percentile').addEventListener('change',resetItl);
 el('show-fixed').addEventListener('change',function(){
   document.body.classList.toggle('show-fixed',el('show-fixed').checked);});
 ['show-flagged','show-unstable','show-reference'].forEach(function(id){if(el(id))el(id).addEventListener('change',apply);});
-document.querySelectorAll('input.pick').forEach(function(b){b.addEventListener('change',function(){togglePick(b.dataset.cell);});});
-document.querySelectorAll('button.detail').forEach(function(b){b.addEventListener('click',function(){showDetail(b.dataset.cell);});});
+// The tables' rows are redrawn on every change: one listener each for all their buttons.
+document.addEventListener('change',function(e){var b=e.target;if(b.matches('input.pick'))togglePick(b.dataset.cell);});
+document.addEventListener('click',function(e){var b=e.target;if(b.matches('button.detail'))showDetail(b.dataset.cell);});
 apply();renderCompare();
 ['chart-throughput','chart-latency'].forEach(function(id){
   el(id).on('plotly_click',function(ev){var p=ev.points[0];if(p&&p.customdata){togglePick(p.customdata);showDetail(p.customdata);}});});
