@@ -311,3 +311,21 @@ def test_export_stage_reads_lengths_and_reports_an_unreadable_requests_file(
     sidecar = json.loads((study / "mlenergy" / SIDECAR).read_text())
     reasons = {e["cell_id"]: e["reason"] for e in sidecar["left_out"]}
     assert reasons["aaaaaaaaaaa4"] == "missing:output_length_distribution"
+
+
+def test_a_model_measured_in_two_dtypes_names_both_precisions(tmp_path):
+    # The app shows one precision per model (ModelInfo, ModelDetail: a string); a model whose
+    # stable cells ran in bfloat16 and float32 must not read as bfloat16 only.
+    summary = summary_table()
+    fp32 = summary[summary["cell_id"] == "aaaaaaaaaaa1"].assign(cell_id="aaaaaaaaaaa5",
+                                                                 dtype="float32")
+    files = export(tmp_path, pd.concat([summary, fp32], ignore_index=True),
+                   lengths={**LENGTHS, "aaaaaaaaaaa5": [80] * 8})
+    check_app_files(tmp_path)
+    assert files["index.json"]["models"]["llama"]["weight_precision"] == "bfloat16, float32"
+    detail = files["models/llama__study.json"]
+    assert detail["weight_precision"] == "bfloat16, float32"
+    assert [c["weight_precision"] for c in detail["configurations"]] == ["bfloat16", "float32"]
+    # A model with one precision keeps it as is; shared numbers stay numbers.
+    assert files["index.json"]["models"]["org/moe"]["weight_precision"] == "float32"
+    assert detail["total_params_billions"] == pytest.approx(8.03)

@@ -279,13 +279,28 @@ def histogram(lengths: Sequence[int], edges: np.ndarray) -> dict[str, list]:
     return {"bins": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
+#: Fields the app shows once per model (`ModelInfo`, `ModelDetail`).
+MODEL_FIELDS = ("total_params_billions", "activated_params_billions", "architecture",
+                "weight_precision")
+
+
+def model_fields(configs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`MODEL_FIELDS` of one model from its configurations: the value they share, or, where
+    they differ (a model measured in bfloat16 and float32), the distinct values in order of
+    first appearance joined by ", " (a string, as the app's types say)."""
+    out: dict[str, Any] = {}
+    for field in MODEL_FIELDS:
+        values = list(dict.fromkeys(c[field] for c in configs))
+        out[field] = values[0] if len(values) == 1 else ", ".join(str(v) for v in values)
+    return out
+
+
 def model_detail(model: str, task: str, configs: list[dict[str, Any]],
                  lengths: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     """The app's `ModelDetail` of one model's configurations: output-length histograms over 50
     bins shared by the model's configurations (the leaderboard's rule), the model's over all."""
     every = [n for c in configs for n in lengths[c["llm_energy"]["cell_id"]]]
     edges = np.histogram_bin_edges(np.asarray(every, dtype=float), bins=HISTOGRAM_BINS)
-    first = configs[0]
     out = []
     for c in configs:
         tp, ep, dp = c["tensor_parallel"], c["expert_parallel"], c["data_parallel"]
@@ -296,8 +311,7 @@ def model_detail(model: str, task: str, configs: list[dict[str, Any]],
                                                             edges),
                     "llm_energy": c["llm_energy"]})
     return {"model_id": model, "task": task,
-            **{f: first[f] for f in ("total_params_billions", "activated_params_billions",
-                                     "architecture", "weight_precision")},
+            **model_fields(configs),
             "output_length_distribution": histogram(every, edges), "configurations": out}
 
 
@@ -345,10 +359,8 @@ def to_mlenergy(summary: pd.DataFrame, task: str,
         "index.json": {
             "last_updated": datetime.now(UTC).strftime("%Y-%m-%d"), "tasks": [task],
             "architectures": {"llm": [task], "mllm": [], "diffusion": []},
-            "models": {m: {"nickname": m, **{f: next(c[f] for c in shown if c["model_id"] == m)
-                                             for f in ("total_params_billions",
-                                                       "activated_params_billions",
-                                                       "architecture", "weight_precision")}}
+            "models": {m: {"nickname": m,
+                           **model_fields([c for c in shown if c["model_id"] == m])}
                        for m in models}},
         task_file(task): {"task": task, "task_display_name": task if shown else
                           f"{task} (no configuration passed the stability rule)",
