@@ -84,8 +84,12 @@ function draw(t){
     rows.sort(function(a,b){return compare(a.v,b.v,t.asc);});}
   var pages=Math.max(1,Math.ceil(rows.length/PAGE));if(t.page>=pages)t.page=pages-1;
   var part=rows.slice(t.page*PAGE,(t.page+1)*PAGE);
-  t.body.innerHTML=part.map(function(r){var k=(t.marked.energy[r.c.id]?' best-energy':'')+(t.marked.speed[r.c.id]?' best-speed':'');
+  var html=part.map(function(r){var k=(t.marked.energy[r.c.id]?' best-energy':'')+(t.marked.speed[r.c.id]?' best-speed':'');
     return '<tr'+(k?' class="'+k.slice(1)+'"':'')+' data-cell="'+esc(r.c.id)+'">'+cellsOf(t,r)+'</tr>';}).join('');
+  // The same page as before (most tables at a filter change): the DOM left as it is.
+  var pagerKey=t.page+'/'+pages+'/'+rows.length;
+  if(html===t.html&&pagerKey===t.pagerKey)return;
+  t.html=html;t.pagerKey=pagerKey;t.body.innerHTML=html;
   t.pager.textContent='';
   if(rows.length>PAGE){
     var info=document.createElement('span');
