@@ -20,6 +20,9 @@ from llm_energy.results.intervals import _T95, mean_ci, t95  # noqa: F401
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
+# Integers below this are exact in float32 (the bootstrap's cumulative weights).
+FLOAT32_EXACT = 2**24
+
 NO_INTERVAL = "fewer than 2 cycles: no confidence interval"
 
 
@@ -123,7 +126,7 @@ def _bootstrap_flat(flat: np.ndarray, owner: np.ndarray, n_groups: int, percenti
     # BLAS, exact while every sum stays below 2**24; else integer cumulative sums, ~5×
     # slower). Bounded memory: values × resamples per chunk, shared by every percentile.
     sizes = np.bincount(owner, minlength=n_groups)
-    exact = n_groups * int(sizes.max()) < 2**24
+    exact = n_groups * int(sizes.max()) < FLOAT32_EXACT
     if exact:
         below = np.zeros((n_groups, values.size), dtype=np.float32)
         below[owner, np.arange(values.size)] = 1
