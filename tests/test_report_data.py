@@ -28,7 +28,7 @@ def test_values_equal_the_summary_and_format_from_the_registry():
     for row in summary.to_dict("records"):
         cell = cells[row["cell_id"]]
         for metric in report_data.METRICS:
-            value, low, high = cell["values"][metric]
+            value, low, high = report_data.numbers(cell, metric)
             expected = row.get(metric)
             if expected is None or pd.isna(expected):
                 assert value is None
@@ -43,6 +43,7 @@ def test_values_equal_the_summary_and_format_from_the_registry():
     assert "text" not in cells["aaaaaaaaaaa3"] and "hover" not in cells["aaaaaaaaaaa3"]
     assert "nan" not in json.dumps(report_data.build(summary)).lower()
     data = report_data.build(summary)
+    assert list(data["metrics"]) == list(report_data.METRICS)  # the order of every cell's values
     for name, meta in data["metrics"].items():
         column = schema.column(name)
         assert (meta["label"], meta["unit"], meta["digits"]) == (column.display, column.unit, column.digits)
@@ -84,7 +85,7 @@ def test_reference_rows_carry_their_source_and_are_never_on_our_frontier():
     cells = _cells(data)
     ref = cells[REFERENCE_ROW[0]]
     assert ref["source"] == "reference: ML.ENERGY test"
-    assert ref["values"]["energy_per_output_token_j"][0] == REFERENCE_ROW[2]
+    assert report_data.numbers(ref, "energy_per_output_token_j")[0] == REFERENCE_ROW[2]
     # It beats every measured cell on both axes, yet our frontier is ours alone.
     assert not any(ref["frontier"].values()) and ref["stable"] is None
     assert cells["aaaaaaaaaaa3"]["frontier"]["throughput"]
@@ -151,9 +152,9 @@ def test_leaderboard_shaped_reference_rows_draw_with_their_steady_state_numbers(
         "steady_state_avg_power_w": 108.0, "itl_ms_p50": 30.0}])
     (ref,) = report_data.reference_records(reference)
     assert ref["id"] == "ML.ENERGY v3#0" and ref["model"] == "m1" and ref["device"] == "cuda"
-    assert ref["values"]["energy_per_output_token_j"] == [0.12, None, None]
-    assert ref["values"]["output_tokens_per_s"][0] == 900.0
-    assert ref["values"]["avg_power_w"][0] == 108.0 and ref["values"]["itl_ms_p50"][0] == 30.0
+    assert report_data.numbers(ref, "energy_per_output_token_j") == [0.12, None, None]
+    assert report_data.numbers(ref, "output_tokens_per_s")[0] == 900.0
+    assert report_data.numbers(ref, "avg_power_w")[0] == 108.0 and report_data.numbers(ref, "itl_ms_p50")[0] == 30.0
     assert ref["settings"]["max_num_seqs"] == "64"
     assert ref["note"] == "J/token, tokens/s, power (W): the steady-state window's (the publisher's numbers)"
     data = report_data.build(summary, reference)

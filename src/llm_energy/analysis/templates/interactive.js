@@ -11,7 +11,10 @@ var HAS_GL=(function(){try{var c=document.createElement('canvas');
 D.cells.forEach(function(c){byId[c.id]=c;});
 var tables=window.llmEnergyTables(D);  // templates/table.js
 function el(id){return document.getElementById(id);}
-function val(c,m){var v=c.values[m];return v?v[0]:null;}
+// A cell's [value, low, high] of a metric: its values are listed in D.metrics' order (null: none).
+var MI={};Object.keys(D.metrics).forEach(function(m,i){MI[m]=i;});
+function nums(c,m){return c.values[MI[m]];}
+function val(c,m){var v=nums(c,m);return v?v[0]:null;}
 // A cell's value of a facet: model, backend, device, or a setting or workload axis.
 function facetValue(c,f){return f in c.axes?c.axes[f]:c[f];}
 function unique(key){var s={};D.cells.forEach(function(c){s[facetValue(c,key)]=1;});
@@ -75,7 +78,7 @@ var MARKS=[['energy','lowest J/token within the limits','star','#D55E00'],
            ['speed','fastest within the limits','star-triangle-up','#0072B2']];
 // A metric as text: the registry's decimals, "value (low–high)" with the 95% interval
 // across cycles where there is one, "—" for none (the same text as fmt_metric in Python).
-function fmtMetric(c,m){var v=c.values[m],d=D.metrics[m].digits;
+function fmtMetric(c,m){var v=nums(c,m),d=D.metrics[m].digits;
   if(!v||v[0]===null)return '—';
   return v[0].toFixed(d)+(v[1]!==null&&v[2]!==null?' ('+v[1].toFixed(d)+'–'+v[2].toFixed(d)+')':'');}
 function esc(s){return String(s).replace(/&/g,'&amp;').replace(/</g,'&lt;').replace(/>/g,'&gt;');}

@@ -4,7 +4,8 @@
 // column (numbers as numbers, text as text; no value last either way). Rows of the cells the
 // sliders mark per model get the classes best-energy (★) and best-speed (▲).
 window.llmEnergyTables=function(D){
-var T=D.table,PAGE=25,tables=[];
+var T=D.table,PAGE=25,tables=[],MI={};
+Object.keys(D.metrics).forEach(function(m,i){MI[m]=i;});  // c.values: in D.metrics' order
 function esc(s){return String(s).replace(/[&<>"']/g,function(ch){return '&#'+ch.charCodeAt(0)+';';});}
 function fmt(v,d){return v.toFixed(d);}
 function badge(kind,src){
@@ -26,7 +27,7 @@ function columns(settings){
   T.columns.forEach(function(m,k){
     cols.push([m[1],'',function(c,x){
       if(!c.ok)return k===0?null:['',''];
-      var v=c.values[m[0]];
+      var v=c.values[MI[m[0]]];
       if(!v||v[0]===null)return ['','n/a'];
       var h=fmt(v[0],m[2]);
       if(v[1]!==null&&v[2]!==null)h+=' <span class="ci" title="95% interval across cycles (docs/methodology.md)">('+fmt(v[1],m[2])+'–'+fmt(v[2],m[2])+')</span>';
