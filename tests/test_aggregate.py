@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from llm_energy.analysis import statistics
 from llm_energy.analysis.statistics import (
     NO_INTERVAL,
     bootstrap_percentiles,
@@ -44,6 +45,25 @@ def test_weighted_percentile_equals_percentile_of_the_resample():
         got = weighted_percentiles(values, weights, q)
         want = [np.percentile(np.repeat(values, w), q) for w in weights]
         np.testing.assert_allclose(got, want)
+
+
+@pytest.mark.parametrize("float32", [True, False])
+def test_bootstrap_equals_the_explicit_resamples(monkeypatch, float32):
+    """The bounds are the 2.5%/97.5% quantiles of the percentiles of explicit resamples of
+    whole requests drawn with the seeded generator (the cumulative weights as a float32
+    product or as integer sums: the same numbers)."""
+    if not float32:
+        monkeypatch.setattr(statistics, "FLOAT32_EXACT", 0)
+    rng = np.random.default_rng(3)
+    per_request = [list(rng.exponential(5.0, size=int(rng.integers(1, 9))).round(1))
+                   for _ in range(12)]
+    got = bootstrap_percentiles(per_request, (50, 90), resamples=200, seed=[0, 11])
+    picks = np.random.default_rng([0, 11]).integers(0, 12, (200, 12))
+    for q in (50, 90):
+        reps = [np.percentile(np.concatenate([per_request[r] for r in row]), q) for row in picks]
+        low, high = np.quantile(reps, [0.025, 0.975])
+        assert got[q][1] == pytest.approx(low, rel=1e-12) and got[q][2] == pytest.approx(high, rel=1e-12)
+        assert got[q][0] == np.percentile(np.concatenate(per_request), q)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_pooled_value():

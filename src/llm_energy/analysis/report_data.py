@@ -9,7 +9,6 @@ are drawn beside the measured ones with a marker of their own, and are never on 
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ FRONTIERS = (("throughput", THROUGHPUT, True), ("latency", ITL_COLUMNS[50], Fals
 #: Everything a point, the comparison and the table show: the report's columns, then the
 #: ITL percentiles the slider filters on.
 METRICS = tuple(dict.fromkeys([c.name for c in schema.report_columns()] + list(ITL_COLUMNS.values())))
+METRIC_INDEX = {m: i for i, m in enumerate(METRICS)}
 #: Whole-cycle column → its steady-state counterpart (the export's one mapping): reference
 #: rows (ML.ENERGY's numbers are the steady window's) are drawn with those where they lack the
 #: whole-cycle ones, and say so.
@@ -105,9 +105,17 @@ def fmt_metric(row: Mapping[str, Any], name: str) -> str:
     return text
 
 
-def _numbers(row: Mapping[str, Any], name: str) -> list[float | None]:
-    return [None if missing(row.get(k)) else float(row.get(k))
-            for k in (name, f"{name}_ci95_low", f"{name}_ci95_high")]
+def _numbers(row: Mapping[str, Any], name: str) -> list[float | None] | None:
+    """[value, low, high] (the 95% interval across cycles); None where none of them is."""
+    out = [None if missing(row.get(k)) else float(row.get(k))
+           for k in (name, f"{name}_ci95_low", f"{name}_ci95_high")]
+    return None if out == [None, None, None] else out
+
+
+def numbers(cell: Mapping[str, Any], name: str) -> list[float | None]:
+    """A record's [value, low, high] of a metric: the records list them in METRICS order
+    (the order of the document's `metrics`), not keyed by name in each of 10,000 cells."""
+    return cell["values"][METRIC_INDEX[name]] or [None, None, None]
 
 
 def _flags(row: Mapping[str, Any]) -> list[str]:
@@ -129,27 +137,6 @@ def workload_text(row: Mapping[str, Any]) -> str:
     return f"{fmt_setting(n)} requests/cycle, {inp} in / {out} out tokens per request"
 
 
-def hover_text(cell: Mapping[str, Any]) -> str:
-    """Plotly hover (its HTML subset; names escaped): the configuration, the headline
-    numbers with intervals, the flags."""
-    def esc(text: str) -> str:
-        return html.escape(text, quote=False)
-
-    cell = {k: esc(v) if isinstance(v, str) else v for k, v in cell.items()}
-    cell["flags"] = [esc(f) for f in cell["flags"]]
-    settings = ", ".join(f"{esc(k)}={esc(v)}" for k, v in cell["settings"].items())
-    lines = [f"<b>{cell['model']}</b> · {cell['backend']} · {cell['device_name']}",
-             f"{cell['source']} · {'cell' if cell['source'] == MEASURED else 'row'} {cell['id']}",
-             settings or "default settings",
-             f"workload: {cell['workload']}"] + ([cell["note"]] if cell["note"] else [])
-    lines += [f"{metric_meta(m)['label']}: {cell['text'][m]}" for m in METRICS
-              if cell["text"][m] != "—"]
-    stable = {True: "stable", False: f"unstable ({cell['unstable_reason']})", None: "—"}
-    lines.append(f"leaderboard rule: {stable[cell['stable']]}; flags: "
-                 + ("; ".join(cell["flags"]) or "none"))
-    return "<br>".join(lines)
-
-
 def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
                 stable: tuple[bool, str] | None, frontier: Mapping[str, bool],
                 note: str | None = None, axis_names: Iterable[str] = ()) -> dict[str, Any]:
@@ -162,8 +149,7 @@ def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
         "settings": {s: fmt_setting(row.get(s)) for s in settings if not missing(row.get(s))},
         "axes": {a: fmt_setting(row.get(a)) for a in axis_names},
         "workload": workload_text(row),
-        "values": {m: _numbers(row, m) for m in METRICS},
-        "text": {m: fmt_metric(row, m) for m in METRICS},
+        "values": [_numbers(row, m) for m in METRICS],
         "flags": _flags(row), "valid": _value(row.get("mlenergy_valid")),
         "stable": None if stable is None else bool(stable[0]),
         "unstable_reason": None if stable is None else (stable[1] or None),
@@ -172,7 +158,6 @@ def cell_record(row: Mapping[str, Any], settings: Iterable[str], source: str,
         "error": None if ok else fmt_setting(row.get("error")),
     }
     cell["flagged"] = bool(cell["flags"]) or cell["valid"] is False
-    cell["hover"] = hover_text(cell) if ok else ""
     return cell
 
 

@@ -9,7 +9,7 @@ import html
 from importlib import resources
 from typing import Any
 
-from llm_energy.analysis.report_data import to_script
+from llm_energy.analysis.report_data import numbers, to_script
 
 
 @functools.lru_cache(maxsize=8)
@@ -29,7 +29,7 @@ def plotly_js() -> str:
 def _slider(cells: list[dict[str, Any]], metric: str) -> tuple[float, float]:
     """(min, max) covering every configuration with a value, so the default shows all; the
     slider is continuous (step "any"), so no rounding hides the largest."""
-    values = [c["values"][metric][0] for c in cells if c["values"][metric][0] is not None]
+    values = [v for c in cells if (v := numbers(c, metric)[0]) is not None]
     if not values:
         return 0.0, 1.0
     return min(values) * 0.9, max(values) * 1.001

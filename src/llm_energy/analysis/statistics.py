@@ -4,6 +4,7 @@ cycles, and percentile-bootstrap intervals over requests (seeded). Method: docs/
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -19,6 +20,9 @@ from llm_energy.results.intervals import _T95, mean_ci, t95  # noqa: F401
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
+# Integers below this are exact in float32 (the bootstrap's cumulative weights).
+FLOAT32_EXACT = 2**24
+
 NO_INTERVAL = "fewer than 2 cycles: no confidence interval"
 
 
@@ -26,35 +30,34 @@ def weighted_percentiles(sorted_values: np.ndarray, weights: np.ndarray, q: floa
     """Linear-interpolated percentile (numpy's default) of the multiset in which
     `sorted_values[j]` appears `weights[b, j]` times, for each row b: the percentile of a
     bootstrap resample without materialising it."""
-    return _multiset_percentiles(sorted_values, np.cumsum(weights, axis=1), (q,))[q]
+    cum = np.cumsum(np.ascontiguousarray(np.asarray(weights).T), axis=0)
+    return _multiset_percentiles(sorted_values, cum, (q,))[q]
 
 
 def _multiset_percentiles(sorted_values: np.ndarray, cum: np.ndarray, qs: Iterable[float],
                           ) -> dict[float, np.ndarray]:
-    """`weighted_percentiles` for several q from the row-wise cumulative integer weights
-    `cum` (modified in place)."""
-    total = cum[:, -1].copy()
-    # The k-th element (0-based) of the expanded multiset is the first j with cum[j] > k.
-    # One searchsorted for all rows (a loop over rows made 10,000-cell studies take hours):
-    # rows are non-decreasing, so shifting row b by b * (max total + 1) sorts the flattened
-    # array, and row b's answer is its global index minus b * width. Same result. The
-    # shift is applied once, in place and in integers, for all q (a float copy per q was
-    # most of the bootstrap's time).
-    rows, width = cum.shape
-    shift = np.arange(rows, dtype=cum.dtype) * (total.max() + 1)
-    cum += shift[:, None]
-    flat = cum.ravel()
-    start = np.arange(rows) * width
-    out = {}
-    for q in qs:
-        rank = (total - 1) * q / 100.0
-        low = np.floor(rank)
-        high = np.minimum(low + 1, total - 1)
-        i_low = np.searchsorted(flat, low.astype(cum.dtype) + shift, side="right") - start
-        i_high = np.searchsorted(flat, high.astype(cum.dtype) + shift, side="right") - start
-        v_low, v_high = sorted_values[i_low], sorted_values[i_high]
-        out[q] = v_low + (v_high - v_low) * (rank - low)
-    return out
+    """`weighted_percentiles` for several q from the cumulative integer weights `cum`, one
+    column per resample (`cum[j, b]`: how many of resample b's values are <= sorted_values[j])."""
+    total = cum[-1].astype(np.int64)  # exact integers even where `cum` holds them as floats
+    width, cols = cum.shape
+    qs = tuple(qs)
+    rank = (total - 1) * np.asarray(qs, dtype=float)[:, None] / 100.0  # one row per q
+    low = np.floor(rank)
+    high = np.minimum(low + 1, total - 1)
+    # The k-th element (0-based) of the expanded multiset is the first j with cum[j] > k:
+    # a binary search per resample, for every q's low and high rank at once (columns are
+    # non-decreasing; ~11 gathers of one value per search instead of a search per row).
+    k = np.concatenate([low, high]).astype(cum.dtype)
+    col = np.broadcast_to(np.arange(cols), k.shape)
+    lo, hi = np.zeros(k.shape, dtype=np.intp), np.full(k.shape, width - 1, dtype=np.intp)
+    for _ in range(max(1, int(width - 1).bit_length())):
+        mid = (lo + hi) // 2
+        above = cum[mid, col] > k
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, mid + 1)
+    v_low, v_high = sorted_values[hi[:len(qs)]], sorted_values[hi[len(qs):]]
+    out = v_low + (v_high - v_low) * (rank - low)
+    return {q: out[i] for i, q in enumerate(qs)}
 
 
 def bootstrap_percentiles(per_request: list[list[float]], percentiles: Iterable[float],
@@ -68,7 +71,40 @@ def bootstrap_percentiles(per_request: list[list[float]], percentiles: Iterable[
     groups = [g for g in groups if g.size]
     flat = np.concatenate(groups) if groups else np.empty(0)
     owner = np.repeat(np.arange(len(groups)), [g.size for g in groups])
-    return _bootstrap_flat(flat, owner, len(groups), tuple(percentiles), resamples, seed)
+    with one_blas_thread():
+        return _bootstrap_flat(flat, owner, len(groups), tuple(percentiles), resamples, seed)
+
+
+def one_blas_thread():
+    """The BLAS on one thread, around many bootstraps (their products are small: threads
+    cost more than they give there, several times more on a loaded machine; entering this
+    costs ~1 ms). No limit where threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with scikit-learn (zeus)
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+_COUNTS_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _resample_counts(n_groups: int, resamples: int, seed: int | list[int]) -> np.ndarray:
+    """How often each request is drawn (`[request, resample]`): all resamples' indices in
+    one draw of the seeded generator, counted with one bincount (a Python loop of
+    `resamples` draws was most of the bootstrap's cost). A cell's latencies with as many
+    requests share the same draw (same seed): the last few draws are kept, read-only."""
+    key = (n_groups, resamples, tuple(np.atleast_1d(seed).tolist()))
+    if key not in _COUNTS_CACHE:
+        picks = np.random.default_rng(seed).integers(0, n_groups, (resamples, n_groups))
+        picks += np.arange(resamples)[:, None] * n_groups
+        counts = np.bincount(picks.ravel(), minlength=resamples * n_groups)
+        if len(_COUNTS_CACHE) > 8:
+            _COUNTS_CACHE.clear()
+        counts = np.ascontiguousarray(counts.reshape(resamples, n_groups).T)
+        counts.flags.writeable = False
+        _COUNTS_CACHE[key] = counts
+    return _COUNTS_CACHE[key]
 
 
 def _bootstrap_flat(flat: np.ndarray, owner: np.ndarray, n_groups: int, percentiles: tuple,
@@ -78,30 +114,38 @@ def _bootstrap_flat(flat: np.ndarray, owner: np.ndarray, n_groups: int, percenti
     (0..n_groups-1, each with at least one value) that `flat[i]` belongs to."""
     if flat.size == 0:
         return {q: (None, None, None) for q in percentiles}
-    pooled = {q: float(np.percentile(flat, q)) for q in percentiles}
+    pooled = dict(zip(percentiles, np.percentile(flat, percentiles).tolist()))
     if n_groups < 2:
         return {q: (pooled[q], None, None) for q in percentiles}
     order = np.argsort(flat, kind="stable")
     values, owner = flat[order], owner[order]
-    rng = np.random.default_rng(seed)
-    # All resamples' request indices in one draw, counted per row with one bincount (a
-    # Python loop of `resamples` draws was most of the bootstrap's cost).
-    picks = rng.integers(0, n_groups, (resamples, n_groups))
-    picks += np.arange(resamples)[:, None] * n_groups
-    counts = np.bincount(picks.ravel(), minlength=resamples * n_groups).reshape(resamples, n_groups)
-    # Bounded memory: resamples × values weights per chunk; the cumulative weights are
-    # computed once per chunk and shared by every percentile.
+    counts = _resample_counts(n_groups, resamples, seed)
+    # The cumulative weights, one row per sorted value and one column per resample:
+    # cum[j, b] = sum over requests r of below[r, j] * counts[r, b], where below[r, j] is
+    # how many of request r's values are among the first j+1: one matrix product (float32
+    # BLAS, exact while every sum stays below 2**24; else integer cumulative sums, ~5×
+    # slower). Bounded memory: values × resamples per chunk, shared by every percentile.
+    sizes = np.bincount(owner, minlength=n_groups)
+    exact = n_groups * int(sizes.max()) < FLOAT32_EXACT
+    if exact:
+        below = np.zeros((n_groups, values.size), dtype=np.float32)
+        below[owner, np.arange(values.size)] = 1
+        np.cumsum(below, axis=1, out=below)
+        below_t = np.ascontiguousarray(below.T)
     chunk = max(1, 4_000_000 // values.size)
     replicates: dict[float, list[np.ndarray]] = {q: [] for q in percentiles}
     for first in range(0, resamples, chunk):
-        cum = np.cumsum(counts[first:first + chunk][:, owner], axis=1)
+        if exact:
+            cum = below_t @ counts[:, first:first + chunk].astype(np.float32)
+        else:
+            cum = np.cumsum(counts[:, first:first + chunk][owner], axis=0)
         for q, reps in _multiset_percentiles(values, cum, percentiles).items():
             replicates[q].append(reps)
     out: dict[float, tuple[float | None, float | None, float | None]] = {}
-    for q in percentiles:
-        reps = np.concatenate(replicates[q])
-        low, high = np.quantile(reps, [0.025, 0.975])
-        out[q] = (pooled[q], float(low), float(high))
+    bounds = np.quantile(np.stack([np.concatenate(replicates[q]) for q in percentiles]),
+                         [0.025, 0.975], axis=1).tolist()
+    for i, q in enumerate(percentiles):
+        out[q] = (pooled[q], bounds[0][i], bounds[1][i])
     return out
 
 

@@ -25,6 +25,7 @@ from llm_energy.analysis.statistics import (  # noqa: F401 - re-exported
     _bootstrap_flat,
     bootstrap_percentiles,
     mean_ci,
+    one_blas_thread,
     ratio_of_sums,
     weighted_percentiles,
 )
@@ -272,27 +273,28 @@ def _bootstrap_columns(cells: list[str], ok_runs: pd.DataFrame, requests: pd.Dat
                    for name in LATENCIES if name != "itl"}
         itl = kept["itl_ms"].to_numpy()
         position = {c: i for i, c in enumerate(cells)}
-        for cell, idx in kept.groupby("cell_id", sort=False).indices.items():
-            if cell not in position:
-                continue
-            seed = _cell_seed(cell)
-            for name in LATENCIES:
-                if name == "itl":
-                    groups = [np.asarray(v, dtype=float) for v in itl[idx] if v is not None]
-                    groups = [g[~np.isnan(g)] for g in groups]
-                    groups = [g for g in groups if g.size]
-                    flat = np.concatenate(groups) if groups else np.empty(0)
-                    owner = np.repeat(np.arange(len(groups)), [g.size for g in groups])
-                    n_groups = len(groups)
-                else:
-                    flat = scalars[name][idx]
-                    flat = flat[~np.isnan(flat)]
-                    owner, n_groups = np.arange(flat.size), flat.size
-                stats = _bootstrap_flat(flat, owner, n_groups, PERCENTILES, resamples, seed)
-                i = position[cell]
-                for q, values in stats.items():
-                    for part, value in zip(schema.BOOTSTRAP_SUFFIXES, values):
-                        rows[schema.percentile_column(name, q) + part][i] = value
+        with one_blas_thread():  # many small products: one thread is faster
+            for cell, idx in kept.groupby("cell_id", sort=False).indices.items():
+                if cell not in position:
+                    continue
+                seed = _cell_seed(cell)
+                for name in LATENCIES:
+                    if name == "itl":
+                        groups = [np.asarray(v, dtype=float) for v in itl[idx] if v is not None]
+                        groups = [g[~np.isnan(g)] for g in groups]
+                        groups = [g for g in groups if g.size]
+                        flat = np.concatenate(groups) if groups else np.empty(0)
+                        owner = np.repeat(np.arange(len(groups)), [g.size for g in groups])
+                        n_groups = len(groups)
+                    else:
+                        flat = scalars[name][idx]
+                        flat = flat[~np.isnan(flat)]
+                        owner, n_groups = np.arange(flat.size), flat.size
+                    stats = _bootstrap_flat(flat, owner, n_groups, PERCENTILES, resamples, seed)
+                    i = position[cell]
+                    for q, values in stats.items():
+                        for part, value in zip(schema.BOOTSTRAP_SUFFIXES, values):
+                            rows[schema.percentile_column(name, q) + part][i] = value
     return pd.DataFrame(rows, columns=columns)
 
 

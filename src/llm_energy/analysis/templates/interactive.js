@@ -11,7 +11,10 @@ var HAS_GL=(function(){try{var c=document.createElement('canvas');
 D.cells.forEach(function(c){byId[c.id]=c;});
 var tables=window.llmEnergyTables(D);  // templates/table.js
 function el(id){return document.getElementById(id);}
-function val(c,m){var v=c.values[m];return v?v[0]:null;}
+// A cell's [value, low, high] of a metric: its values are listed in D.metrics' order (null: none).
+var MI={};Object.keys(D.metrics).forEach(function(m,i){MI[m]=i;});
+function nums(c,m){return c.values[MI[m]];}
+function val(c,m){var v=nums(c,m);return v?v[0]:null;}
 // A cell's value of a facet: model, backend, device, or a setting or workload axis.
 function facetValue(c,f){return f in c.axes?c.axes[f]:c[f];}
 function unique(key){var s={};D.cells.forEach(function(c){s[facetValue(c,key)]=1;});
@@ -73,34 +76,81 @@ function findBest(){
 function bestIds(kind){return Object.keys(best[kind]).sort().map(function(m){return best[kind][m].id;});}
 var MARKS=[['energy','lowest J/token within the limits','star','#D55E00'],
            ['speed','fastest within the limits','star-triangle-up','#0072B2']];
+// A metric as text: the registry's decimals, "value (low–high)" with the 95% interval
+// across cycles where there is one, "—" for none (the same text as fmt_metric in Python).
+function fmtMetric(c,m){var v=nums(c,m),d=D.metrics[m].digits;
+  if(!v||v[0]===null)return '—';
+  return v[0].toFixed(d)+(v[1]!==null&&v[2]!==null?' ('+v[1].toFixed(d)+'–'+v[2].toFixed(d)+')':'');}
+function esc(s){return String(s).replace(/&/g,'&amp;').replace(/</g,'&lt;').replace(/>/g,'&gt;');}
+// Plotly hover (its HTML subset; names escaped), built here from the cell's record (not
+// embedded: ~1 KB a cell) and kept: the configuration, the headline numbers, the flags.
+function hoverText(c){
+  if(c._hover!==undefined)return c._hover;
+  var s=Object.keys(c.settings).map(function(k){return esc(k)+'='+esc(c.settings[k]);}).join(', ');
+  var lines=['<b>'+esc(c.model)+'</b> · '+esc(c.backend)+' · '+esc(c.device_name),
+    esc(c.source)+' · '+(c.source==='measured'?'cell':'row')+' '+esc(c.id),
+    s||'default settings','workload: '+esc(c.workload)].concat(c.note?[esc(c.note)]:[]);
+  Object.keys(D.metrics).forEach(function(m){var t=fmtMetric(c,m);
+    if(t!=='—')lines.push(D.metrics[m].label+': '+t);});
+  lines.push('leaderboard rule: '+(c.stable===null?'—':c.stable?'stable':
+    'unstable'+(c.unstable_reason?' ('+esc(c.unstable_reason)+')':''))+'; flags: '+(c.flags.map(esc).join('; ')||'none'));
+  return (c._hover=c.ok?lines.join('<br>'):'');
+}
 function label(m){var x=D.metrics[m];return x.label+(x.label.indexOf(x.unit)<0&&x.unit?' ('+x.unit+')':'');}
 
+// Past MERGE_FROM series (more than a legend can name) the points are one trace per kind
+// (measured, reference) coloured per series and the frontiers one line with gaps: Plotly's
+// time grows with the number of traces (at 100 models × 2 charts, ~4 s a redraw), not of
+// points; the hover still names each configuration.
+var MERGE_FROM=12,COLORS=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b',
+  '#e377c2','#7f7f7f','#bcbd22','#17becf'];
+function seriesKey(c){return c.source==='measured'?c.model+' · '+c.backend:c.source+' · '+c.model;}
+var SERIES={};  // series -> colour index, fixed for the page (a filter does not recolour)
+(function(){var k={};D.cells.forEach(function(c){k[seriesKey(c)]=1;});
+  Object.keys(k).sort().forEach(function(key,i){SERIES[key]=i;});})();
+function pointTrace(type,name,g,xm,ref,colors){
+  var t={type:type,mode:'markers',name:name,x:g.map(function(c){return val(c,xm);}),
+    y:g.map(function(c){return val(c,D.energy);}),customdata:g.map(function(c){return c.id;}),
+    text:g.map(hoverText),hovertemplate:'%{text}<extra></extra>',
+    marker:{symbol:g.map(function(c){return (ref(c)?'diamond':'circle')+(meets(c)?'':'-open');}),
+            size:g.map(function(c){return (ref(c)?12:10)-(type==='scattergl'?4:0);}),
+            opacity:g.map(function(c){return meets(c)?1:0.35;}),
+            line:{width:g.map(function(c){return picked.indexOf(c.id)>=0?3:1;}),color:'#222'}}};
+  if(colors)t.marker.color=g.map(function(c){return COLORS[SERIES[seriesKey(c)]%COLORS.length];});
+  return t;
+}
 function chartTraces(xm,front){
-  var groups={},order=[],fronts={};
+  var groups={},order=[],fronts={},n=0;
   D.cells.forEach(function(c){
     if(!c.ok||!visible(c)||val(c,xm)===null||val(c,D.energy)===null)return;
-    var key=c.source==='measured'?c.model+' · '+c.backend:c.source+' · '+c.model;
+    var key=seriesKey(c);n++;
     if(!groups[key]){groups[key]={c:[],ref:c.source!=='measured'};order.push(key);}
     groups[key].c.push(c);
     if(c.frontier[front])(fronts[c.model]=fronts[c.model]||[]).push(c);
   });
   // Past GL_FROM points, WebGL (one canvas) instead of one SVG element per point.
-  var n=order.reduce(function(a,k){return a+groups[k].c.length;},0),type=n>GL_FROM&&HAS_GL?'scattergl':'scatter';
-  var out=order.map(function(key){
-    var g=groups[key].c,ref=groups[key].ref;
-    return {type:type,mode:'markers',name:key,x:g.map(function(c){return val(c,xm);}),
-      y:g.map(function(c){return val(c,D.energy);}),customdata:g.map(function(c){return c.id;}),
-      text:g.map(function(c){return c.hover;}),hovertemplate:'%{text}<extra></extra>',
-      marker:{symbol:g.map(function(c){return (ref?'diamond':'circle')+(meets(c)?'':'-open');}),
-              size:(ref?12:10)-(type==='scattergl'?4:0),opacity:g.map(function(c){return meets(c)?1:0.35;}),
-              line:{width:g.map(function(c){return picked.indexOf(c.id)>=0?3:1;}),color:'#222'}}};
-  });
-  Object.keys(fronts).sort().forEach(function(model){
+  var type=n>GL_FROM&&HAS_GL?'scattergl':'scatter',out=[];
+  function isRef(c){return c.source!=='measured';}
+  if(order.length>MERGE_FROM){
+    [[false,'measured configurations ('],[true,'reference rows (']].forEach(function(k){
+      var keys=order.filter(function(key){return groups[key].ref===k[0];}),g=[];
+      keys.forEach(function(key){g=g.concat(groups[key].c);});
+      if(g.length)out.push(pointTrace(type,k[1]+keys.length+' series; colour per series, hover names each)',
+        g,xm,isRef,true));});
+  }else{
+    out=order.map(function(key){return pointTrace(type,key,groups[key].c,xm,isRef,false);});
+  }
+  var models=Object.keys(fronts).sort(),lx=[],ly=[];
+  models.forEach(function(model){
     var f=fronts[model].slice().sort(function(a,b){return val(a,xm)-val(b,xm);});
-    out.push({type:'scatter',mode:'lines',name:'Pareto frontier · '+model,hoverinfo:'skip',
-      x:f.map(function(c){return val(c,xm);}),y:f.map(function(c){return val(c,D.energy);}),
-      line:{dash:'dot',width:2}});
+    var x=f.map(function(c){return val(c,xm);}),y=f.map(function(c){return val(c,D.energy);});
+    if(order.length<=MERGE_FROM){out.push({type:'scatter',mode:'lines',name:'Pareto frontier · '+model,
+      hoverinfo:'skip',x:x,y:y,line:{dash:'dot',width:2}});return;}
+    if(lx.length){lx.push(null);ly.push(null);}
+    lx=lx.concat(x);ly=ly.concat(y);
   });
+  if(lx.length)out.push({type:'scatter',mode:'lines',name:'Pareto frontiers (one per model)',
+    hoverinfo:'skip',x:lx,y:ly,connectgaps:false,line:{dash:'dot',width:2,color:'#444'}});
   MARKS.forEach(function(k){
     var g=bestIds(k[0]).map(function(id){return byId[id];}).filter(function(c){return val(c,xm)!==null;});
     if(g.length)out.push({type:'scatter',mode:'markers',name:k[1],ids:g.map(function(c){return c.id;}),
@@ -153,7 +203,7 @@ function renderCompare(){
     ['source',function(c){return c.source;}],['device',function(c){return c.device_name;}]];
   Object.keys(keys).sort().forEach(function(k){rows.push([k,function(c){return k in c.settings?c.settings[k]:'—';}]);});
   rows.push(['workload',function(c){return c.workload;}]);
-  Object.keys(D.metrics).forEach(function(m){rows.push([D.metrics[m].label,function(c){return c.text[m];},m]);});
+  Object.keys(D.metrics).forEach(function(m){rows.push([D.metrics[m].label,function(c){return fmtMetric(c,m);},m]);});
   rows.push(['flags',function(c){return c.flags.join('; ')||'none';}]);
   rows.push(['leaderboard rule',function(c){return c.stable===null?'—':c.stable?'stable':'unstable ('+c.unstable_reason+')';}]);
   var t=document.createElement('table');t.className='compare';
@@ -218,6 +268,7 @@ document.addEventListener('click',function(e){var b=e.target;if(b.matches('butto
 apply();renderCompare();
 ['chart-throughput','chart-latency'].forEach(function(id){
   el(id).on('plotly_click',function(ev){var p=ev.points[0];if(p&&p.customdata){togglePick(p.customdata);showDetail(p.customdata);}});});
-window.llmEnergyReport={data:D,picked:picked,visible:visible,meets:meets,showDetail:showDetail,
+window.llmEnergyReport={data:D,hover:function(id){return hoverText(byId[id]);},
+  text:function(id,m){return fmtMetric(byId[id],m);},picked:picked,visible:visible,meets:meets,showDetail:showDetail,
   best:function(kind){return bestIds(kind);}};
 })();

@@ -4,7 +4,8 @@
 // column (numbers as numbers, text as text; no value last either way). Rows of the cells the
 // sliders mark per model get the classes best-energy (★) and best-speed (▲).
 window.llmEnergyTables=function(D){
-var T=D.table,PAGE=25,tables=[];
+var T=D.table,PAGE=25,tables=[],MI={};
+Object.keys(D.metrics).forEach(function(m,i){MI[m]=i;});  // c.values: in D.metrics' order
 function esc(s){return String(s).replace(/[&<>"']/g,function(ch){return '&#'+ch.charCodeAt(0)+';';});}
 function fmt(v,d){return v.toFixed(d);}
 function badge(kind,src){
@@ -26,7 +27,7 @@ function columns(settings){
   T.columns.forEach(function(m,k){
     cols.push([m[1],'',function(c,x){
       if(!c.ok)return k===0?null:['',''];
-      var v=c.values[m[0]];
+      var v=c.values[MI[m[0]]];
       if(!v||v[0]===null)return ['','n/a'];
       var h=fmt(v[0],m[2]);
       if(v[1]!==null&&v[2]!==null)h+=' <span class="ci" title="95% interval across cycles (docs/methodology.md)">('+fmt(v[1],m[2])+'–'+fmt(v[2],m[2])+')</span>';
@@ -84,8 +85,12 @@ function draw(t){
     rows.sort(function(a,b){return compare(a.v,b.v,t.asc);});}
   var pages=Math.max(1,Math.ceil(rows.length/PAGE));if(t.page>=pages)t.page=pages-1;
   var part=rows.slice(t.page*PAGE,(t.page+1)*PAGE);
-  t.body.innerHTML=part.map(function(r){var k=(t.marked.energy[r.c.id]?' best-energy':'')+(t.marked.speed[r.c.id]?' best-speed':'');
+  var html=part.map(function(r){var k=(t.marked.energy[r.c.id]?' best-energy':'')+(t.marked.speed[r.c.id]?' best-speed':'');
     return '<tr'+(k?' class="'+k.slice(1)+'"':'')+' data-cell="'+esc(r.c.id)+'">'+cellsOf(t,r)+'</tr>';}).join('');
+  // The same page as before (most tables at a filter change): the DOM left as it is.
+  var pagerKey=t.page+'/'+pages+'/'+rows.length;
+  if(html===t.html&&pagerKey===t.pagerKey)return;
+  t.html=html;t.pagerKey=pagerKey;t.body.innerHTML=html;
   t.pager.textContent='';
   if(rows.length>PAGE){
     var info=document.createElement('span');
