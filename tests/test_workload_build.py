@@ -445,6 +445,19 @@ def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
     broken.write_text('{"prompt": "a"}\n{"prompt": \n')
     with pytest.raises(DatasetError, match="^workload.dataset.path: cannot read dataset"):
         read_records(DatasetConfig(path=str(broken)))
+    # Blank prompts ask nothing: skipped, and a dataset of only blank prompts is refused.
+    blank = _write_jsonl(tmp_path / "blank.jsonl", [{"prompt": "  \n\t "}] * 3)
+    with pytest.raises(DatasetError, match="^workload.dataset.format: .*has no record with a "
+                                           "non-blank prompt"):
+        read_records(DatasetConfig(path=str(blank)))
+    some = _write_jsonl(tmp_path / "some.jsonl", [{"prompt": " "}, {"prompt": "hi"},
+                                                  {"prompt": ""}, {"prompt": "there"}])
+    assert [r.index for r in read_records(DatasetConfig(path=str(some)))] == [1, 3]
+    chats = _write_jsonl(tmp_path / "chats.jsonl", [
+        {"messages": [{"role": "system", "content": " "}, {"role": "user", "content": "\n"}]},
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "q"}]}])
+    assert [r.index for r in read_records(DatasetConfig(path=str(chats),
+                                                        format="messages"))] == [1]
     wrong = _write_jsonl(tmp_path / "wrong.jsonl", [{"messages": "not a list"}])
     with pytest.raises(DatasetError, match="^workload.dataset.format: .*record 0 field "
                                            "'messages' is not a non-empty list"):

@@ -273,14 +273,22 @@ class StudyConfig(_Strict):
                 continue
             for limit in _as_axis(getattr(backend, setting)):
                 if limit is not None and need > limit:
-                    raise ValueError(f"{key}: {tokens} exceeds backends.{name}.{setting} = "
-                                     f"{limit}; raise {setting} or shorten the workload")
+                    raise ValueError(f"{_culprit(key, longest_out, limit)}: {tokens} exceeds "
+                                     f"backends.{name}.{setting} = {limit}; raise {setting} "
+                                     "or shorten the workload")
         for model in self.models:
             limit, where = model.context_limit()
             if limit is not None and need > limit:
-                raise ValueError(f"{key}: {tokens} exceeds {where} = {limit} of model "
-                                 f"'{model.name}'; shorten the workload")
+                raise ValueError(f"{_culprit(key, longest_out, limit)}: {tokens} exceeds "
+                                 f"{where} = {limit} of model '{model.name}'; shorten the "
+                                 "workload")
         return self
+
+
+def _culprit(key: str, longest_out: int, limit: int) -> str:
+    """The key to name when prompt + output overflow a context limit: the output cap when it
+    alone leaves no room for a prompt token, else `key` (the prompt side's)."""
+    return "workload.output_tokens" if longest_out >= limit else key
 
 
 @functools.lru_cache(maxsize=8)

@@ -334,7 +334,7 @@ class WorkloadSpec(_Strict):
         if (self.arrival == "trace") != (self.trace_path is not None):
             raise ValueError("trace_path is required with arrival 'trace' and only used there")
         if self.trace_path is not None and not Path(self.trace_path).expanduser().is_file():
-            raise ValueError(f"no trace file at {self.trace_path}")
+            raise ValueError(f"trace_path: no trace file at {self.trace_path}")
         if self.trace_path is not None:
             # Unreadable, unsorted, negative or too short: refused before any job.
             from llm_energy.loadgen.arrivals import read_trace

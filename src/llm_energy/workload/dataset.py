@@ -124,8 +124,8 @@ def _sharegpt_record(index: int, value: Any, where: str) -> ChatRecord | None:
 
 def read_records(config: DatasetConfig) -> list[ChatRecord]:
     """Every usable record of the dataset, in file order. Records without a human turn
-    (ShareGPT) are skipped; a missing field, a wrong type or an empty dataset raise
-    `DatasetError`."""
+    (ShareGPT) or whose prompt is blank (whitespace only) are skipped; a missing field, a wrong
+    type or an empty dataset raise `DatasetError`."""
     table = load_table(config)
     path = config.path
     field = config.field
@@ -156,7 +156,9 @@ def read_records(config: DatasetConfig) -> list[ChatRecord]:
             record = _sharegpt_record(index, value, where)
             if record is not None:
                 records.append(record)
+    # A prompt of nothing but whitespace asks nothing: skipped like a turn-less record.
+    records = [r for r in records if any(m["content"].strip() for m in r.messages)]
     if not records:
         raise DatasetError(f"workload.dataset.format: dataset {path} has no record with a "
-                           f"prompt (format {config.format!r})")
+                           f"non-blank prompt (format {config.format!r}, field {field!r})")
     return records
