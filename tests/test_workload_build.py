@@ -416,7 +416,7 @@ def test_workload_key():
 # ---------------------------------------------------------------- bad input
 
 
-def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
+def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer, capfd):
     with pytest.raises(ValueError, match="no dataset at"):
         DatasetConfig(path=str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="not a local path"):
@@ -458,6 +458,26 @@ def test_bad_datasets_refused_with_one_line(tmp_path, tokenizer):
         {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "q"}]}])
     assert [r.index for r in read_records(DatasetConfig(path=str(chats),
                                                         format="messages"))] == [1]
+    # An unreadable file: the library's own detail (row, position) in our one line, and
+    # nothing else printed (its logger would add a second line on stderr).
+    capfd.readouterr()
+    middle = tmp_path / "middle.jsonl"
+    middle.write_text("".join('{"prompt": "p"}\n' for _ in range(10)) + '{"prompt" "p"}\n'
+                      + '{"prompt": "q"}\n')
+    with pytest.raises(DatasetError, match=r"^workload.dataset.path: cannot read dataset "
+                                           r".*middle.jsonl: .*in row 10$"):
+        read_records(DatasetConfig(path=str(middle)))
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text('[{"prompt": "a"},')
+    with pytest.raises(DatasetError, match=r"^workload.dataset.path: cannot read dataset "
+                                           r".*truncated.json: .*position \d+"):
+        read_records(DatasetConfig(path=str(truncated)))
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    with pytest.raises(DatasetError, match=r"^workload.dataset.path: cannot read dataset "
+                                           r".*fake.parquet: .*not a parquet file"):
+        read_records(DatasetConfig(path=str(fake)))
+    assert capfd.readouterr().err == ""
     wrong = _write_jsonl(tmp_path / "wrong.jsonl", [{"messages": "not a list"}])
     with pytest.raises(DatasetError, match="^workload.dataset.format: .*record 0 field "
                                            "'messages' is not a non-empty list"):

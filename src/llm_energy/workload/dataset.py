@@ -18,7 +18,10 @@ record."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,35 +55,77 @@ def _check_utf8(path: Path) -> None:
                            f"{exc.reason})") from None
 
 
+@contextlib.contextmanager
+def _library_errors() -> Iterator[list[str]]:
+    """The `datasets` logger's messages while reading, kept instead of printed: its builders
+    log the useful detail of a bad file (e.g. `JSON parse error ... in row 10`) on stderr and
+    raise a vaguer exception, so both would otherwise reach the user as two lines."""
+    import datasets  # noqa: F401  (its first import installs the handler replaced here)
+
+    logger = logging.getLogger("datasets")
+    kept: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                kept.append(record.getMessage())
+
+    saved, logger.handlers = logger.handlers, [_Keep()]
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield kept
+    finally:
+        logger.handlers, logger.propagate = saved, propagate
+
+
+def _one_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
 def load_table(config: DatasetConfig) -> Any:
-    """The dataset as a `datasets.Dataset` (in memory)."""
+    """The dataset as a `datasets.Dataset` (in memory). A file the builders cannot read raises
+    `DatasetError` with the library's own detail (row, reason) on the same line."""
+    with _library_errors() as logged:
+        try:
+            return _load_table(config)
+        except DatasetError:
+            raise
+        except Exception as exc:
+            path = Path(config.path).expanduser()
+            first = _one_line(str(exc)) or type(exc).__name__
+            if "corresponds to no data" in first:  # the builders' word for a file without rows
+                raise DatasetError(f"workload.dataset.path: dataset {path} is empty") from None
+            # The most specific line: the builder's logged error (file, row, reason), else
+            # the root cause under the library's generic "error while generating" wrapper.
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            detail = ("; ".join(dict.fromkeys(map(_one_line, logged))) if logged
+                      else _one_line(str(root)) or first)
+            raise DatasetError(f"workload.dataset.path: cannot read dataset {path}: "
+                               f"{detail[:400]}") from None
+
+
+def _load_table(config: DatasetConfig) -> Any:
     import datasets
 
     datasets.disable_progress_bars()
     path = Path(config.path).expanduser()
-    try:
-        if path.is_dir():
-            loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
-            if isinstance(loaded, datasets.DatasetDict):
-                if config.split not in loaded:
-                    raise DatasetError(f"workload.dataset.split: dataset {path} has no split "
-                                       f"{config.split!r} (splits: {', '.join(loaded)})")
-                loaded = loaded[config.split]
-            return loaded
-        builder = DATA_FILE_BUILDERS[path.suffix.lower()]
-        if builder != "parquet":
-            _check_utf8(path)
-        with tempfile.TemporaryDirectory(prefix="llm-energy-datasets-") as cache:
-            return datasets.load_dataset(builder, data_files=str(path), split="train",
-                                         cache_dir=cache, keep_in_memory=True)
-    except DatasetError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "corresponds to no data" in first:  # the builders' word for a file without rows
-            raise DatasetError(f"workload.dataset.path: dataset {path} is empty") from None
-        raise DatasetError(f"workload.dataset.path: cannot read dataset {path}: "
-                           f"{first[:300]}") from None
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+        if isinstance(loaded, datasets.DatasetDict):
+            if config.split not in loaded:
+                raise DatasetError(f"workload.dataset.split: dataset {path} has no split "
+                                   f"{config.split!r} (splits: {', '.join(loaded)})")
+            loaded = loaded[config.split]
+        return loaded
+    builder = DATA_FILE_BUILDERS[path.suffix.lower()]
+    if builder != "parquet":
+        _check_utf8(path)
+    with tempfile.TemporaryDirectory(prefix="llm-energy-datasets-") as cache:
+        return datasets.load_dataset(builder, data_files=str(path), split="train",
+                                     cache_dir=cache, keep_in_memory=True)
 
 
 def _text(value: Any, where: str) -> str:
