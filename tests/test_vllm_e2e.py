@@ -86,7 +86,10 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
         inside = server[server["phase"] == f"cycle{r['cycle']}"]
         # The cycle's server_* columns are its scrapes in the time series.
         assert len(inside) == r["server_metric_samples"], r
-        if len(inside):
+        too_busy = any("server /metrics answered" in w for w in r["warnings"])
+        if too_busy:  # its few answers describe idle moments: the gauge columns are null
+            assert r["server_max_batch_size"] is None and r["server_avg_batch_size"] is None, r
+        elif len(inside):
             assert inside["requests_running"].max() == r["server_max_batch_size"], r
         # On 2 cores the API server shares the CPU with its engine. Starved, it answers
         # /metrics only once it has drained its backlog of engine outputs, i.e. when the engine
@@ -94,7 +97,6 @@ def test_vllm_offline_and_server_cells_through_snakemake(tmp_path):
         # while the client got each request's 64 tokens within 1 ms). Then it answers far less
         # often than asked and the cycle must say so; otherwise its scrapes inside the cycle
         # must see the engine running.
-        too_busy = any("server /metrics answered" in w for w in r["warnings"])
         assert too_busy or (r["server_metric_samples"] >= 1 and r["server_max_batch_size"] >= 1), r
     assert not (series[series["device"] == "cpu"].empty)
     # The server (its --model is the demo model built under tmp_path) is gone.
