@@ -18,6 +18,15 @@ from llm_energy.backends import registry
 _SHAPE_ERRORS = ("_type", "is_instance_of", "none_required")
 
 
+
+def _step(node: Any, item: Any) -> Any:
+    """The written config's value at `item` under `node` (None where there is none)."""
+    if isinstance(node, dict):
+        return node.get(item)
+    if isinstance(node, list) and isinstance(item, int) and item < len(node):
+        return node[item]
+    return None
+
 def _tags(loc: tuple[Any, ...], data: Any) -> list[tuple[int, str]]:
     """Positions and names of the union-member tags in `loc` (`constrained-float`,
     `list[...]`, `function-after[...]`, a model's name): strings that are not keys of the data
@@ -30,12 +39,7 @@ def _tags(loc: tuple[Any, ...], data: Any) -> list[tuple[int, str]]:
                                           item in node or position == len(loc) - 1)))):
             found.append((position, item))
             continue
-        if isinstance(node, dict):
-            node = node.get(item)
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
-            node = node[item]
-        else:
-            node = None
+        node = _step(node, item)
     return found
 
 
@@ -96,12 +100,7 @@ def location(loc: tuple[Any, ...], data: Any) -> str:
             parts[-1:] = [f"{parts[-1] if parts else ''}[{name if name else item}]"]
         else:
             parts.append(str(item))
-        if isinstance(node, dict):
-            node = node.get(item)
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
-            node = node[item]
-        else:
-            node = None
+        node = _step(node, item)
     return ".".join(parts) or "<top level>"
 
 
